@@ -1,0 +1,317 @@
+"""Building the classifier: architecture, weights, preprocessing, class names and Guided Grad-CAM's layer.
+
+Every ``nn.ReLU`` is swapped for a :class:`SwitchableReLU` that computes exactly what ReLU computes, forward and
+backward, until :attr:`GuidedBackpropSwitch.guided` is set: then its backward also clamps the incoming gradient at
+zero, which is guided backpropagation (Springenberg et al. 2015) as Captum's ``GuidedBackprop`` does it. The switch
+is read at *backward* time, so one forward pass serves both Grad-CAM's plain backward and the guided one, and the
+hooks are installed once per model instead of per call. Swapping modules also catches torchvision's in-place ReLUs,
+which forward/backward hooks handle badly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import urllib.error
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import torch
+import torchvision
+from torch import nn
+
+from .errors import ConfigError, ModelError
+
+# ImageNet statistics, for architectures without torchvision weights to take them from.
+_IMAGENET_MEAN = (0.485, 0.456, 0.406)
+_IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class GuidedBackpropSwitch:
+    """Shared by every SwitchableReLU of one model; ``with switch.enabled():`` turns guided backprop on."""
+
+    def __init__(self) -> None:
+        self.guided = False
+
+    @contextlib.contextmanager
+    def enabled(self) -> Iterator[None]:
+        self.guided = True
+        try:
+            yield
+        finally:
+            self.guided = False
+
+
+class _SwitchableReLUFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, switch: GuidedBackpropSwitch) -> torch.Tensor:  # type: ignore[override]
+        out = x.clamp_min(0)
+        ctx.save_for_backward(out)
+        ctx.switch = switch
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):  # type: ignore[override]
+        (out,) = ctx.saved_tensors
+        grad_in = grad_out * (out > 0).to(grad_out.dtype)
+        if ctx.switch.guided:
+            # Captum's GuidedBackprop returns relu(grad_input) from its ReLU backward hook; same thing.
+            grad_in = grad_in.clamp_min(0)
+        return grad_in, None
+
+
+class SwitchableReLU(nn.Module):
+    """``nn.ReLU`` whose backward turns into guided backprop while its switch is on."""
+
+    def __init__(self, switch: GuidedBackpropSwitch, inplace: bool = False):
+        super().__init__()
+        self.switch = switch
+        self.inplace = inplace
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled() and x.requires_grad:
+            return _SwitchableReLUFunction.apply(x, self.switch)
+        # No gradient wanted (occlusion, LIME): the plain kernel, in place where the original was.
+        return torch.relu_(x) if self.inplace else torch.relu(x)
+
+    def extra_repr(self) -> str:
+        return "inplace=True" if self.inplace else ""
+
+
+def make_relus_switchable(net: nn.Module, switch: GuidedBackpropSwitch) -> int:
+    """Replace every ``nn.ReLU`` in ``net`` (recursively) with a SwitchableReLU; returns how many."""
+    count = 0
+    for name, child in list(net.named_children()):
+        if isinstance(child, nn.ReLU):
+            setattr(net, name, SwitchableReLU(switch, inplace=child.inplace))
+            count += 1
+        else:
+            count += make_relus_switchable(child, switch)
+    return count
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """Resize the short side, centre-crop, scale to [0, 1], normalise: torchvision's ``ImageClassification``."""
+
+    resize_size: int
+    crop_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    interpolation: str = "bilinear"
+
+    def mean_tensor(self, device: torch.device | str = "cpu") -> torch.Tensor:
+        return torch.tensor(self.mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+
+    def std_tensor(self, device: torch.device | str = "cpu") -> torch.Tensor:
+        return torch.tensor(self.std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+
+    def normalize(self, pixels01: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) in [0, 1] → model input."""
+        return (pixels01 - self.mean_tensor(pixels01.device)) / self.std_tensor(pixels01.device)
+
+    def denormalize(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Model input → (B, 3, H, W) pixel values (≈ [0, 1]; perturbed inputs may leave it slightly)."""
+        return inputs * self.std_tensor(inputs.device) + self.mean_tensor(inputs.device)
+
+
+@dataclass
+class Classifier:
+    """A classifier ready for attribution: eval mode, on its device, ReLUs switchable."""
+
+    arch: str
+    net: nn.Module
+    device: torch.device
+    preprocessing: Preprocessing
+    num_classes: int
+    categories: tuple[str, ...] | None
+    target_layer_name: str
+    guided: GuidedBackpropSwitch
+    weights: str
+
+    @property
+    def target_layer(self) -> nn.Module:
+        return dict(self.net.named_modules())[self.target_layer_name]
+
+    def category(self, index: int) -> str | None:
+        if self.categories is None or not 0 <= index < len(self.categories):
+            return None
+        return self.categories[index]
+
+
+def classification_archs() -> list[str]:
+    return sorted(torchvision.models.list_models(module=torchvision.models))
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("compute.device", f"'{name}' asked for, but torch sees no CUDA device; use auto or cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError as err:
+        raise ConfigError("compute.device", f"'{name}' is not a torch device (auto, cpu, cuda, cuda:N)") from err
+
+
+def _weights_enum(arch: str):
+    try:
+        return torchvision.models.get_model_weights(arch)
+    except (ValueError, KeyError):
+        return None
+
+
+def _preprocessing_for(weights, resolution: int) -> Preprocessing:
+    """The weights' own transform (resize/crop ratio, mean, std), scaled to the job's resolution."""
+    if weights is None:
+        return Preprocessing(round(resolution * 256 / 224), resolution, _IMAGENET_MEAN, _IMAGENET_STD)
+    transform = weights.transforms()
+    crop = transform.crop_size[0]
+    resize = transform.resize_size[0]
+    return Preprocessing(
+        resize_size=round(resolution * resize / crop),
+        crop_size=resolution,
+        mean=tuple(float(v) for v in transform.mean),
+        std=tuple(float(v) for v in transform.std),
+        interpolation=transform.interpolation.value,
+    )
+
+
+def _last_linear_name(net: nn.Module) -> str | None:
+    names = [name for name, module in net.named_modules() if isinstance(module, nn.Linear)]
+    return names[-1] if names else None
+
+
+def _load_state_dict(path: str) -> dict:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises several types for a bad or unsafe file
+        raise ModelError(f"model.weights: cannot load state_dict from {path}: {err}") from err
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ModelError(f"model.weights: {path} does not hold a state_dict (a dict of tensors)")
+    # Checkpoints saved from DataParallel / torch.compile carry a prefix on every key.
+    for prefix in ("module.", "_orig_mod."):
+        if state and all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix):]: v for k, v in state.items()}
+    return state
+
+
+def _build_net(arch: str, weights_spec: str, seed: int) -> tuple[nn.Module, object, str]:
+    """Returns (net, torchvision weights or None for preprocessing/categories, weights description)."""
+    builder = torchvision.models.get_model_builder(arch)
+    enum = _weights_enum(arch)
+    default_weights = enum.DEFAULT if enum is not None else None
+
+    if weights_spec.lower() == "none":
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return builder(weights=None), default_weights, "none"
+
+    if enum is not None and (weights_spec in enum.__members__ or weights_spec == "DEFAULT"):
+        weights = enum[weights_spec] if weights_spec != "DEFAULT" else enum.DEFAULT
+        try:
+            net = builder(weights=weights)
+        except (urllib.error.URLError, OSError, RuntimeError) as err:
+            raise ModelError(
+                f"model.weights: could not fetch {arch} weights {weights_spec} from {weights.url} ({err}). "
+                "Offline? Put the file in torch's hub cache (~/.cache/torch/hub/checkpoints), pass a local "
+                "state_dict path, or run with --set model.weights=none (random init from the job seed)."
+            ) from err
+        return net, weights, f"{enum.__name__}.{weights.name}"
+
+    if os.path.exists(weights_spec):
+        state = _load_state_dict(weights_spec)
+        probe = builder(weights=None)
+        head = _last_linear_name(probe)
+        kwargs = {}
+        if head is not None and f"{head}.weight" in state:
+            kwargs["num_classes"] = int(state[f"{head}.weight"].shape[0])
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            net = builder(weights=None, **kwargs)
+        try:
+            net.load_state_dict(state, strict=True)
+        except RuntimeError as err:
+            first = str(err).strip().splitlines()
+            detail = " ".join(line.strip() for line in first[:3])
+            raise ModelError(f"model.weights: {weights_spec} does not fit {arch}: {detail[:400]}") from err
+        return net, default_weights, os.path.abspath(weights_spec)
+
+    names = ", ".join(["DEFAULT", *enum.__members__]) if enum is not None else "(none published)"
+    raise ConfigError(
+        "model.weights",
+        f"'{weights_spec}' is neither a torchvision weights name for {arch} ({names}), 'none', nor an existing file",
+    )
+
+
+def layer_candidates(net: nn.Module, depth: int = 2) -> list[str]:
+    return [name for name, _ in net.named_modules() if name and name.count(".") < depth]
+
+
+def auto_target_layer(net: nn.Module) -> str:
+    """Grad-CAM's layer: ResNet's ``layer4``; a VGG's last rectified conv output; else the last conv's block."""
+    modules = dict(net.named_modules())
+    if "layer4" in modules:
+        return "layer4"
+    names = list(modules)
+    convs = [n for n in names if isinstance(modules[n], nn.Conv2d)]
+    if not convs:
+        raise ModelError("methods.guided_gradcam.layer: the model has no Conv2d layer for 'auto'; name a layer")
+    last_conv = convs[-1]
+    # In VGG's `features` the last conv is followed by its ReLU (and a max-pool): Grad-CAM's "last convolutional
+    # layer" means those rectified maps (Selvaraju et al. 2017), i.e. the ReLU right after the conv.
+    after = names[names.index(last_conv) + 1:]
+    parent = last_conv.rpartition(".")[0]
+    for name in after:
+        if name.rpartition(".")[0] == parent and isinstance(modules[name], (nn.ReLU, SwitchableReLU)):
+            return name
+    return last_conv
+
+
+def build_classifier(
+    arch: str,
+    weights: str,
+    resolution: int,
+    seed: int,
+    device: torch.device | str = "cpu",
+    target_layer: str = "auto",
+    categories: Sequence[str] | None = None,
+) -> Classifier:
+    if arch not in classification_archs():
+        raise ConfigError("model.arch", f"'{arch}' is not a torchvision classifier (e.g. resnet18, resnet50, vgg19)")
+    device = torch.device(device)
+    net, tv_weights, weights_desc = _build_net(arch, weights, seed)
+    net.eval()
+    for p in net.parameters():
+        p.requires_grad_(False)  # gradients are taken w.r.t. inputs only; skips weight-grad work in backward
+    switch = GuidedBackpropSwitch()
+    make_relus_switchable(net, switch)
+
+    layer_name = auto_target_layer(net) if target_layer == "auto" else target_layer
+    if layer_name not in dict(net.named_modules()):
+        candidates = ", ".join(layer_candidates(net))
+        raise ConfigError("methods.guided_gradcam.layer", f"'{target_layer}' is not a layer of {arch}; one of: {candidates}")
+
+    head = _last_linear_name(net)
+    num_classes = int(dict(net.named_modules())[head].out_features) if head else -1
+    if categories is None and tv_weights is not None and weights.lower() != "none" and not os.path.exists(weights):
+        categories = tv_weights.meta.get("categories")
+    if categories is not None and num_classes > 0 and len(categories) != num_classes:
+        raise ConfigError("model.categories", f"{len(categories)} names for a model with {num_classes} classes")
+
+    net.to(device)
+    if device.type == "cuda":
+        net.to(memory_format=torch.channels_last)
+    return Classifier(
+        arch=arch,
+        net=net,
+        device=device,
+        preprocessing=_preprocessing_for(tv_weights, resolution),
+        num_classes=num_classes,
+        categories=tuple(categories) if categories is not None else None,
+        target_layer_name=layer_name,
+        guided=switch,
+        weights=weights_desc,
+    )
