@@ -270,6 +270,28 @@ def auto_target_layer(net: nn.Module) -> str:
     return last_conv
 
 
+def describe_weights(arch: str, weights: str, resolution: int) -> tuple[Preprocessing, tuple[str, ...] | None]:
+    """Preprocessing and class names of a model, without building it (for the driver, which holds no model)."""
+    enum = _weights_enum(arch)
+    if enum is None:
+        return _preprocessing_for(None, resolution), None
+    if weights in enum.__members__ or weights == "DEFAULT":
+        chosen = enum.DEFAULT if weights == "DEFAULT" else enum[weights]
+        return _preprocessing_for(chosen, resolution), tuple(chosen.meta.get("categories") or ()) or None
+    return _preprocessing_for(enum.DEFAULT, resolution), None
+
+
+def read_categories(path: str | None) -> tuple[str, ...] | None:
+    """Class names from a text file, one a line (``model.categories``)."""
+    if path is None:
+        return None
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return tuple(line.strip() for line in fh if line.strip())
+    except OSError as err:
+        raise ConfigError("model.categories", f"cannot read {path}: {err.strerror}") from None
+
+
 def build_classifier(
     arch: str,
     weights: str,

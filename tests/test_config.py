@@ -1,0 +1,85 @@
+"""Job files: defaults, --set overrides, fingerprints, and one-line errors that name the key."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from xcv_batch.config import job_from_mapping, load_job
+from xcv_batch.errors import ConfigError
+from xcv_batch.methods.settings import IGSmoothGradSettings, LimeSettings, OcclusionSettings
+
+
+def test_a_method_named_without_settings_takes_the_seed_report_defaults():
+    job = job_from_mapping({"methods": {"occlusion": None, "ig_smoothgrad": {}, "lime": {"num_samples": 50}}})
+    assert job.methods["occlusion"] == OcclusionSettings(window=15, stride=8, baseline=0.0)
+    assert job.methods["ig_smoothgrad"] == IGSmoothGradSettings(10, "smoothgrad_sq", 1.0, 50)
+    assert job.methods["lime"] == LimeSettings(num_samples=50)
+    assert list(job.methods) == ["occlusion", "ig_smoothgrad", "lime"]  # a method left out is not run
+    assert (job.sensitivity.n_perturb_samples, job.sensitivity.perturb_radius) == (10, 0.02)
+
+
+def test_sensitivity_null_turns_it_off():
+    assert job_from_mapping({"methods": {"lime": {}}, "sensitivity": None}).sensitivity is None
+
+
+@pytest.mark.parametrize(
+    "raw, key, words",
+    [
+        ({"methods": {"occlusion": {"window": 4, "stride": 8}}}, "methods.occlusion.stride", "≤ window"),
+        ({"methods": {"gradcam": {}}}, "methods.gradcam", "unknown method"),
+        ({"methods": {"lime": {"num_samples": -5}}}, "methods.lime.num_samples", "> 0"),
+        ({"methods": {"lime": {"num_samples": "many"}}}, "methods.lime.num_samples", "integer"),
+        ({"methods": {"lime": {"segmentation": "felzenszwalb"}}}, "methods.lime.segmentation", "'quickshift'"),
+        ({"methods": {"ig_smoothgrad": {"nt_type": "sg"}}}, "methods.ig_smoothgrad.nt_type", "'smoothgrad_sq'"),
+        ({"methods": {"lime": {}}, "model": {"resolution": 8}}, "model.resolution", "≥ 16"),
+        ({"methods": {"lime": {}}, "model": {"depth": 3}}, "model.depth", "unknown key"),
+        ({"methods": {"lime": {}}, "colour": "red"}, "colour", "unknown key"),
+        ({"methods": {"lime": {}}, "target": "best"}, "target", "'predicted' or 'label'"),
+        ({"methods": {"lime": {}}, "compute": {"workers": 0}}, "compute.workers", "'auto'"),
+        ({"methods": {"lime": {}}, "sensitivity": {"n_perturb_samples": 0}}, "sensitivity.n_perturb_samples", "≥ 1"),
+        ({"methods": {}}, "methods", "at least one"),
+        ({"methods": {"lime": {}}, "data": "folder"}, "data", "mapping"),
+    ],
+)
+def test_bad_values_name_their_key(raw, key, words):
+    with pytest.raises(ConfigError) as info:
+        job_from_mapping(raw)
+    assert info.value.key == key
+    assert words in info.value.message
+
+
+def test_set_overrides_dotted_keys_with_yaml_values(tmp_path):
+    path = tmp_path / "job.yaml"
+    path.write_text("methods:\n  occlusion: {window: 15, stride: 8}\nmodel: {weights: IMAGENET1K_V1}\n")
+    job = load_job(str(path), ["methods.occlusion.window=9", "model.weights=none", "sensitivity=null",
+                               "data.limit=3", "methods.lime.num_samples=20"], output=str(tmp_path / "o"))
+    assert job.methods["occlusion"].window == 9
+    assert job.model.weights == "none"
+    assert job.sensitivity is None
+    assert job.data.limit == 3
+    assert job.methods["lime"].num_samples == 20
+    assert job.output.path == str(tmp_path / "o")
+
+
+def test_fingerprint_ignores_where_and_how_but_not_what():
+    base = job_from_mapping({"methods": {"occlusion": {}}})
+    same = dataclasses.replace(
+        base, output=dataclasses.replace(base.output, path="elsewhere"),
+        compute=dataclasses.replace(base.compute, batch_size=3, forward_batch=7, shard_size=5, workers=4),
+    )
+    assert same.fingerprint() == base.fingerprint()
+    other = job_from_mapping({"methods": {"occlusion": {"window": 16}}})
+    assert other.fingerprint() != base.fingerprint()
+    assert job_from_mapping({"seed": 1, "methods": {"occlusion": {}}}).fingerprint() != base.fingerprint()
+
+
+def test_shipped_jobs_are_valid():
+    for name in ("smoke", "demo", "seed"):
+        job = load_job(f"jobs/{name}.yaml")
+        assert set(job.methods) == {"occlusion", "integrated_gradients", "ig_smoothgrad", "guided_gradcam", "lime"}
+    seed = load_job("jobs/seed.yaml")
+    assert seed.methods["occlusion"] == OcclusionSettings()
+    assert seed.methods["lime"] == LimeSettings()
+    assert seed.model.resolution == 224

@@ -1,0 +1,117 @@
+"""``python -m xcv_batch VERB …``: parse, load the job, call one domain function.
+
+This is the only place where errors become messages and exit codes: an ``XcvError`` (a bad job file, option, model,
+source or OUT) prints one line and exits 2; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+from .errors import XcvError
+
+EXIT_USER_ERROR = 2
+
+DESCRIPTION = """\
+Explain image classifiers at dataset scale: Occlusion, Integrated Gradients, IG+SmoothGrad, Guided Grad-CAM and
+LIME for every image, with Max-Sensitivity and cost, written to Zarr + Parquet.
+
+verbs:
+  run JOB.yaml        run a job on this machine (local Ray or RAY_ADDRESS when workers > 1)
+  submit JOB.yaml     send the same run to a Ray cluster (Ray Jobs API)
+  summarize OUT       rank the methods across the dataset: table, summary.json/.md, report.html
+  show OUT            a Fig. 1-style panel of one image and each method's map
+
+examples:
+  python -m xcv_batch run jobs/smoke.yaml
+  python -m xcv_batch run jobs/demo.yaml --set model.weights=none --out results/demo-offline
+  python -m xcv_batch summarize results/demo
+  python -m xcv_batch show results/demo --image chelsea.png --output chelsea.png
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2 (argparse prints usage + message by default)
+        print(f"error: {message} (see --help)", file=sys.stderr)
+        raise SystemExit(EXIT_USER_ERROR)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="python -m xcv_batch", description=DESCRIPTION,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    verbs = parser.add_subparsers(dest="verb", metavar="VERB", parser_class=_Parser)
+
+    run = verbs.add_parser("run", help="run a job on this machine")
+    run.add_argument("job", help="job file (YAML), see jobs/")
+    run.add_argument("--out", help="output directory or s3:// prefix (overrides output.path)")
+    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a job key, e.g. --set methods.occlusion.window=8 (repeatable)")
+    run.add_argument("--resume", action="store_true", help="finish an interrupted run in the same OUT")
+
+    summarize = verbs.add_parser("summarize", help="rank the methods across a run's images")
+    summarize.add_argument("out", help="a run's output directory")
+    summarize.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples for the CIs")
+    summarize.add_argument("--no-report", action="store_true", help="skip report.html")
+
+    show = verbs.add_parser("show", help="plot one image and each method's map")
+    show.add_argument("out", help="a run's output directory")
+    show.add_argument("--image", required=True, help="image id (as in the Parquet rows)")
+    show.add_argument("--output", required=True, help="PNG file to write")
+    return parser
+
+
+def _run(args) -> int:
+    from .config import load_job
+    from .driver import run_job
+
+    job = load_job(args.job, overrides=args.overrides, output=args.out)
+    report = run_job(job, resume=args.resume)
+    print(report.final_line())
+    return 0
+
+
+def _summarize(args) -> int:
+    from rich.console import Console
+
+    from .summarize import render_table, summarize, write_summary
+
+    summary = summarize(args.out, n_boot=args.bootstrap)
+    paths = write_summary(args.out, summary)
+    if not args.no_report:
+        from .report import write_report
+
+        paths.append(write_report(args.out, summary))
+    Console().print(render_table(summary))
+    for path in paths:
+        print(f"wrote {path}")
+    return 0
+
+
+def _show(args) -> int:
+    from .panel import render_panel
+    from .results import open_results
+
+    path = render_panel(open_results(args.out), args.image, args.output)
+    print(f"wrote {path}")
+    return 0
+
+
+_VERBS = {"run": _run, "summarize": _summarize, "show": _show}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.verb is None:
+        parser.print_help()
+        return EXIT_USER_ERROR
+    try:
+        return _VERBS[args.verb](args)
+    except XcvError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("interrupted: committed shards are kept; finish with --resume", file=sys.stderr)
+        return 130

@@ -1,0 +1,298 @@
+"""The job: YAML file → ``--set`` overrides → one frozen, validated :class:`Job`.
+
+Validation happens once, here, and every problem is a :class:`ConfigError` naming the dotted key and what is allowed.
+The rest of the code receives typed pieces of the job and does not re-check them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal, Mapping, Optional, Union
+
+import yaml
+
+from .errors import ConfigError
+from .methods.settings import METHOD_SETTINGS
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    source: str = "builtin:skimage"
+    limit: Optional[int] = None
+
+    def check(self) -> None:
+        if not self.source:
+            raise ConfigError("source", "must name a folder, glob, manifest, s3:// prefix or builtin:skimage")
+        if self.limit is not None and self.limit < 1:
+            raise ConfigError("limit", f"must be ≥ 1 or null, got {self.limit}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    arch: str = "resnet18"
+    weights: str = "IMAGENET1K_V1"
+    resolution: int = 224
+    categories: Optional[str] = None  # a text file with one class name a line, for weights without metadata
+
+    def check(self) -> None:
+        if self.resolution < 16:
+            raise ConfigError("resolution", f"must be ≥ 16 pixels, got {self.resolution}")
+
+
+@dataclass(frozen=True)
+class SensitivityConfig:
+    """Captum ``sensitivity_max``: uniform L∞ noise of ``perturb_radius``, Frobenius norm, relative to ‖Φ(x)‖."""
+
+    n_perturb_samples: int = 10
+    perturb_radius: float = 0.02
+
+    def check(self) -> None:
+        if self.n_perturb_samples < 1:
+            raise ConfigError("n_perturb_samples", f"must be ≥ 1, got {self.n_perturb_samples}")
+        if self.perturb_radius <= 0:
+            raise ConfigError("perturb_radius", f"must be > 0, got {self.perturb_radius}")
+
+
+@dataclass(frozen=True)
+class ComputeConfig:
+    workers: Union[Literal["auto"], int] = "auto"
+    device: str = "auto"
+    batch_size: int = 8  # images explained together (one step of every method)
+    forward_batch: int = 64  # perturbed copies per forward pass, for every method
+    shard_size: int = 32  # images per shard: the unit of output files, retry and resume
+    decode_threads: int = 2
+
+    def check(self) -> None:
+        if self.workers != "auto" and self.workers < 1:
+            raise ConfigError("workers", f"must be 'auto' or ≥ 1, got {self.workers}")
+        for key in ("batch_size", "forward_batch", "shard_size", "decode_threads"):
+            if getattr(self, key) < 1:
+                raise ConfigError(key, f"must be ≥ 1, got {getattr(self, key)}")
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    path: str = "results/run"
+
+
+@dataclass(frozen=True)
+class Job:
+    name: str = "job"
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    target: Literal["predicted", "label"] = "predicted"
+    methods: Mapping[str, Any] = field(default_factory=dict)  # name → that method's settings dataclass, job order
+    sensitivity: Optional[SensitivityConfig] = field(default_factory=SensitivityConfig)
+    compute: ComputeConfig = field(default_factory=ComputeConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "seed": self.seed,
+            "data": dataclasses.asdict(self.data),
+            "model": dataclasses.asdict(self.model),
+            "target": self.target,
+            "methods": {name: dataclasses.asdict(s) for name, s in self.methods.items()},
+            "sensitivity": dataclasses.asdict(self.sensitivity) if self.sensitivity else None,
+            "compute": dataclasses.asdict(self.compute),
+            "output": dataclasses.asdict(self.output),
+        }
+
+    def fingerprint(self) -> str:
+        """Hash of everything that decides the results; not of where they go or how the work is split.
+
+        ``--resume`` compares it: a different fingerprint means the OUT holds another job's results.
+        """
+        d = self.to_dict()
+        d.pop("output")
+        d.pop("name")
+        d["compute"] = {"device": self.compute.device}  # batching, sharding and workers do not change results
+        text = json.dumps(d, sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------------------------------- validation
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " or ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if tp is type(None):
+        return "null"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true/false"}.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """``value`` as type ``tp`` (a scalar, Optional, Union or Literal), or ConfigError naming ``key``."""
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        if value in typing.get_args(tp):
+            return value
+        raise ConfigError(key, f"must be {_type_name(tp)}, got {value!r}")
+    if origin in (Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError:
+                continue
+        raise ConfigError(key, f"must be {_type_name(tp)}, got {value!r}")
+    if tp is type(None):
+        if value is None:
+            return None
+        raise ConfigError(key, f"must be null, got {value!r}")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    raise ConfigError(key, f"must be {_type_name(tp)}, got {value!r}")
+
+
+def build_dataclass(cls: type, raw: Any, key: str) -> Any:
+    """Instantiate dataclass ``cls`` from a mapping, checking keys and types; ``key`` is where it sits in the job."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, Mapping):
+        raise ConfigError(key, f"must be a mapping of settings, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - fields)
+    if unknown:
+        where = f"{key}.{unknown[0]}" if key else str(unknown[0])
+        raise ConfigError(where, f"unknown key; allowed here: {', '.join(sorted(fields))}")
+    values = {}
+    for name, value in raw.items():
+        sub = f"{key}.{name}" if key else name
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            values[name] = build_dataclass(tp, value, sub)
+        else:
+            values[name] = _coerce(value, tp, sub)
+    obj = cls(**values)
+    check = getattr(obj, "check", None)
+    if check is not None:
+        try:
+            check()
+        except ConfigError as err:
+            raise err.under(key) if key else err from None
+    return obj
+
+
+def _build_methods(raw: Any) -> dict:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, Mapping):
+        raise ConfigError("methods", "must be a mapping of method name → settings")
+    methods = {}
+    for name, settings in raw.items():
+        if name not in METHOD_SETTINGS:
+            raise ConfigError(f"methods.{name}", f"unknown method; one of: {', '.join(METHOD_SETTINGS)}")
+        methods[name] = build_dataclass(METHOD_SETTINGS[name], settings, f"methods.{name}")
+    if not methods:
+        raise ConfigError("methods", f"name at least one method of: {', '.join(METHOD_SETTINGS)}")
+    return methods
+
+
+def job_from_mapping(raw: Any) -> Job:
+    if not isinstance(raw, Mapping):
+        raise ConfigError("", "a job file must be a YAML mapping (name, seed, data, model, methods, …)")
+    raw = dict(raw)
+    raw.pop("fingerprint", None)  # present in an OUT/job.yaml, which may be re-run
+    methods = _build_methods(raw.pop("methods", None))
+    sensitivity_given = "sensitivity" in raw
+    sensitivity_raw = raw.pop("sensitivity", None)
+    job = build_dataclass(Job, raw, "")
+    sensitivity = None
+    if not sensitivity_given:
+        sensitivity = SensitivityConfig()
+    elif sensitivity_raw is not None:
+        sensitivity = build_dataclass(SensitivityConfig, sensitivity_raw, "sensitivity")
+    return dataclasses.replace(job, methods=methods, sensitivity=sensitivity)
+
+
+# ------------------------------------------------------------------------------------------- file and overrides
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``a.b.c=value`` → (["a","b","c"], value parsed as YAML, so numbers, null and lists work)."""
+    if "=" not in text:
+        raise ConfigError("--set", f"expects KEY=VALUE, got {text!r}")
+    key, _, value = text.partition("=")
+    parts = [p for p in key.strip().split(".")]
+    if not all(parts):
+        raise ConfigError("--set", f"bad key {key!r}: use dotted job keys such as methods.occlusion.window")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else ""
+    except yaml.YAMLError:
+        parsed = value
+    return parts, parsed
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    raw = json.loads(json.dumps(raw))  # deep copy of plain YAML data
+    for text in overrides:
+        parts, value = parse_override(text)
+        node = raw
+        for i, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            elif not isinstance(child, dict):
+                raise ConfigError(".".join(parts[: i + 1]), f"is {child!r}, not a mapping; cannot set {'.'.join(parts)}")
+            node = child
+        node[parts[-1]] = value
+    return raw
+
+
+def read_job_file(path: str) -> dict:
+    if not os.path.isfile(path):
+        raise ConfigError("", f"job file {path} does not exist")
+    try:
+        with open(path, encoding="utf-8") as fh:
+            raw = yaml.safe_load(fh)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise ConfigError("", f"{path} is not valid YAML{where}: {getattr(err, 'problem', err)}") from None
+    return raw if raw is not None else {}
+
+
+def load_job(path: str, overrides: list[str] | None = None, output: str | None = None) -> Job:
+    raw = read_job_file(path)
+    if not isinstance(raw, dict):
+        raise ConfigError("", f"{path} must hold a YAML mapping")
+    raw = apply_overrides(raw, list(overrides or []))
+    if output is not None:
+        raw.setdefault("output", {})
+        if not isinstance(raw["output"], dict):
+            raise ConfigError("output", "must be a mapping with a 'path'")
+        raw["output"]["path"] = output
+    job = job_from_mapping(raw)
+    if job.target == "label" and job.data.source.startswith("builtin:"):
+        raise ConfigError("target", "'label' needs a manifest with a label column; builtin images have no labels")
+    return job
+
+
+def dump_job(job: Job) -> str:
+    """The resolved job as YAML, with its fingerprint, for OUT/job.yaml."""
+    d = job.to_dict()
+    d["fingerprint"] = job.fingerprint()
+    return yaml.safe_dump(d, sort_keys=False)

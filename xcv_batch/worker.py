@@ -1,0 +1,259 @@
+"""A worker: holds the model and the methods, and turns one shard of images into committed results.
+
+No Ray here: the driver runs a ShardWorker in-process or wraps it in an actor; both call ``process_shard``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Sequence
+
+import torch
+
+from .config import Job
+from .data import ImageRecord, decode_many
+from .errors import ImageError
+from .methods import build_method
+from .metrics import sensitivity_max
+from .model import Classifier, build_classifier, read_categories, resolve_device
+from .seeding import derive_seed
+from .store import RunStore
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Consecutive images of the job's sorted list: the unit of output files, retry and resume."""
+
+    items: tuple[tuple[int, ImageRecord], ...]  # (index in the Zarr arrays, record)
+
+    @property
+    def first_index(self) -> int:
+        return self.items[0][0]
+
+    @property
+    def last_index(self) -> int:
+        return self.items[-1][0]
+
+    @property
+    def name(self) -> str:
+        return f"{self.first_index:08d}-{self.last_index:08d}"
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+@dataclass
+class ShardReport:
+    shard: str
+    n_images: int
+    n_failed: int
+    seconds: float
+    file: str
+    errors: list[str] = field(default_factory=list)  # "image_id: message" for failed images
+
+
+@dataclass
+class _Prepared:
+    """One image ready for the methods (or its decode error)."""
+
+    index: int
+    record: ImageRecord
+    pixels: torch.Tensor | None = None
+    error: str | None = None
+
+
+class ShardWorker:
+    def __init__(self, job: Job, device: str | None = None, torch_threads: int | None = None):
+        if torch_threads:
+            torch.set_num_threads(torch_threads)
+        self.job = job
+        ggc = job.methods.get("guided_gradcam")
+        self.classifier: Classifier = build_classifier(
+            job.model.arch,
+            job.model.weights,
+            job.model.resolution,
+            seed=job.seed,
+            device=resolve_device(device or job.compute.device),
+            target_layer=ggc.layer if ggc is not None else "auto",
+            categories=read_categories(job.model.categories),
+        )
+        self.methods = {
+            name: build_method(name, self.classifier, settings, job.compute.forward_batch)
+            for name, settings in job.methods.items()
+        }
+
+    # ------------------------------------------------------------------ one shard
+    def process_shard(
+        self, shard: Shard, store: RunStore, progress: Callable[[int, int], None] | None = None
+    ) -> ShardReport:
+        """Compute, write the maps, then commit the rows. ``progress(images_done, images_failed)`` per batch."""
+        started = time.perf_counter()
+        writer = store.open_arrays()
+        rows: list[dict] = []
+        errors: list[str] = []
+        for batch in self._batches(shard):
+            batch_rows = self._process_batch(batch, writer)
+            rows.extend(batch_rows)
+            failed = {r["image_id"]: r["error"] for r in batch_rows if r["status"] == "error"}
+            errors.extend(f"{image_id}: {message}" for image_id, message in failed.items())
+            if progress is not None:
+                progress(len(batch), len(failed))
+        file = store.commit_rows(shard.first_index, shard.last_index, [{**r, "shard": shard.name} for r in rows])
+        n_failed = len({r["image_id"] for r in rows if r["status"] == "error"})
+        return ShardReport(shard.name, len(shard), n_failed, time.perf_counter() - started, file, errors)
+
+    def _batches(self, shard: Shard) -> Iterator[list[_Prepared]]:
+        """Decoded images in batches of ``compute.batch_size``; decoding runs ahead on a thread pool."""
+        records = [record for _, record in shard.items]
+        indices = [index for index, _ in shard.items]
+        decoded = decode_many(records, self.classifier.preprocessing, self.job.compute.decode_threads)
+        prepared = (
+            _Prepared(index, record, pixels=result) if not isinstance(result, ImageError)
+            else _Prepared(index, record, error=f"cannot use image: {result}")
+            for index, (record, result) in zip(indices, decoded)
+        )
+        while batch := list(itertools.islice(prepared, self.job.compute.batch_size)):
+            yield batch
+
+    def _process_batch(self, batch: list[_Prepared], writer) -> list[dict]:
+        rows: list[dict] = []
+        for item in batch:
+            if item.error is None and self.job.target == "label" and item.record.label is None:
+                item.error = "target is 'label' but this image has no label in the manifest"
+        good = [item for item in batch if item.error is None]
+        for item in batch:
+            if item.error is not None:
+                rows.extend(self._error_rows(item, item.error))
+        if not good:
+            return rows
+
+        device = self.classifier.device
+        pixels = torch.stack([item.pixels for item in good]).to(device, non_blocking=True)
+        inputs = self.classifier.preprocessing.normalize(pixels)
+        if device.type == "cuda":
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
+        with torch.no_grad():
+            probabilities = torch.softmax(self.classifier.net(inputs).float(), dim=1)
+        if self.job.target == "label":
+            targets = torch.tensor([item.record.label for item in good], dtype=torch.long, device=device)
+        else:
+            targets = probabilities.argmax(dim=1)
+        target_probs = probabilities.gather(1, targets.view(-1, 1)).squeeze(1).cpu().tolist()
+        targets_list = targets.cpu().tolist()
+        inputs_cpu = inputs.float().cpu().numpy()
+        for item, x in zip(good, inputs_cpu):
+            writer.write("inputs", item.index, x)
+
+        base = [
+            {
+                "image_id": item.record.image_id,
+                "image_path": item.record.path,
+                "index": item.index,
+                "target": target,
+                "target_name": self.classifier.category(target),
+                "target_prob": prob,
+                "label": item.record.label,
+            }
+            for item, target, prob in zip(good, targets_list, target_probs)
+        ]
+        for name, method in self.methods.items():
+            outcome = self._run_method(name, method, inputs, targets, [item.record.image_id for item in good])
+            for i, item in enumerate(good):
+                result = outcome[i]
+                if isinstance(result, str):
+                    rows.append(self._row(base[i], name, error=result))
+                    continue
+                attribution, attr_seconds, sensitivity, sensitivity_seconds = result
+                writer.write(name, item.index, attribution)
+                rows.append(
+                    self._row(
+                        base[i],
+                        name,
+                        sensitivity_max=sensitivity,
+                        attr_seconds=attr_seconds,
+                        sensitivity_seconds=sensitivity_seconds,
+                    )
+                )
+        return rows
+
+    def _run_method(self, name, method, inputs, targets, image_ids: Sequence[str]) -> list:
+        """Per image: (map, attr_seconds, sensitivity, sensitivity_seconds), or an error message.
+
+        The batch runs as one; if it raises, each image runs alone, so one bad image fails only itself.
+        """
+        try:
+            return self._explain(name, method, inputs, targets, image_ids)
+        except Exception:  # noqa: BLE001 - isolate the culprit below, then report it per image
+            if len(image_ids) == 1:
+                return [f"{name} failed: {traceback.format_exc(limit=1).strip().splitlines()[-1]}"]
+        results = []
+        for i in range(len(image_ids)):
+            results.extend(self._run_method(name, method, inputs[i: i + 1], targets[i: i + 1], image_ids[i: i + 1]))
+        return results
+
+    def _explain(self, name, method, inputs, targets, image_ids: Sequence[str]) -> list:
+        job = self.job
+        seeds = [derive_seed(job.seed, image_id, name) for image_id in image_ids]
+        n = len(image_ids)
+        started = time.perf_counter()
+        attributions = method.attribute(inputs, targets, seeds).float()
+        _synchronize(inputs.device)
+        attr_seconds = (time.perf_counter() - started) / n
+        if not torch.isfinite(attributions).all():
+            bad = [i for i in range(n) if not torch.isfinite(attributions[i]).all()]
+            if n == 1:
+                raise FloatingPointError(f"{name} produced non-finite values")
+            raise FloatingPointError(f"{name} produced non-finite values for images {bad}")
+        sensitivities: list[float | None] = [None] * n
+        sensitivity_seconds = None
+        if job.sensitivity is not None:
+            started = time.perf_counter()
+            values = sensitivity_max(
+                method,
+                inputs,
+                targets,
+                seeds,
+                attributions,
+                noise_seeds=[derive_seed(job.seed, image_id, name, "sensitivity") for image_id in image_ids],
+                n_perturb_samples=job.sensitivity.n_perturb_samples,
+                perturb_radius=job.sensitivity.perturb_radius,
+                batch_images=job.compute.batch_size,
+            )
+            _synchronize(inputs.device)
+            sensitivity_seconds = (time.perf_counter() - started) / n
+            sensitivities = values.cpu().tolist()
+        maps = attributions.cpu().numpy()
+        return [(maps[i], attr_seconds, sensitivities[i], sensitivity_seconds) for i in range(n)]
+
+    @staticmethod
+    def _row(base: dict, method: str, error: str | None = None, **metrics) -> dict:
+        return {
+            **base,
+            "method": method,
+            "sensitivity_max": metrics.get("sensitivity_max"),
+            "attr_seconds": metrics.get("attr_seconds"),
+            "sensitivity_seconds": metrics.get("sensitivity_seconds"),
+            "status": "error" if error else "ok",
+            "error": error,
+        }
+
+    def _error_rows(self, item: _Prepared, message: str) -> list[dict]:
+        base = {
+            "image_id": item.record.image_id,
+            "image_path": item.record.path,
+            "index": item.index,
+            "target": None,
+            "target_name": None,
+            "target_prob": None,
+            "label": item.record.label,
+        }
+        return [self._row(base, name, error=message) for name in self.methods]
+
+
+def _synchronize(device: torch.device) -> None:
+    """Timings must include queued GPU work."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
