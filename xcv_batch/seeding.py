@@ -11,12 +11,13 @@ import hashlib
 
 
 def derive_seed(job_seed: int, image_id: str, method: str, purpose: str = "") -> int:
-    """A 32-bit seed, stable across processes and Python versions (no ``hash()``, which is salted).
+    """A 31-bit seed, stable across processes and Python versions (no ``hash()``, which is salted).
 
-    32 bits because ``numpy.random.RandomState`` (which the ``lime`` package uses) takes no more.
+    31 bits because ``numpy.random.RandomState`` (which the ``lime`` package uses) takes no more than 32, and
+    scikit-image's quickshift passes its seed on as a C int.
     """
     text = f"{job_seed}\x1f{image_id}\x1f{method}\x1f{purpose}".encode()
-    return int.from_bytes(hashlib.blake2b(text, digest_size=4).digest(), "little")
+    return int.from_bytes(hashlib.blake2b(text, digest_size=4).digest(), "little") & 0x7FFFFFFF
 
 
 def perturbation_seed(seed: int, index: int) -> int:
