@@ -142,7 +142,9 @@ def test_results_do_not_depend_on_batching_sharding_or_grouping(finished_run, tm
     run_job(job)
     a, b = rows_of(out), rows_of(other)
     assert a[["image_id", "method", "target", "status"]].equals(b[["image_id", "method", "target", "status"]])
-    np.testing.assert_allclose(a.sensitivity_max.to_numpy(float), b.sensitivity_max.to_numpy(float), rtol=1e-4)
+    # Sensitivity is a norm of the *difference* of two nearly equal maps (‖Φ(x) − Φ(x+δ)‖ is ~1 % of ‖Φ(x)‖ for
+    # occlusion), so the ~1e-6 float noise of batch-size-dependent conv kernels is amplified ~100×.
+    np.testing.assert_allclose(a.sensitivity_max.to_numpy(float), b.sensitivity_max.to_numpy(float), rtol=2e-3)
     ga = zarr.open_group(os.path.join(out, "attributions.zarr"), mode="r")
     gb = zarr.open_group(os.path.join(other, "attributions.zarr"), mode="r")
     for name in METHODS:
