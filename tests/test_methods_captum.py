@@ -20,6 +20,7 @@ from captum.attr import NoiseTunnel
 from captum.attr import Occlusion as CaptumOcclusion
 from torch import nn
 
+from xcv_batch.config import job_from_mapping, load_job
 from xcv_batch.errors import ConfigError
 from xcv_batch.methods import build_method
 from xcv_batch.methods.ig_smoothgrad import seeded_noise, smooth
@@ -438,6 +439,13 @@ def test_occlusion_window_larger_than_the_input_is_a_config_error():
 
 @pytest.mark.parametrize("name", ["integrated_gradients", "ig_smoothgrad"])
 def test_riemann_rule_with_one_step_is_a_config_error(name):
-    settings_type = IntegratedGradientsSettings if name == "integrated_gradients" else IGSmoothGradSettings
+    # Captum only asserts n_steps > 1; the job loader says which key is wrong before any work.
     with pytest.raises(ConfigError, match=f"methods.{name}.n_steps"):
-        build_method(name, summing_classifier(5), settings_type(n_steps=1, method="riemann_left"), 4)
+        job_from_mapping({"methods": {name: {"n_steps": 1, "method": "riemann_left"}}})
+
+
+def test_occlusion_window_larger_than_the_resolution_is_refused_when_the_job_loads(tmp_path):
+    path = tmp_path / "job.yaml"
+    path.write_text("model: {resolution: 32}\nmethods: {occlusion: {window: 40, stride: 8}}\n")
+    with pytest.raises(ConfigError, match="methods.occlusion.window"):
+        load_job(str(path))

@@ -60,6 +60,62 @@ class SensitivityConfig:
 
 
 @dataclass(frozen=True)
+class InfidelityConfig:
+    """Captum ``infidelity`` with ``normalize=True``; Gaussian noise I of ``noise_std``, perturbed input x − I."""
+
+    n_perturb_samples: int = 10
+    noise_std: float = 0.003  # Captum's documented example scheme; compare values only at the same noise_std
+
+    def check(self) -> None:
+        if self.n_perturb_samples < 1:
+            raise ConfigError("n_perturb_samples", f"must be ≥ 1, got {self.n_perturb_samples}")
+        if self.noise_std <= 0:
+            raise ConfigError("noise_std", f"must be > 0, got {self.noise_std}")
+
+
+@dataclass(frozen=True)
+class CausalCurveConfig:
+    """RISE deletion/insertion (Petsiuk et al. 2018): ``n_steps`` equal fractions of the pixels, most relevant first."""
+
+    n_steps: int = 50
+    substrate: Literal["zero", "blur", "mean"] = "zero"
+    blur_sigma: float = 5.0
+
+    def check(self) -> None:
+        if self.n_steps < 1:
+            raise ConfigError("n_steps", f"must be ≥ 1, got {self.n_steps}")
+        if self.blur_sigma <= 0:
+            raise ConfigError("blur_sigma", f"must be > 0, got {self.blur_sigma}")
+
+
+@dataclass(frozen=True)
+class InsertionConfig(CausalCurveConfig):
+    substrate: Literal["zero", "blur", "mean"] = "blur"  # RISE inserts into a blurred copy
+
+
+@dataclass(frozen=True)
+class RandomisationConfig:
+    """Adebayo et al. 2018, cascading: the top ``depth`` parameterised blocks re-initialised (seeded by the job)."""
+
+    depth: int = 1
+
+    def check(self) -> None:
+        if self.depth < 1:
+            raise ConfigError("depth", f"must be ≥ 1, got {self.depth}")
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    """Quality metrics beyond Max-Sensitivity; each is off unless named (``infidelity: {}`` takes the defaults)."""
+
+    localisation: Union[Literal["auto"], bool] = "auto"  # auto: whenever the manifest gives a mask_path
+    infidelity: Optional[InfidelityConfig] = None
+    deletion: Optional[CausalCurveConfig] = None
+    insertion: Optional[InsertionConfig] = None
+    randomisation: Optional[RandomisationConfig] = None
+
+
+@dataclass(frozen=True)
 class ComputeConfig:
     workers: Union[Literal["auto"], int] = "auto"
     device: str = "auto"
@@ -67,13 +123,19 @@ class ComputeConfig:
     forward_batch: int = 64  # perturbed copies per forward pass, for every method
     shard_size: int = 32  # images per shard: the unit of output files, retry and resume
     decode_threads: int = 2
+    # Ray runs (workers > 1, or RAY_ADDRESS): how lost work is retried and how much is queued on each worker.
+    max_attempts: int = 3  # tries of a shard whose worker dies, hangs or raises; then its images one by one
+    shard_timeout_s: Optional[float] = None  # a shard running longer counts as hung: its worker is killed
+    max_in_flight: int = 2  # shards queued on each worker, so the next starts without a round trip
 
     def check(self) -> None:
         if self.workers != "auto" and self.workers < 1:
             raise ConfigError("workers", f"must be 'auto' or ≥ 1, got {self.workers}")
-        for key in ("batch_size", "forward_batch", "shard_size", "decode_threads"):
+        for key in ("batch_size", "forward_batch", "shard_size", "decode_threads", "max_attempts", "max_in_flight"):
             if getattr(self, key) < 1:
                 raise ConfigError(key, f"must be ≥ 1, got {getattr(self, key)}")
+        if self.shard_timeout_s is not None and self.shard_timeout_s <= 0:
+            raise ConfigError("shard_timeout_s", f"must be > 0 seconds or null, got {self.shard_timeout_s}")
 
 
 @dataclass(frozen=True)
@@ -90,6 +152,7 @@ class Job:
     target: Literal["predicted", "label"] = "predicted"
     methods: Mapping[str, Any] = field(default_factory=dict)  # name → that method's settings dataclass, job order
     sensitivity: Optional[SensitivityConfig] = field(default_factory=SensitivityConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     compute: ComputeConfig = field(default_factory=ComputeConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
 
@@ -102,6 +165,7 @@ class Job:
             "target": self.target,
             "methods": {name: dataclasses.asdict(s) for name, s in self.methods.items()},
             "sensitivity": dataclasses.asdict(self.sensitivity) if self.sensitivity else None,
+            "metrics": dataclasses.asdict(self.metrics),
             "compute": dataclasses.asdict(self.compute),
             "output": dataclasses.asdict(self.output),
         }
@@ -166,6 +230,19 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     raise ConfigError(key, f"must be {_type_name(tp)}, got {value!r}")
 
 
+def _dataclass_in(tp: Any) -> type | None:
+    """The dataclass that ``tp`` is, or that an Optional ``tp`` wraps."""
+    if dataclasses.is_dataclass(tp):
+        return tp
+    if typing.get_origin(tp) in (Union, types.UnionType):
+        return next((a for a in typing.get_args(tp) if dataclasses.is_dataclass(a)), None)
+    return None
+
+
+def _allows_none(tp: Any) -> bool:
+    return typing.get_origin(tp) in (Union, types.UnionType) and type(None) in typing.get_args(tp)
+
+
 def build_dataclass(cls: type, raw: Any, key: str) -> Any:
     """Instantiate dataclass ``cls`` from a mapping, checking keys and types; ``key`` is where it sits in the job."""
     if raw is None:
@@ -182,8 +259,9 @@ def build_dataclass(cls: type, raw: Any, key: str) -> Any:
     for name, value in raw.items():
         sub = f"{key}.{name}" if key else name
         tp = hints[name]
-        if dataclasses.is_dataclass(tp):
-            values[name] = build_dataclass(tp, value, sub)
+        nested = _dataclass_in(tp)
+        if nested is not None and not (value is None and _allows_none(tp)):
+            values[name] = build_dataclass(nested, value, sub)
         else:
             values[name] = _coerce(value, tp, sub)
     obj = cls(**values)
@@ -286,6 +364,11 @@ def load_job(path: str, overrides: list[str] | None = None, output: str | None =
             raise ConfigError("output", "must be a mapping with a 'path'")
         raw["output"]["path"] = output
     job = job_from_mapping(raw)
+    occlusion = job.methods.get("occlusion")
+    if occlusion is not None and occlusion.window > job.model.resolution:
+        raise ConfigError(
+            "methods.occlusion.window", f"must be ≤ model.resolution ({job.model.resolution}), got {occlusion.window}"
+        )
     if job.target == "label" and job.data.source.startswith("builtin:"):
         raise ConfigError("target", "'label' needs a manifest with a label column; builtin images have no labels")
     return job

@@ -13,7 +13,7 @@ from typing import Sequence
 import torch
 
 from .base import AttributionMethod, chunk_slices
-from .integrated_gradients import check_quadrature, integrated_gradients
+from .integrated_gradients import integrated_gradients
 from .settings import IGSmoothGradSettings
 
 
@@ -28,10 +28,6 @@ class IGSmoothGrad(AttributionMethod):
     name = "ig_smoothgrad"
     settings_type = IGSmoothGradSettings
     stochastic = True
-
-    def __init__(self, classifier, settings: IGSmoothGradSettings, forward_batch: int = 64):
-        super().__init__(classifier, settings, forward_batch)
-        check_quadrature(f"methods.{self.name}.n_steps", settings.n_steps, settings.method)
 
     def attribute(self, inputs: torch.Tensor, targets: torch.Tensor, seeds: Sequence[int]) -> torch.Tensor:
         settings: IGSmoothGradSettings = self.settings

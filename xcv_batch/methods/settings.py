@@ -47,6 +47,12 @@ class IntegratedGradientsSettings:
 
     def check(self) -> None:
         _positive("n_steps", self.n_steps)
+        _check_quadrature(self.method, self.n_steps)
+
+
+def _check_quadrature(method: str, n_steps: int) -> None:
+    if method.startswith("riemann") and n_steps < 2:
+        raise ConfigError("n_steps", f"must be ≥ 2 for the {method} rule, got {n_steps}")
 
 
 @dataclass(frozen=True)
@@ -64,6 +70,7 @@ class IGSmoothGradSettings:
     def check(self) -> None:
         _positive("nt_samples", self.nt_samples)
         _positive("n_steps", self.n_steps)
+        _check_quadrature(self.method, self.n_steps)
         if self.stdevs < 0:
             raise ConfigError("stdevs", f"must be ≥ 0, got {self.stdevs}")
 
