@@ -1,0 +1,202 @@
+"""Reading a run's output directory: the metric rows as a DataFrame, the maps of one image by id and method.
+
+Example (a notebook)::
+
+    from xcv_batch.results import open_results
+
+    res = open_results("results/demo")             # a local path or an s3:// prefix
+    rows = res.rows()                              # pandas: one row per image × method
+    rows[rows.status == "ok"].groupby("method").sensitivity_max.median()
+    attr = res.attribution(res.image_ids[0], "occlusion")   # (3, H, W) float32, reads one Zarr chunk
+    img = res.input_image(res.image_ids[0])                 # (H, W, 3) in [0, 1]
+
+The Parquet files are plain Parquet, so DuckDB reads them without xcv_batch::
+
+    import duckdb
+    duckdb.sql("SELECT method, median(sensitivity_max), count(*) FROM 'results/demo/metrics/*.parquet' "
+               "WHERE status = 'ok' GROUP BY method")
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import Any
+
+import fsspec
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.dataset as pads
+import yaml
+
+from .errors import ConfigError, OutputError
+
+#: Display names, as the seed report wrote them.
+METHOD_LABELS = {
+    "occlusion": "Occlusion",
+    "integrated_gradients": "Integrated Gradients",
+    "ig_smoothgrad": "IG + SmoothGrad",
+    "guided_gradcam": "Guided Grad-CAM",
+    "lime": "LIME",
+}
+
+#: The Parquet columns of the contract, with the dtypes an empty table gets.
+ROW_COLUMNS = {
+    "image_id": "object", "image_path": "object", "index": "int64", "method": "object", "target": "int64",
+    "target_name": "object", "target_prob": "float64", "label": "Int64", "sensitivity_max": "float64",
+    "attr_seconds": "float64", "sensitivity_seconds": "float64", "status": "object", "error": "object",
+}
+
+# Used only when an output directory predates the ``preprocessing`` attribute.
+_IMAGENET_PREPROCESSING = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+
+
+def method_label(name: str) -> str:
+    """The display name of a method (its registry name when it has none)."""
+    return METHOD_LABELS.get(name, name)
+
+
+def open_results(out: str) -> "Results":
+    """Open the output directory ``out`` for reading; nothing is read until asked for."""
+    return Results(out)
+
+
+class Results:
+    """One output directory, read lazily: ``rows()``, ``job``, ``image_ids``, ``methods``, ``attribution()``,
+    ``input_image()``."""
+
+    def __init__(self, out: str):
+        self.out = str(out).rstrip("/")
+        self._rows: pd.DataFrame | None = None
+        self._fs, self._root = fsspec.core.url_to_fs(self.out)
+        if not self._fs.exists(self._root):
+            raise OutputError(f"{self.out}: no such output directory")
+        if not any(self._fs.exists(f"{self._root}/{name}") for name in ("job.yaml", "metrics", "attributions.zarr")):
+            raise OutputError(f"{self.out}: not an xcv_batch output directory (no job.yaml, metrics/ or attributions.zarr)")
+
+    def __repr__(self) -> str:
+        return f"Results({self.out!r})"
+
+    # --- the job and the Zarr group's attributes ----------------------------------------------------------------
+
+    @cached_property
+    def job(self) -> dict:
+        """The resolved job (``OUT/job.yaml``, with its ``fingerprint``); empty if the file is missing."""
+        path = f"{self._root}/job.yaml"
+        if not self._fs.exists(path):
+            return {}
+        with self._fs.open(path, "r") as f:
+            job = yaml.safe_load(f)
+        return job if isinstance(job, dict) else {}
+
+    @cached_property
+    def _group(self):
+        import zarr  # here, so reading rows alone never needs zarr
+
+        if not self._fs.exists(f"{self._root}/attributions.zarr"):
+            return None
+        return zarr.open_group(store=f"{self.out}/attributions.zarr", mode="r")
+
+    @property
+    def attrs(self) -> dict:
+        """The Zarr group's attributes (empty when there is no Zarr group yet)."""
+        return dict(self._group.attrs) if self._group is not None else {}
+
+    @cached_property
+    def image_ids(self) -> list[str]:
+        """Image ids in index order (from the Zarr group; from the rows if there is none)."""
+        ids = self.attrs.get("image_ids")
+        if ids is not None:
+            return [str(i) for i in ids]
+        rows = self.rows()
+        return rows.sort_values("index").drop_duplicates("image_id")["image_id"].astype(str).tolist()
+
+    @cached_property
+    def methods(self) -> list[str]:
+        """The methods the job ran, in the job's order."""
+        for source in (self.attrs.get("methods"), self.job.get("methods")):
+            if isinstance(source, dict) and source:
+                return list(source)
+        return list(dict.fromkeys(self.rows()["method"]))
+
+    @property
+    def fingerprint(self) -> str | None:
+        return self.job.get("fingerprint") or self.attrs.get("fingerprint")
+
+    @property
+    def categories(self) -> list[str] | None:
+        return self.attrs.get("categories")
+
+    @cached_property
+    def _index_of(self) -> dict[str, int]:
+        return {image_id: i for i, image_id in enumerate(self.image_ids)}
+
+    def index_of(self, image_id: str) -> int:
+        """The row of ``image_id`` in the Zarr arrays."""
+        try:
+            return self._index_of[str(image_id)]
+        except KeyError:
+            examples = ", ".join(self.image_ids[:3])
+            raise ConfigError(
+                "image", f"no image {image_id!r} in {self.out} ({len(self.image_ids)} images, e.g. {examples})"
+            ) from None
+
+    # --- metric rows ----------------------------------------------------------------------------------------------
+
+    def metrics_files(self) -> list[str]:
+        """The Parquet files under ``OUT/metrics`` (names starting with '.' or '_' are in-flight or metadata)."""
+        root = f"{self._root}/metrics"
+        if not self._fs.exists(root):
+            return []
+        files = [p for p in self._fs.find(root) if p.endswith(".parquet")]
+        return sorted(p for p in files if not any(part.startswith((".", "_")) for part in p[len(root):].split("/")))
+
+    def rows(self) -> pd.DataFrame:
+        """Every metric row of every Parquet file (no deduplication), as pandas."""
+        if self._rows is None:
+            self._rows = self._read_rows()
+        return self._rows.copy()
+
+    def _read_rows(self) -> pd.DataFrame:
+        files = self.metrics_files()
+        if not files:
+            return pd.DataFrame({name: pd.Series(dtype=dtype) for name, dtype in ROW_COLUMNS.items()})
+        where = dict(filesystem=self._fs, format="parquet", partitioning="hive",
+                     partition_base_dir=f"{self._root}/metrics")
+        dataset = pads.dataset(files, **where)
+        # Shards written before a metric existed lack its column; unify so every row has every column (null there).
+        schema = pa.unify_schemas([dataset.schema] + [frag.physical_schema for frag in dataset.get_fragments()],
+                                  promote_options="permissive")
+        return pads.dataset(files, schema=schema, **where).to_table().to_pandas()
+
+    def image_rows(self, image_id: str) -> pd.DataFrame:
+        """The rows of one image, one per method."""
+        rows = self.rows()
+        return rows[rows["image_id"].astype(str) == str(image_id)]
+
+    # --- arrays ---------------------------------------------------------------------------------------------------
+
+    def _array(self, name: str):
+        if self._group is None:
+            raise OutputError(f"{self.out}: no attributions.zarr (the run has not written any maps yet)")
+        try:
+            return self._group[name]
+        except KeyError:
+            raise ConfigError("method", f"no array {name!r} in {self.out}/attributions.zarr "
+                                        f"(methods: {', '.join(self.methods)})") from None
+
+    def attribution(self, image_id: str, method: str) -> np.ndarray:
+        """The raw map of one image and method, ``(3, H, W)`` float32; all NaN if it was never written."""
+        return np.asarray(self._array(method)[self.index_of(image_id)])
+
+    def model_input(self, image_id: str) -> np.ndarray:
+        """The normalised model input of one image, ``(3, H, W)`` float32."""
+        return np.asarray(self._array("inputs")[self.index_of(image_id)])
+
+    def input_image(self, image_id: str) -> np.ndarray:
+        """The image as the model saw it, denormalised with the stored mean/std: ``(H, W, 3)`` in [0, 1]."""
+        pre: dict[str, Any] = self.attrs.get("preprocessing") or _IMAGENET_PREPROCESSING
+        mean = np.asarray(pre["mean"], dtype=np.float32)[:, None, None]
+        std = np.asarray(pre["std"], dtype=np.float32)[:, None, None]
+        image = self.model_input(image_id) * std + mean
+        return np.clip(np.nan_to_num(image, nan=0.0), 0.0, 1.0).transpose(1, 2, 0)
