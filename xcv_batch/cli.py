@@ -20,7 +20,7 @@ LIME for every image, with Max-Sensitivity and cost, written to Zarr + Parquet.
 
 verbs:
   run JOB.yaml        run a job on this machine (local Ray or RAY_ADDRESS when workers > 1)
-  submit JOB.yaml     send the same run to a Ray cluster (Ray Jobs API)
+  submit JOB.yaml     send the same run to a Ray cluster (Ray Jobs API); status / logs / stop act on it
   summarize OUT       rank the methods across the dataset: table, summary.json/.md, report.html
   show OUT            a Fig. 1-style panel of one image and each method's map
 
@@ -29,6 +29,7 @@ examples:
   python -m xcv_batch run jobs/demo.yaml --set model.weights=none --out results/demo-offline
   python -m xcv_batch summarize results/demo
   python -m xcv_batch show results/demo --image chelsea.png --output chelsea.png
+  python -m xcv_batch submit jobs/demo.yaml --address http://HEAD:8265 --out s3://bucket/demo
 """
 
 
@@ -50,6 +51,26 @@ def build_parser() -> argparse.ArgumentParser:
                      help="override a job key, e.g. --set methods.occlusion.window=8 (repeatable)")
     run.add_argument("--resume", action="store_true", help="finish an interrupted run in the same OUT")
 
+    submit = verbs.add_parser("submit", help="send the same run to a Ray cluster (Ray Jobs API)")
+    submit.add_argument("job", help="job file (YAML) under the current directory, which is uploaded with it")
+    _add_address(submit)
+    submit.add_argument("--out", help="output s3:// prefix (or a path the cluster's workers share)")
+    submit.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a job key (repeatable), as for run")
+    submit.add_argument("--resume", action="store_true", help="finish an interrupted run in the same OUT")
+    submit.add_argument("--no-wait", action="store_true", help="return once submitted instead of following the logs")
+
+    for name, text in (("status", "show a submitted job's state"), ("logs", "print a submitted job's logs"),
+                       ("stop", "stop a submitted job (committed shards are kept)")):
+        verb = verbs.add_parser(name, help=text)
+        verb.add_argument("target", help="submission id, or the job file (with the same --out/--set as at submit)")
+        _add_address(verb)
+        verb.add_argument("--out", help="as given to submit, when TARGET is a job file")
+        verb.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                          help="as given to submit, when TARGET is a job file")
+        if name == "logs":
+            verb.add_argument("--follow", action="store_true", help="keep printing until the job ends")
+
     summarize = verbs.add_parser("summarize", help="rank the methods across a run's images")
     summarize.add_argument("out", help="a run's output directory")
     summarize.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples for the CIs")
@@ -62,6 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_address(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--address", help="the cluster's dashboard URL, e.g. http://HEAD:8265 (default: RAY_ADDRESS)")
+
+
 def _run(args) -> int:
     from .config import load_job
     from .driver import run_job
@@ -69,6 +94,33 @@ def _run(args) -> int:
     job = load_job(args.job, overrides=args.overrides, output=args.out)
     report = run_job(job, resume=args.resume)
     print(report.final_line())
+    return 0
+
+
+def _submit(args) -> int:
+    from .driver.jobs import submit
+
+    return submit(args.job, args.address, overrides=args.overrides, out=args.out, resume=args.resume,
+                  wait=not args.no_wait)
+
+
+def _status(args) -> int:
+    from .driver.jobs import status
+
+    print(status(args.target, args.address, overrides=args.overrides, out=args.out))
+    return 0
+
+
+def _logs(args) -> int:
+    from .driver.jobs import logs
+
+    return logs(args.target, args.address, follow_logs=args.follow, overrides=args.overrides, out=args.out)
+
+
+def _stop(args) -> int:
+    from .driver.jobs import stop
+
+    print(stop(args.target, args.address, overrides=args.overrides, out=args.out))
     return 0
 
 
@@ -83,7 +135,7 @@ def _summarize(args) -> int:
         from .report import write_report
 
         paths.append(write_report(args.out, summary))
-    Console().print(render_table(summary))
+    Console(width=max(Console().width, 120)).print(render_table(summary))  # piped output defaults to 80
     for path in paths:
         print(f"wrote {path}")
     return 0
@@ -98,7 +150,8 @@ def _show(args) -> int:
     return 0
 
 
-_VERBS = {"run": _run, "summarize": _summarize, "show": _show}
+_VERBS = {"run": _run, "submit": _submit, "status": _status, "logs": _logs, "stop": _stop,
+          "summarize": _summarize, "show": _show}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

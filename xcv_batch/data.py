@@ -10,6 +10,8 @@ Three steps, each usable alone:
 * :func:`preprocess` is torchvision's ``ImageClassification`` transform without its normalisation (the worker
   normalises on the device). :func:`load_image` chains the last two; :func:`decode_many` runs it on a thread pool
   so the next batch decodes while the model works.
+* :func:`load_mask` reads a ground-truth object mask (a manifest's optional ``mask_path`` column) through the same
+  resize and centre crop as its image, so mask pixels line up with attribution pixels.
 
 Local paths go through ``os``/``open`` and never need fsspec; URLs (anything with ``://``) go through fsspec.
 """
@@ -61,6 +63,7 @@ class ImageRecord:
     image_id: str
     path: str
     label: int | None = None
+    mask_path: str | None = None  # ground-truth object mask (manifest column ``mask_path``), absolute path or URL
 
 
 def is_url(path: str) -> bool:
@@ -179,7 +182,7 @@ def _read_manifest(files: "_LocalFiles | _RemoteFiles", manifest: str, extension
     folder = files.dirname(manifest)
     records: list[ImageRecord] = []
     seen: dict[str, str] = {}
-    for where, entry, label in entries:
+    for where, entry, label, mask_entry in entries:
         path = files.resolve(entry, folder)
         image_id = files.relative(path, folder)
         if image_id in seen:
@@ -188,13 +191,14 @@ def _read_manifest(files: "_LocalFiles | _RemoteFiles", manifest: str, extension
                 "remove the duplicate"
             )
         seen[image_id] = where
-        records.append(ImageRecord(image_id, path, label))
+        mask_path = files.resolve(mask_entry, folder) if mask_entry is not None else None
+        records.append(ImageRecord(image_id, path, label, mask_path))
     if not records:
         raise DataError(f"data.source: manifest {manifest} lists no images; add one path a line (or a 'path' column)")
     return records
 
 
-def _txt_entries(files, manifest: str) -> list[tuple[str, str, int | None]]:
+def _txt_entries(files, manifest: str) -> list[tuple[str, str, int | None, str | None]]:
     with files.open(manifest) as handle:
         raw = handle.read()
     try:
@@ -205,11 +209,11 @@ def _txt_entries(files, manifest: str) -> list[tuple[str, str, int | None]]:
     for number, line in enumerate(text.splitlines(), start=1):
         line = line.strip()
         if line and not line.startswith("#"):
-            entries.append((f"line {number}", line, None))
+            entries.append((f"line {number}", line, None, None))
     return entries
 
 
-def _table_entries(files, manifest: str, extension: str) -> list[tuple[str, str, int | None]]:
+def _table_entries(files, manifest: str, extension: str) -> list[tuple[str, str, int | None, str | None]]:
     import pyarrow as pa
     import pyarrow.csv as pa_csv
     import pyarrow.parquet as pq
@@ -217,8 +221,8 @@ def _table_entries(files, manifest: str, extension: str) -> list[tuple[str, str,
     try:
         with files.open(manifest) as handle:
             if extension == ".csv":
-                # Read 'path' as text even when every path looks like a number ("001").
-                options = pa_csv.ConvertOptions(column_types={"path": pa.string()})
+                # Read paths as text even when every path looks like a number ("001").
+                options = pa_csv.ConvertOptions(column_types={"path": pa.string(), "mask_path": pa.string()})
                 table = pa_csv.read_csv(handle, convert_options=options)
             else:
                 table = pq.read_table(handle)
@@ -231,12 +235,14 @@ def _table_entries(files, manifest: str, extension: str) -> list[tuple[str, str,
         )
     paths = table.column("path").to_pylist()
     labels = table.column("label").to_pylist() if "label" in table.column_names else [None] * len(paths)
+    masks = table.column("mask_path").to_pylist() if "mask_path" in table.column_names else [None] * len(paths)
     entries = []
-    for row, (path, label) in enumerate(zip(paths, labels), start=1):
+    for row, (path, label, mask) in enumerate(zip(paths, labels, masks), start=1):
         where = f"row {row}"
         if path is None or not str(path).strip():
             raise DataError(f"data.source: manifest {manifest} {where} has an empty path; fill it in or drop the row")
-        entries.append((where, str(path).strip(), _as_label(label, manifest, where)))
+        mask_entry = str(mask).strip() if mask is not None and str(mask).strip() else None  # empty cell: no mask
+        entries.append((where, str(path).strip(), _as_label(label, manifest, where), mask_entry))
     return entries
 
 
@@ -521,6 +527,42 @@ def load_image(path: str, preprocessing: Preprocessing) -> torch.Tensor:
     Transparent pixels come out as if the image lay on a white background (see :func:`to_rgb`).
     """
     return preprocess(decode_image(path), preprocessing)
+
+
+def load_mask(path: str, preprocessing: Preprocessing) -> torch.Tensor:
+    """A ground-truth mask as (R, R) bool, aligned with :func:`load_image` of its image; fails with ImageError.
+
+    Any pixel mode is read as grey levels and a pixel is in the mask when it is at least half the full level (≥ 128
+    of 255, ≥ 32768 of 65535), so 0/255 masks, mode ``1`` and anti-aliased masks all work; a mask whose only levels
+    are 0 and 1 (a boolean array saved as integers) is read as such. EXIF orientation is applied as for images. The
+    mask goes through the image's resize (short side) and centre crop with **nearest** interpolation, so it stays
+    binary; it must have its image's aspect ratio to line up with it.
+    """
+    data = read_bytes(path)
+    if not data:
+        raise ImageError("empty mask file: the file has 0 bytes")
+    try:
+        mask = Image.open(io.BytesIO(data))
+        ImageOps.exif_transpose(mask, in_place=True)  # loads the pixels; the image is turned the same way
+    except Image.DecompressionBombError as err:
+        raise ImageError(f"mask: {_bomb_message(err)}") from err
+    except UnidentifiedImageError as err:
+        raise ImageError("mask is not an image: PIL cannot identify the file's format") from err
+    except Exception as err:  # PIL's decoders raise many types for damaged files
+        raise ImageError(f"mask: {_decode_failure_message(err, data)}") from err
+    if mask.width == 0 or mask.height == 0:
+        raise ImageError(f"mask has zero size ({mask.width}×{mask.height} px)")
+    if mask.mode in ("I", "F") or mask.mode.startswith("I;"):
+        levels = np.asarray(mask)
+        inside = levels >= 0.5 if levels.max(initial=0) <= 1 else _scale_to_uint8(levels) >= 128
+    else:
+        levels = np.asarray(mask.convert("L"))
+        inside = levels >= 1 if levels.max(initial=0) == 1 else levels >= 128
+    binary = Image.fromarray(np.where(inside, 255, 0).astype(np.uint8), mode="L")
+    _check_resized_size(binary.size, preprocessing.resize_size)
+    binary = TF.resize(binary, [preprocessing.resize_size], interpolation=InterpolationMode.NEAREST)
+    binary = TF.center_crop(binary, [preprocessing.crop_size])
+    return torch.from_numpy(np.asarray(binary) >= 128)
 
 
 def _load_or_error(path: str, preprocessing: Preprocessing) -> torch.Tensor | ImageError:

@@ -5,8 +5,10 @@ and report ``max_j ‖Φ(x) − Φ(x + δ_j)‖_F / ‖Φ(x)‖_F`` (a zero norm
 the true maximum, so values are comparable only at the same ``n``.
 
 Differences from calling Captum per image, none of which changes the definition:
-- the perturbed copies of *many* images go through the method in one call, sliced to ``batch_images`` images so
-  that nested batching (copies × noise samples × IG steps) stays bounded; the method itself fills forward passes;
+- the perturbed copies of *many* images go through the method in one call (or ``batch_images`` at a time): every
+  method streams its rows (copies × noise samples × IG steps, copies × LIME samples) through the model
+  ``forward_batch`` at a time, so the nested product never becomes one batch, and more copies per call means
+  fuller chunks and, for LIME, more segmentations queued ahead of the device;
 - the noise is drawn on the compute device from a generator seeded per image and method, not from the global CPU
   RNG, so a value does not depend on batching or worker count;
 - Φ(x) is the attribution the run already computed (same seed, so identical to recomputing it), saving one call;
@@ -45,13 +47,13 @@ def sensitivity_max(
     noise_seeds: Sequence[int],
     n_perturb_samples: int = 10,
     perturb_radius: float = 0.02,
-    batch_images: int = 8,
+    batch_images: int | None = None,
 ) -> torch.Tensor:
     """Max-Sensitivity of ``method`` for each of B inputs → (B,) float32.
 
     ``seeds`` are the method's seeds of the inputs (for stochastic methods), ``attributions`` the maps already
     computed with them, ``noise_seeds`` one seed per input for the perturbations. The B·n perturbed copies are
-    explained ``batch_images`` at a time.
+    explained in one call, or ``batch_images`` at a time (a bound on the copies held at once, for huge batches).
     """
     n = n_perturb_samples
     perturbed = uniform_perturbations(inputs, noise_seeds, n, perturb_radius)
@@ -63,7 +65,7 @@ def sensitivity_max(
     reference_norm = torch.where(reference_norm == 0, torch.ones_like(reference_norm), reference_norm)
 
     ratios = torch.empty(perturbed.shape[0], dtype=torch.float32, device=inputs.device)
-    for part in chunk_slices(perturbed.shape[0], batch_images):
+    for part in chunk_slices(perturbed.shape[0], batch_images or perturbed.shape[0] or 1):
         explained = method.attribute(perturbed[part], copy_targets[part], copy_seeds[part])
         owner = torch.arange(part.start, part.stop, device=inputs.device) // n  # the image each copy came from
         change = reference[owner] - explained.reshape(explained.shape[0], -1).to(torch.float32)

@@ -133,6 +133,9 @@ class RunStore:
 
     def committed_files(self) -> list[str]:
         directory = self._path(METRICS_DIR)
+        # Object-store filesystems (s3fs) cache listings per instance, and fsspec shares instances within a process:
+        # files that workers committed since the last listing would be missing from it.
+        self.fs.invalidate_cache(directory)
         if not self.fs.exists(directory):
             return []
         names = [p.rsplit("/", 1)[-1] for p in self.fs.ls(directory, detail=False)]

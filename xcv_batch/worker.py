@@ -14,10 +14,11 @@ from typing import Callable, Iterator, Sequence
 import torch
 
 from .config import Job
-from .data import ImageRecord, decode_many
+from .data import ImageRecord, decode_many, load_mask
 from .errors import ImageError
 from .methods import build_method
 from .metrics import sensitivity_max
+from .quality import QualityMetrics
 from .model import Classifier, build_classifier, read_categories, resolve_device
 from .seeding import derive_seed
 from .store import RunStore
@@ -62,7 +63,16 @@ class _Prepared:
     index: int
     record: ImageRecord
     pixels: torch.Tensor | None = None
+    mask: torch.Tensor | None = None
     error: str | None = None
+
+
+@dataclass
+class _Explained:
+    """One method's result for one image."""
+
+    attribution: "numpy.ndarray"
+    columns: dict  # row columns: attr_seconds, sensitivity_max, sensitivity_seconds, quality metrics
 
 
 class ShardWorker:
@@ -84,6 +94,7 @@ class ShardWorker:
             name: build_method(name, self.classifier, settings, job.compute.forward_batch)
             for name, settings in job.methods.items()
         }
+        self.quality = QualityMetrics(job, self.classifier, self.methods)
 
     # ------------------------------------------------------------------ one shard
     def process_shard(
@@ -111,12 +122,23 @@ class ShardWorker:
         indices = [index for index, _ in shard.items]
         decoded = decode_many(records, self.classifier.preprocessing, self.job.compute.decode_threads)
         prepared = (
-            _Prepared(index, record, pixels=result) if not isinstance(result, ImageError)
+            self._with_mask(_Prepared(index, record, pixels=result)) if not isinstance(result, ImageError)
             else _Prepared(index, record, error=f"cannot use image: {result}")
             for index, (record, result) in zip(indices, decoded)
         )
         while batch := list(itertools.islice(prepared, self.job.compute.batch_size)):
             yield batch
+
+    def _with_mask(self, item: _Prepared) -> _Prepared:
+        """Load the ground-truth mask when the manifest has one and localisation is wanted."""
+        if item.record.mask_path and self.quality.wants_masks:
+            try:
+                item.mask = load_mask(item.record.mask_path, self.classifier.preprocessing)
+            except ImageError as err:
+                item.error = f"cannot use mask: {err}"
+        elif self.job.metrics.localisation is True:
+            item.error = "metrics.localisation is on but this image has no mask_path in the manifest"
+        return item
 
     def _process_batch(self, batch: list[_Prepared], writer) -> list[dict]:
         rows: list[dict] = []
@@ -159,42 +181,40 @@ class ShardWorker:
             }
             for item, target, prob in zip(good, targets_list, target_probs)
         ]
+        masks = None
+        if all(item.mask is not None for item in good):
+            masks = torch.stack([item.mask for item in good]).to(device)
         for name, method in self.methods.items():
-            outcome = self._run_method(name, method, inputs, targets, [item.record.image_id for item in good])
+            image_ids = [item.record.image_id for item in good]
+            outcome = self._run_method(name, method, inputs, targets, image_ids, masks)
             for i, item in enumerate(good):
                 result = outcome[i]
                 if isinstance(result, str):
                     rows.append(self._row(base[i], name, error=result))
                     continue
-                attribution, attr_seconds, sensitivity, sensitivity_seconds = result
-                writer.write(name, item.index, attribution)
-                rows.append(
-                    self._row(
-                        base[i],
-                        name,
-                        sensitivity_max=sensitivity,
-                        attr_seconds=attr_seconds,
-                        sensitivity_seconds=sensitivity_seconds,
-                    )
-                )
+                writer.write(name, item.index, result.attribution)
+                rows.append(self._row(base[i], name, **result.columns))
         return rows
 
-    def _run_method(self, name, method, inputs, targets, image_ids: Sequence[str]) -> list:
-        """Per image: (map, attr_seconds, sensitivity, sensitivity_seconds), or an error message.
+    def _run_method(self, name, method, inputs, targets, image_ids: Sequence[str], masks) -> list:
+        """Per image: an _Explained, or an error message.
 
         The batch runs as one; if it raises, each image runs alone, so one bad image fails only itself.
         """
         try:
-            return self._explain(name, method, inputs, targets, image_ids)
+            return self._explain(name, method, inputs, targets, image_ids, masks)
         except Exception:  # noqa: BLE001 - isolate the culprit below, then report it per image
             if len(image_ids) == 1:
                 return [f"{name} failed: {traceback.format_exc(limit=1).strip().splitlines()[-1]}"]
         results = []
         for i in range(len(image_ids)):
-            results.extend(self._run_method(name, method, inputs[i: i + 1], targets[i: i + 1], image_ids[i: i + 1]))
+            one_mask = masks[i: i + 1] if masks is not None else None
+            results.extend(
+                self._run_method(name, method, inputs[i: i + 1], targets[i: i + 1], image_ids[i: i + 1], one_mask)
+            )
         return results
 
-    def _explain(self, name, method, inputs, targets, image_ids: Sequence[str]) -> list:
+    def _explain(self, name, method, inputs, targets, image_ids: Sequence[str], masks) -> list[_Explained]:
         job = self.job
         seeds = [derive_seed(job.seed, image_id, name) for image_id in image_ids]
         n = len(image_ids)
@@ -225,17 +245,30 @@ class ShardWorker:
             _synchronize(inputs.device)
             sensitivity_seconds = (time.perf_counter() - started) / n
             sensitivities = values.cpu().tolist()
+        quality = self.quality.evaluate(name, inputs, targets, seeds, image_ids, attributions, masks)
         maps = attributions.cpu().numpy()
-        return [(maps[i], attr_seconds, sensitivities[i], sensitivity_seconds) for i in range(n)]
+        return [
+            _Explained(
+                maps[i],
+                {
+                    "attr_seconds": attr_seconds,
+                    "sensitivity_max": sensitivities[i],
+                    "sensitivity_seconds": sensitivity_seconds,
+                    **{column: values[i] for column, values in quality.items()},
+                },
+            )
+            for i in range(n)
+        ]
 
     @staticmethod
-    def _row(base: dict, method: str, error: str | None = None, **metrics) -> dict:
+    def _row(base: dict, method: str, error: str | None = None, **columns) -> dict:
         return {
             **base,
             "method": method,
-            "sensitivity_max": metrics.get("sensitivity_max"),
-            "attr_seconds": metrics.get("attr_seconds"),
-            "sensitivity_seconds": metrics.get("sensitivity_seconds"),
+            "sensitivity_max": None,
+            "attr_seconds": None,
+            "sensitivity_seconds": None,
+            **columns,
             "status": "error" if error else "ok",
             "error": error,
         }

@@ -36,9 +36,21 @@ class AttributionMethod(ABC):
 
 
 def chunk_slices(total: int, size: int) -> Iterator[slice]:
-    """Consecutive slices of at most ``size`` covering ``range(total)``."""
-    for start in range(0, total, size):
-        yield slice(start, min(start + size, total))
+    """Consecutive slices of at most ``size`` covering ``range(total)``, as few as possible and of equal length ±1.
+
+    Balanced rather than ``size, size, …, remainder``: 520 rows at 64 go as nine chunks of 57–58, not eight of 64
+    and one of 8, whose small forward pass would run far below the device's throughput (on a GPU a chunk of 8 costs
+    about as much as one of 64).
+    """
+    if size < 1:
+        raise ValueError(f"chunk size must be ≥ 1, got {size}")
+    n_chunks = -(-total // size)
+    base, extra = divmod(total, max(n_chunks, 1))
+    start = 0
+    for index in range(n_chunks):
+        stop = start + base + (1 if index < extra else 0)
+        yield slice(start, stop)
+        start = stop
 
 
 def target_outputs(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

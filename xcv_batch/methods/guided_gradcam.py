@@ -68,7 +68,9 @@ class GuidedGradCam(AttributionMethod):
                     with classifier.guided.enabled():
                         (guided_grads,) = torch.autograd.grad(score, images)
                 with torch.no_grad():
-                    cam = grad_cam(activations.detach(), layer_grads)
+                    # float32 even under bf16/fp16 autocast: the channel means and the weighted sum lose little
+                    # there, but the map is the product of two small numbers.
+                    cam = grad_cam(activations.detach().float(), layer_grads.float())
                     cam = F.interpolate(cam, size=tuple(inputs.shape[2:]), mode=settings.interpolate_mode)
                     result[chunk] = (guided_grads * cam).float()
         return result

@@ -14,7 +14,8 @@ random_seed=seed)`` computes:
    feature and only reorders them, so the fit is on all F columns.)
 
 Here the samples of every image of a batch are flattened into one stream and pushed through the network in chunks
-of ``forward_batch``, and the ridge is solved in closed form in float64 on the device.
+of ``forward_batch``, perturbed images are composed on the device, the ridge is solved in closed form in float64 on
+the device, and superpixels come from a CPU process pool while the device works on the images already segmented.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import numpy as np
 import torch
 
 from ..model import Preprocessing
-from ..segmentation import segment_batch
+from ..segmentation import submit_segmentation
 from .base import AttributionMethod, chunk_slices
 from .settings import LimeSettings
 
@@ -45,40 +46,26 @@ class Lime(AttributionMethod):
         if len(seeds) != inputs.shape[0] or targets.shape[0] != inputs.shape[0]:
             raise ValueError(f"{inputs.shape[0]} inputs, {targets.shape[0]} targets, {len(seeds)} seeds")
         batch, _, height, width = inputs.shape
-        device = inputs.device
-        segments = segment_batch(segmentation_images(inputs, self.classifier.preprocessing), self.settings, seeds)
-        self.last_num_segments = [int(labels.max()) + 1 for labels in segments]
+        # Every image's segmentation is queued on the CPU pool now; the forwards of image i start as soon as its
+        # own segments are back, while the pool works on the next ones.
+        pending = submit_segmentation(segmentation_images(inputs, self.classifier.preprocessing), self.settings, seeds)
+        images = _PerturbationSources(inputs, pending, seeds, self.settings)
+        scores = self._sample_scores(inputs, targets, images)
 
-        flat_segments = [torch.from_numpy(labels).to(device).view(-1) for labels in segments]
-        inputs_cpu = inputs.to("cpu", torch.float64).numpy()
-        fills = [
-            torch.from_numpy(fill_colours(inputs_cpu[i], segments[i], self.settings.hide_color))
-            .to(device, inputs.dtype)[:, flat_segments[i]]  # (3, H*W): each pixel's "off" value
-            for i in range(batch)
-        ]
-        samples = [
-            torch.from_numpy(sample_rows(num_features, self.settings.num_samples, seed)).to(device, torch.bool)
-            for num_features, seed in zip(self.last_num_segments, seeds)
-        ]
-        scores = self._sample_scores(inputs, targets, flat_segments, fills, samples)
-
+        self.last_num_segments = [images[i].num_features for i in range(batch)]
         maps = inputs.new_empty((batch, 3, height, width), dtype=torch.float32)
         for i in range(batch):
-            rows = samples[i].to(torch.float64)
+            source = images[i]
+            rows = source.samples.to(torch.float64)
             coefficients, _ = fit_weighted_ridge(
                 rows, scores[i], kernel_weights(rows, self.settings.kernel_width), self.settings.alpha
             )
             # Every pixel gets its superpixel's coefficient, the same in all three channels.
-            maps[i] = coefficients[flat_segments[i]].view(1, height, width).to(torch.float32)
+            maps[i] = coefficients[source.flat_segments].view(1, height, width).to(torch.float32)
         return maps
 
     def _sample_scores(
-        self,
-        inputs: torch.Tensor,
-        targets: torch.Tensor,
-        flat_segments: list[torch.Tensor],
-        fills: list[torch.Tensor],
-        samples: list[torch.Tensor],
+        self, inputs: torch.Tensor, targets: torch.Tensor, images: "_PerturbationSources"
     ) -> torch.Tensor:
         """(B, num_samples) float64: softmax(net(perturbed))[target] for every (image, sample row)."""
         batch, channels, height, width = inputs.shape
@@ -91,15 +78,46 @@ class Lime(AttributionMethod):
             for i in range(chunk.start // num_samples, (chunk.stop - 1) // num_samples + 1):
                 first = max(chunk.start, i * num_samples) - i * num_samples
                 stop = min(chunk.stop, (i + 1) * num_samples) - i * num_samples
-                kept = samples[i][first:stop][:, flat_segments[i]]  # (n, H*W): pixel's superpixel is on
-                perturbed = torch.where(kept.unsqueeze(1), flat_inputs[i], fills[i])  # (n, 3, H*W)
+                source = images[i]
+                kept = source.samples[first:stop][:, source.flat_segments]  # (n, H*W): pixel's superpixel is on
+                perturbed = torch.where(kept.unsqueeze(1), flat_inputs[i], source.fills)  # (n, 3, H*W)
                 pieces.append(perturbed.view(-1, channels, height, width))
                 piece_targets.append(targets[i].expand(stop - first))
             logits = self.classifier.net(torch.cat(pieces))
             # lime's classifier_fn returns probabilities; float64 keeps the softmax itself from adding rounding.
             probabilities = torch.softmax(logits.to(torch.float64), dim=1)
-            scores[chunk] = probabilities.gather(1, torch.cat(piece_targets).view(-1, 1)).squeeze(1)
+            scores[chunk] = probabilities.gather(1, torch.cat(piece_targets).view(-1, 1).to(logits.device)).squeeze(1)
         return scores.view(batch, num_samples)
+
+
+class _PerturbationSource:
+    """What LIME needs of one image on the device: its superpixel of every pixel, off-colours and sample rows."""
+
+    def __init__(self, image_chw: np.ndarray, segments: np.ndarray, seed: int, settings: LimeSettings, device, dtype):
+        self.num_features = int(segments.max()) + 1
+        self.flat_segments = torch.from_numpy(segments).to(device).view(-1)
+        fills = torch.from_numpy(fill_colours(image_chw, segments, settings.hide_color))
+        self.fills = fills.to(device, dtype)[:, self.flat_segments]  # (3, H*W): each pixel's "off" value
+        rows = sample_rows(self.num_features, settings.num_samples, seed)
+        self.samples = torch.from_numpy(rows).to(device, torch.bool)
+
+
+class _PerturbationSources:
+    """Image i's :class:`_PerturbationSource`, built the first time it is asked for (waiting for its segments)."""
+
+    def __init__(self, inputs: torch.Tensor, pending: list, seeds: Sequence[int], settings: LimeSettings):
+        self._inputs_cpu = inputs.detach().to("cpu", torch.float64).numpy()
+        self._pending, self._seeds, self._settings = pending, seeds, settings
+        self._device, self._dtype = inputs.device, inputs.dtype
+        self._built: dict[int, _PerturbationSource] = {}
+
+    def __getitem__(self, i: int) -> _PerturbationSource:
+        if i not in self._built:
+            segments = self._pending[i].result()
+            self._built[i] = _PerturbationSource(
+                self._inputs_cpu[i], segments, int(self._seeds[i]), self._settings, self._device, self._dtype
+            )
+        return self._built[i]
 
 
 def segmentation_images(inputs: torch.Tensor, preprocessing: Preprocessing) -> list[np.ndarray]:

@@ -45,22 +45,25 @@ class Occlusion(AttributionMethod):
         n_cols = cols.shape[0]
         n_windows = rows.shape[0] * n_cols
 
+        # Each image contributes n_windows occluded rows and, last, itself unoccluded: one image-major stream, so the
+        # clean forward rides in full chunks instead of a small batch of its own.
+        per_image = n_windows + 1
         # Kept in the model's dtype until the end: the drops are small differences of logits.
-        clean_scores = torch.empty(n_images, dtype=inputs.dtype, device=inputs.device)
-        drops = torch.empty(n_images * n_windows, dtype=inputs.dtype, device=inputs.device)
+        scores = torch.empty(n_images * per_image, dtype=inputs.dtype, device=inputs.device)
         # inference_mode only around the forwards: the tensors filled here were made outside it, so callers get
         # ordinary tensors back (inference tensors refuse later in-place edits).
         with torch.inference_mode():
-            for chunk in chunk_slices(n_images, self.forward_batch):
-                clean_scores[chunk] = target_outputs(net(inputs[chunk]), targets[chunk])
-            # One row per (image, window) pair, image-major; a chunk may hold windows of several images.
-            for chunk in chunk_slices(n_images * n_windows, self.forward_batch):
+            for chunk in chunk_slices(n_images * per_image, self.forward_batch):
                 pair = torch.arange(chunk.start, chunk.stop, device=inputs.device)
-                image, window = pair // n_windows, pair % n_windows
+                image, window = pair // per_image, pair % per_image
+                occluding = (window < n_windows).view(-1, 1, 1)
+                window = window.clamp(max=n_windows - 1)
                 mask = rows[window // n_cols].unsqueeze(2) & cols[window % n_cols].unsqueeze(1)  # (n, H, W)
+                mask &= occluding
                 occluded = torch.where(mask.unsqueeze(1), settings.baseline, inputs[image])
-                scores = target_outputs(net(occluded), targets[image])
-                drops[chunk] = clean_scores[image] - scores
+                scores[chunk] = target_outputs(net(occluded), targets[image])
+        scores = scores.view(n_images, per_image)
+        drops = scores[:, -1:] - scores[:, :-1]
 
         rows_f, cols_f = rows.to(drops.dtype), cols.to(drops.dtype)
         drops = drops.view(n_images, rows.shape[0], n_cols)

@@ -1,0 +1,57 @@
+"""Fixtures shared by several test files."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray for the whole test run, started on first use; yields its GCS address (for RAY_ADDRESS).
+
+    2 CPUs and 2 fake GPUs (``num_gpus`` works on a CPU machine, NOTES): jobs with ``compute.device: cpu`` and
+    ``workers: auto`` drive the one-actor-per-GPU path here, ``workers: 2`` the CPU-worker path.
+    """
+    import ray
+
+    ray.init(
+        address="local",
+        num_cpus=2,
+        num_gpus=2,
+        include_dashboard=False,
+        object_store_memory=128 * 1024**2,
+        logging_level=logging.WARNING,
+    )
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def photo_folder(tmp_path_factory):
+    """Four real photos (one in a subfolder) and one file that is not an image: ids sort as
+    camera.png, chelsea.png, coffee.png, nested/rocket.jpg, notes.jpg."""
+    import os
+    import shutil
+
+    import skimage
+
+    data = os.path.join(os.path.dirname(skimage.__file__), "data")
+    folder = tmp_path_factory.mktemp("photos")
+    for name in ("camera.png", "chelsea.png", "coffee.png"):
+        shutil.copy(os.path.join(data, name), folder / name)
+    (folder / "nested").mkdir()
+    shutil.copy(os.path.join(data, "rocket.jpg"), folder / "nested" / "rocket.jpg")
+    (folder / "notes.jpg").write_text("this is not a picture")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def reference_run(tmp_path_factory, photo_folder):
+    """The in-process run (one worker, no Ray) of ray_helpers.JOB that every Ray run must reproduce: (rows, maps)."""
+    from ray_helpers import maps_of, ray_run, rows_of
+
+    out, report = ray_run(tmp_path_factory.mktemp("reference"), photo_folder)
+    assert report.n_images == 5 and report.n_failed == 1  # notes.jpg is not an image
+    return rows_of(out), maps_of(out)

@@ -1,0 +1,25 @@
+"""The driver: lists the images, lays out OUT, plans shards, runs them in-process or on Ray actors, and reports.
+
+The only package of xcv_batch that imports Ray (lazily: an in-process run never loads it).
+
+* :mod:`.run` — :func:`run_job`, :func:`plan_shards`, :class:`RunReport`, and the choice of executor;
+* :mod:`.local` — every shard in this process, one after another;
+* :mod:`.placement` — how many workers, with what resources (pure; no Ray);
+* :mod:`.session` — joining or starting Ray for one run;
+* :mod:`.actors` — Ray actors holding a ShardWorker, and the scheduler that survives their deaths;
+* :mod:`.jobs` — ``submit`` / ``status`` / ``logs`` / ``stop`` through the Ray Jobs API;
+* :mod:`.faults` — test-only fault injection (kill or hang a worker on a chosen image).
+"""
+
+from .local import InProcessExecutor, run_in_process
+from .run import Executor, RunReport, choose_executor, plan_shards, run_job
+
+__all__ = [
+    "Executor",
+    "InProcessExecutor",
+    "RunReport",
+    "choose_executor",
+    "plan_shards",
+    "run_in_process",
+    "run_job",
+]

@@ -1,0 +1,183 @@
+"""One run: list the images, choose where shards run, lay out OUT, run the shards, report.
+
+Shards are planned over the images not yet committed, so ``--resume`` after any crash runs exactly the rest.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Protocol, Sequence
+
+from ..config import Job, dump_job
+from ..data import ImageRecord, list_images
+from ..model import describe_weights, read_categories
+from ..progress import RunProgress
+from ..store import RunStore
+from ..worker import Shard, ShardReport
+from .placement import local_resources, plan_workers
+
+#: Seconds between plain progress lines when stderr is not a terminal (job logs); the tests set 0.
+PROGRESS_INTERVAL_ENV = "XCV_PROGRESS_INTERVAL_S"
+
+
+@dataclass
+class RunReport:
+    out: str
+    n_images: int
+    n_skipped: int  # already committed when the run started (--resume)
+    n_processed: int
+    n_failed: int  # images with at least one error row, over the whole OUT
+    seconds: float
+    shards: list[ShardReport] = field(default_factory=list)
+    retries: int = 0  # shard attempts lost to dead, hung or failing workers
+
+    def final_line(self) -> str:
+        resumed = f", {self.n_skipped} already done" if self.n_skipped else ""
+        retried = f", {self.retries} retries" if self.retries else ""
+        return (
+            f"done: {self.n_images} images ({self.n_processed} processed{resumed}), "
+            f"{self.n_failed} failed{retried}, in {self.seconds:.1f} s → {self.out}"
+        )
+
+
+class Executor(Protocol):
+    """Where shards run. Entering builds the model(s), so a bad model fails before OUT is touched."""
+
+    def __enter__(self) -> "Executor": ...
+
+    def __exit__(self, *exc) -> None: ...
+
+    def run(self, shards: list[Shard], store: RunStore, progress: RunProgress) -> list[ShardReport]: ...
+
+
+def plan_shards(records: Sequence[ImageRecord], shard_size: int, done: set[int] = frozenset()) -> list[Shard]:
+    """Consecutive runs of not-yet-committed images, at most ``shard_size`` each.
+
+    A shard never spans a committed image, so its file name (first-last index) cannot collide with a committed one.
+    """
+    shards: list[Shard] = []
+    current: list[tuple[int, ImageRecord]] = []
+    for index, record in enumerate(records):
+        if index in done:
+            if current:
+                shards.append(Shard(tuple(current)))
+                current = []
+            continue
+        current.append((index, record))
+        if len(current) == shard_size:
+            shards.append(Shard(tuple(current)))
+            current = []
+    if current:
+        shards.append(Shard(tuple(current)))
+    return shards
+
+
+def _ray_is_running() -> bool:
+    """A Ray session already open in this process (a test's, a notebook's), without importing Ray for nothing."""
+    ray = sys.modules.get("ray")
+    return ray is not None and ray.is_initialized()
+
+
+class _NoWork:
+    """A resumed run with nothing left: no model to build, no workers to start."""
+
+    def __enter__(self) -> "_NoWork":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+    def run(self, shards, store, progress) -> list[ShardReport]:
+        return []
+
+
+def choose_executor(job: Job, n_shards: int) -> Executor:
+    """In-process for one worker on this machine; Ray actors for more, or whenever a cluster is named.
+
+    ``RAY_ADDRESS`` (set for a submitted job) always means Ray, so the work lands on the cluster's workers and not on
+    the machine the driver happens to run on. A run with one worker otherwise skips Ray's start-up cost.
+    """
+    if n_shards == 0:
+        return _NoWork()
+    if os.environ.get("RAY_ADDRESS") or _ray_is_running():
+        if os.environ.get("RAY_ADDRESS") or job.compute.workers != 1:
+            from .actors import RayExecutor
+
+            return RayExecutor(job, max_workers=n_shards)
+    else:
+        plan = plan_workers(job.compute, local_resources(), max_workers=n_shards)
+        if plan.count > 1:
+            from .actors import RayExecutor
+
+            return RayExecutor(job, max_workers=n_shards)
+    from .local import InProcessExecutor
+
+    return InProcessExecutor(job)
+
+
+def store_attributes(job: Job) -> dict:
+    preprocessing, categories = describe_weights(job.model.arch, job.model.weights, job.model.resolution)
+    categories = read_categories(job.model.categories) or categories
+    return {
+        "name": job.name,
+        "model": job.model.arch,
+        "weights": job.model.weights,
+        "methods": job.to_dict()["methods"],
+        "sensitivity": job.to_dict()["sensitivity"],
+        "target": job.target,
+        "seed": job.seed,
+        "preprocessing": {
+            "mean": list(preprocessing.mean),
+            "std": list(preprocessing.std),
+            "resize_size": preprocessing.resize_size,
+            "resolution": preprocessing.crop_size,
+        },
+        "categories": list(categories) if categories else None,
+    }
+
+
+def _progress_interval() -> float:
+    try:
+        return float(os.environ.get(PROGRESS_INTERVAL_ENV, "10"))
+    except ValueError:
+        return 10.0
+
+
+def run_job(job: Job, resume: bool = False, executor: Executor | None = None) -> RunReport:
+    started = time.perf_counter()
+    records = list_images(job.data.source, job.data.limit)
+    store = RunStore(job.output.path)
+    done = store.committed_indices() if resume else set()
+    shards = plan_shards(records, job.compute.shard_size, done)
+    executor = executor or choose_executor(job, len(shards))
+    with executor:
+        store.prepare(
+            dump_job(job),
+            job.fingerprint(),
+            [r.image_id for r in records],
+            job.model.resolution,
+            list(job.methods),
+            store_attributes(job),
+            resume=resume,
+        )
+        with RunProgress(total=len(records), already_done=len(done), interval_s=_progress_interval()) as progress:
+            reports = executor.run(shards, store, progress) if shards else []
+    rows = store.read_rows()
+    failed = {
+        image_id
+        for image_id, status in zip(rows.column("image_id").to_pylist(), rows.column("status").to_pylist())
+        if status == "error"
+    }
+    return RunReport(
+        out=job.output.path,
+        n_images=len(records),
+        n_skipped=len(done),
+        n_processed=sum(len(s) for s in shards),
+        n_failed=len(failed),
+        seconds=time.perf_counter() - started,
+        shards=reports,
+        retries=progress.retries,
+    )
