@@ -28,11 +28,12 @@ class RunProgress:
                 MofNCompleteColumn(),
                 TextColumn("{task.fields[rate]}"),
                 TextColumn("[red]{task.fields[failed]} failed"),
+                TextColumn("[yellow]{task.fields[retries]} retries"),
                 TimeElapsedColumn(),
                 TimeRemainingColumn(),
                 console=Console(file=self._stream),
             )
-            self._task = self._bar.add_task("run", total=total, completed=already_done, rate="", failed=0)
+            self._task = self._bar.add_task("run", total=total, completed=already_done, rate="", failed=0, retries=0)
 
     def __enter__(self) -> "RunProgress":
         if self._bar is not None:
@@ -64,6 +65,8 @@ class RunProgress:
 
     def retry(self) -> None:
         self.retries += 1
+        if self._bar is not None:
+            self._bar.update(self._task, retries=self.retries)
 
     def _line(self, force: bool = False) -> None:
         now = time.monotonic()
