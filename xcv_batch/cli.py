@@ -23,6 +23,8 @@ verbs:
   submit JOB.yaml     send the same run to a Ray cluster (Ray Jobs API); status / logs / stop act on it
   summarize OUT       rank the methods across the dataset: table, summary.json/.md, report.html
   show OUT            a Fig. 1-style panel of one image and each method's map
+  synth OUT_DIR       generate the known-answer dataset (objects + masks on clutter)
+  train MANIFEST      train a classifier on it (CPU, minutes) for model.weights
 
 examples:
   python -m xcv_batch run jobs/smoke.yaml
@@ -80,6 +82,25 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("out", help="a run's output directory")
     show.add_argument("--image", required=True, help="image id (as in the Parquet rows)")
     show.add_argument("--output", required=True, help="PNG file to write")
+
+    synth = verbs.add_parser("synth", help="generate the known-answer dataset (objects with masks on clutter)")
+    synth.add_argument("out_dir", help="folder for images, masks, manifest.csv, train.csv, test.csv, categories.txt")
+    synth.add_argument("--images", type=int, default=1600, help="how many images (train + test)")
+    synth.add_argument("--size", type=int, default=64, help="image side in pixels")
+    synth.add_argument("--classes", type=int, default=4, help="number of classes (shape × colour objects)")
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--test-fraction", type=float, default=0.2)
+
+    train = verbs.add_parser("train", help="train a torchvision classifier on a manifest's train split (CPU)")
+    train.add_argument("manifest", help="manifest with path, label, split (e.g. OUT_DIR/manifest.csv from synth)")
+    train.add_argument("--output", required=True, help="state_dict file to write (use as model.weights)")
+    train.add_argument("--arch", default="resnet18")
+    train.add_argument("--epochs", type=int, default=8)
+    train.add_argument("--batch-size", type=int, default=64)
+    train.add_argument("--lr", type=float, default=2e-3)
+    train.add_argument("--resolution", type=int, default=64)
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     return parser
 
 
@@ -150,8 +171,27 @@ def _show(args) -> int:
     return 0
 
 
+def _synth(args) -> int:
+    from .synth import generate
+
+    manifest = generate(args.out_dir, n_images=args.images, size=args.size, n_classes=args.classes, seed=args.seed,
+                        test_fraction=args.test_fraction)
+    print(f"wrote {manifest}")
+    return 0
+
+
+def _train(args) -> int:
+    from .train import train
+
+    result = train(args.manifest, args.output, arch=args.arch, epochs=args.epochs, batch_size=args.batch_size,
+                   lr=args.lr, seed=args.seed, resolution=args.resolution, threads=args.threads, log=print)
+    print(f"held-out accuracy {result['test_accuracy']:.3f} ({result['n_test']} images), "
+          f"{result['seconds']:.0f} s → {args.output}")
+    return 0
+
+
 _VERBS = {"run": _run, "submit": _submit, "status": _status, "logs": _logs, "stop": _stop,
-          "summarize": _summarize, "show": _show}
+          "summarize": _summarize, "show": _show, "synth": _synth, "train": _train}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
