@@ -54,9 +54,13 @@ from xcv_batch import segmentation  # noqa: E402
 from xcv_batch.data import list_images, load_image  # noqa: E402
 from xcv_batch.device import (  # noqa: E402
     GRADIENT_METHODS,
+    CudaMemory,
     HalveOnOutOfMemory,
+    attribution_classifier,
+    is_out_of_memory,
     autocast,
     describe_device,
+    optimised_net,
     peak_host_bytes,
     size_forward_batches,
 )
@@ -330,6 +334,68 @@ def measure_engine(engine: Engine, inputs, targets, ids, raw: RawThroughput, pie
     return results, maps
 
 
+def activation_bytes_per_row(net: torch.nn.Module, image_shape, device) -> int:
+    """About what one image costs in a forward+backward pass: the sum of every leaf module's output (measured peaks
+    on the 2-core EPYC: 2.3 MB at 64 px, 25.8 MB at 224 px for ResNet-18; this gives 2.4 and 29.9)."""
+    sizes: list[int] = []
+    leaves = [m for m in net.modules() if not list(m.children())]
+    handles = [m.register_forward_hook(lambda m, a, out: sizes.append(out.numel() * out.element_size()))
+               for m in leaves]
+    try:
+        with torch.no_grad():
+            net(torch.zeros((1, *image_shape), device=device))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return sum(sizes)
+
+
+def available_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        return CudaMemory(device).free_bytes()
+    with open("/proc/meminfo", encoding="utf-8") as fh:
+        for line in fh:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    return 8 * 2**30
+
+
+def seed_sensitivity_copies(name: str, settings, height: int, width: int, requested: int, lime_copies: int,
+                            bytes_per_row: int, available: int, memory_share: float) -> int:
+    """How many perturbed copies the seed-style sensitivity of ``name`` runs with (then scaled to n).
+
+    Occlusion and Guided Grad-CAM: n (cheap). LIME: ``lime_copies`` (the lime package explains one image at a time,
+    so its cost is exactly linear in the copies). IG and IG-SG: ``requested`` (default n, the seed as it was) unless
+    Captum's stacked batch of k × (steps × samples) rows would need more than ``memory_share`` of the free memory.
+    """
+    if name in CHEAP:
+        return N_PERTURB
+    if name == "lime":
+        return max(1, min(lime_copies, N_PERTURB))
+    per_copy = rows_per_image(name, settings, height, width) * bytes_per_row
+    fits = int(memory_share * available // max(per_copy, 1))
+    return max(1, min(requested, N_PERTURB, fits))
+
+
+def execution_gain(stock: torch.nn.Module, fast: torch.nn.Module, image_shape, device, precision: str,
+                   batch: int, rounds: int = 3) -> dict:
+    """Raw throughput of the engine's execution of the model over the stock one, alternating passes."""
+    out = {}
+    for kind in ("forward", "forward_backward"):
+        runners = {"stock": RawThroughput(stock, image_shape, device, precision),
+                   "fast": RawThroughput(fast, image_shape, device, precision)}
+        rates: dict[str, list[float]] = {"stock": [], "fast": []}
+        for runner in runners.values():
+            runner.warm(kind, batch)
+        for _ in range(rounds):
+            for label, runner in runners.items():
+                elapsed, _ = timed(device, lambda: runner.run_pass(kind, batch))
+                rates[label].append(batch / elapsed)
+        out[kind] = {"stock": statistics.median(rates["stock"]), "fast": statistics.median(rates["fast"]),
+                     "gain": statistics.median(f / s for f, s in zip(rates["fast"], rates["stock"]))}
+    return out
+
+
 # ------------------------------------------------------------------------------------------------ seed-style loop
 
 
@@ -402,7 +468,7 @@ class SeedLoop:
 
 
 def measure_seed(seed_loop: SeedLoop, inputs, targets, engine_results: dict, raw: RawThroughput, share: float,
-                 images: int, sens_images: int, sens_copies: int, deadline: float, log) -> dict:
+                 images: int, sens_images: int, copies_of: Callable[[str], int], deadline: float, log) -> dict:
     """The seed-style loop image by image, with raw passes paired in as for the engine (same kind and batch as the
     engine's measurement of that method, so the two can be put on the same machine speed)."""
     height, width = inputs.shape[2:]
@@ -427,14 +493,24 @@ def measure_seed(seed_loop: SeedLoop, inputs, targets, engine_results: dict, raw
             "efficiency": per_image / statistics.mean(seconds) / raw_rate,
         }
         if sens_images > 0 and "sensitivity" in engine_results[name]:
-            copies = N_PERTURB if name in CHEAP else min(sens_copies, N_PERTURB)
-            scale = (1 + N_PERTURB) / (1 + copies)
+            copies = copies_of(name)
             sens_batch = engine_results[name]["sensitivity"]["batch"]
-            measured = [
-                paired(sens_batch, functools.partial(
-                    seed_loop.run_sensitivity, name, inputs[i: i + 1], int(targets[i]), copies))
-                for i in range(sens_images)
-            ]
+            while True:
+                try:
+                    measured = [
+                        paired(sens_batch, functools.partial(
+                            seed_loop.run_sensitivity, name, inputs[i: i + 1], int(targets[i]), copies))
+                        for i in range(sens_images)
+                    ]
+                    break
+                except RuntimeError as error:  # the stacked batch did not fit after all: fewer copies
+                    if not is_out_of_memory(error) or copies == 1:
+                        raise
+                copies = max(1, copies // 2)
+                if inputs.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                log(f"  seed sensitivity {name}: out of memory, retrying with {copies} copies")
+            scale = (1 + N_PERTURB) / (1 + copies)
             sens_seconds = statistics.mean(m[0] for m in measured)
             sens_rate = statistics.median(m[1] for m in measured)
             entry["sensitivity"] = {
@@ -551,7 +627,7 @@ def _vm_hwm(pid: int) -> int:
     return 0
 
 
-def measure_worker_memory(images: int, folder: str, log) -> dict:
+def measure_worker_memory(images: int, folder: str, threads: int, log) -> dict:
     """Item 7: ``python -m xcv_batch run`` at 224 px with the default compute settings (batch 8, forward batch 64,
     decode threads 2) on ``images`` images; its peak RSS when the first shard commits and at the end.
 
@@ -575,8 +651,9 @@ def measure_worker_memory(images: int, folder: str, log) -> dict:
         fh.write(WORKER_JOB.format(data=data, out=out))
     command = [sys.executable, "-m", "xcv_batch", "run", job]
     started = time.perf_counter()
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     process = subprocess.Popen(command, cwd=os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."),
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     first_shard_peak, peak, samples = None, 0, []
     metrics = os.path.join(out, "metrics")
     while process.poll() is None:
@@ -592,6 +669,8 @@ def measure_worker_memory(images: int, folder: str, log) -> dict:
     output = process.stdout.read() if process.stdout else ""
     result = {
         "command": " ".join(command),
+        "torch_threads": threads,
+        "job": WORKER_JOB.format(data="IMAGES", out="OUT"),
         "images": images,
         "shards": -(-images // 8),
         "returncode": process.returncode,
@@ -684,12 +763,19 @@ def table_rows(report: dict) -> tuple[list[str], list[list[str]]]:
 def markdown(report: dict) -> str:
     header, rows = table_rows(report)
     lines = [f"Machine: {report['machine']}; {report['date']}; `{report['command']}`", "",
-             f"ResNet-18 ({report['weights']} weights), {report['resolution']} px, {report['precision']}, "
+             f"{report['arch']} ({report['weights']} weights), {report['resolution']} px, {report['precision']}, "
+             f"torch {report['torch']} with {report['torch_threads']} thread(s), execution {report['execution']}, "
              f"{report['images']} images (sensitivity on {report['sens_images']}, seed-style loop on "
              f"{report['seed_images']}, its sensitivity on {report['seed_sens_images']}), forward batch "
              f"{report['forward_batches']}", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
+    gain = report.get("execution_gain")
+    if gain:
+        lines += ["", "Fast execution (BatchNorm folded into the convolutions, channels_last) over the stock model, raw "
+                  "throughput at the forward batch: " + ", ".join(f"{k} ×{v['gain']:.2f}" for k, v in gain.items())
+                  + ". Efficiency is against the fast execution of the stock model; speed-ups are against the "
+                  "seed-style loop on the stock model, as the seed ran it."]
     speed = report.get("speedup", {})
     walls = [f"{name} {parts['method']['wall_speedup']:.1f}×"
              + (f" / {parts['sensitivity']['wall_speedup']:.1f}×" if "sensitivity" in parts else "")
@@ -741,6 +827,15 @@ def print_table(report: dict) -> None:
 # ---------------------------------------------------------------------------------------------------------- main
 
 
+def free_cores() -> int:
+    """Usable cores not already kept busy by other processes (one-minute load average), at least one."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, round(cores - os.getloadavg()[0])))
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="results/bench", help="folder for bench.json and bench.md")
@@ -755,8 +850,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--sens-images", type=int, default=1, help="images whose Max-Sensitivity the engine computes")
     p.add_argument("--seed-images", type=int, default=2, help="images the seed-style loop explains (0: no loop)")
     p.add_argument("--seed-sens-images", type=int, default=1)
-    p.add_argument("--seed-sens-copies", type=int, default=2, help="k for the seed's IG, IG-SG, LIME sensitivity")
-    p.add_argument("--raw-share", type=float, default=0.25,
+    p.add_argument("--seed-sens-copies", type=int, default=N_PERTURB,
+                   help="k for the seed's IG and IG-SG sensitivity (lowered to fit --seed-memory-share)")
+    p.add_argument("--seed-lime-copies", type=int, default=2, help="k for the seed's LIME sensitivity (linear in k)")
+    p.add_argument("--seed-memory-share", type=float, default=0.6,
+                   help="share of the free memory the seed's stacked sensitivity batch may take")
+    p.add_argument("--execution", default="fast", choices=["fast", "stock"],
+                   help="fast: BatchNorm folded and channels_last (xcv_batch.device.attribution_classifier)")
+    p.add_argument("--raw-share", type=float, default=0.15,
                    help="share of the time given to raw passes paired into each measurement")
     p.add_argument("--parity-images", type=int, default=2, help="images for the precision-vs-fp32 comparison")
     p.add_argument("--segmentation-res", type=int, default=224, help="0: skip the segmentation check")
@@ -768,8 +869,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--budget-s", type=float, default=None,
                    help="start no new sensitivity, seed-loop or segmentation measurement after this many seconds")
     p.add_argument("--threads", type=int, default=None,
-                   help="torch threads (default: torch's, one per core). On a machine shared with others use fewer "
-                        "threads than free cores: a descheduled OpenMP thread stalls every parallel region")
+                   help="torch threads (default: the cores the load average leaves free, at least 1). More threads "
+                        "than free cores is ruinous: a descheduled OpenMP thread stalls every parallel region (on "
+                        "the shared 2-core EPYC, 2 threads ran 3–5× slower than 1)")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
 
@@ -788,6 +890,7 @@ def method_settings(names: list[str], overrides: list[str]) -> dict:
 def main(argv=None) -> int:
     args = parse_args(argv)
     started = time.perf_counter()
+    load_at_start = os.getloadavg()[0]
     os.makedirs(args.out, exist_ok=True)
 
     def log(message: str) -> None:
@@ -796,29 +899,34 @@ def main(argv=None) -> int:
     command = "python scripts/bench.py " + " ".join(sys.argv[1:] if argv is None else argv)
     if args.worker_memory:
         with tempfile.TemporaryDirectory(prefix="xcv-bench-") as folder:
-            result = measure_worker_memory(args.worker_images, folder, log)
+            result = measure_worker_memory(args.worker_images, folder, args.threads or free_cores(), log)
         result.update(machine=describe_device("cpu"), date=dt.datetime.now().isoformat(timespec="seconds"))
         with open(os.path.join(args.out, "worker_memory.json"), "w", encoding="utf-8") as fh:
             json.dump(result, fh, indent=2)
         return 0 if result["returncode"] == 0 else 1
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads or free_cores())
     torch.manual_seed(args.seed)
     device = resolve_device(args.device)
     classifier = build_classifier(args.arch, "none", args.res, seed=args.seed, device=device)
     names = [n.strip() for n in args.methods.split(",") if n.strip()]
     settings = method_settings(names, args.set)
     forward_batch = 64 if args.forward_batch == "auto" else int(args.forward_batch)
-    methods = {name: build_method(name, classifier, settings[name], forward_batch) for name in names}
+    engine_classifier = attribution_classifier(classifier) if args.execution == "fast" else classifier
+    methods = {name: build_method(name, engine_classifier, settings[name], forward_batch) for name in names}
     image_shape = (3, args.res, args.res)
     if args.forward_batch == "auto":
-        probes = size_forward_batches(methods, classifier, image_shape, args.precision)
+        probes = size_forward_batches(methods, engine_classifier, image_shape, args.precision)
         log("forward batches: " + ", ".join(f"{n} {m.forward_batch}" for n, m in methods.items())
             + (f" (probed: {', '.join(f'{n} {p.bytes_per_row / 2**20:.1f} MiB/row' for n, p in probes.items())})"
                if probes else " (no probe on CPU)"))
-    reference = plain_reference(classifier)  # the seed-style loop's model
-    raw = RawThroughput(plain_reference(classifier), image_shape, device, args.precision)  # a copy: no hooks
+    reference = plain_reference(classifier)  # the seed-style loop's model, as the seed ran it
+    # The yardstick: the stock model executed as the engine executes it (a separate copy: no hooks on it).
+    raw_net = plain_reference(classifier)
+    example = torch.randn((2, *image_shape), generator=torch.Generator().manual_seed(0)).to(device)
+    if args.execution == "fast":
+        raw_net = optimised_net(raw_net, example)
+    raw = RawThroughput(raw_net, image_shape, device, args.precision)
     machine = describe_device(device)
     log(f"{machine}; {args.arch} {args.res} px {args.precision}; methods {', '.join(names)}")
 
@@ -831,7 +939,11 @@ def main(argv=None) -> int:
         targets = classifier.net(inputs).argmax(1)
     ids = [f"bench{i:04d}" for i in range(args.images)]
 
-    engine = Engine(classifier, methods, args.precision, args.seed)
+    gain = None
+    if args.execution == "fast":
+        gain = execution_gain(reference, raw_net, image_shape, device, args.precision, forward_batch)
+        log("  fast execution over stock: " + ", ".join(f"{k} ×{v['gain']:.2f}" for k, v in gain.items()))
+    engine = Engine(engine_classifier, methods, args.precision, args.seed)
     deadline = started + args.budget_s if args.budget_s else math.inf
     engine_results, _ = measure_engine(engine, inputs, targets, ids, raw, args.pieces,
                                        min(args.sens_images, args.images), args.raw_share, deadline, log)
@@ -846,6 +958,7 @@ def main(argv=None) -> int:
         "command": command,
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
+        "load_average_at_start": load_at_start,
         "arch": args.arch,
         "weights": "random-init",
         "resolution": args.res,
@@ -854,8 +967,10 @@ def main(argv=None) -> int:
         "sens_images": min(args.sens_images, args.images),
         "seed_images": args.seed_images,
         "seed_sens_images": args.seed_sens_images,
-        "seed_sens_copies": args.seed_sens_copies,
+
         "forward_batches": {n: m.forward_batch for n, m in methods.items()},
+        "execution": args.execution,
+        "execution_gain": gain,
         "oom_halved": engine.oom.remembered,
         "settings": {n: dataclasses.asdict(s) for n, s in settings.items()},
         "overrides": args.set,
@@ -870,11 +985,19 @@ def main(argv=None) -> int:
     if args.seed_images > 0:
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()  # the engine's cached blocks: the seed's huge batches need them whole
         seed_loop = SeedLoop(reference, settings, classifier.preprocessing, device, args.seed)
+        bytes_per_row = activation_bytes_per_row(reference, image_shape, device)
+        free = available_bytes(device)
+        copies = {name: seed_sensitivity_copies(name, settings[name], args.res, args.res, args.seed_sens_copies,
+                                                args.seed_lime_copies, bytes_per_row, free, args.seed_memory_share)
+                  for name in names}
+        log(f"  seed sensitivity copies (then scaled to n={N_PERTURB}): {copies}")
         with autocast(device, args.precision):
             report["seed"] = measure_seed(
                 seed_loop, inputs, targets, engine_results, raw, args.raw_share, min(args.seed_images, args.images),
-                min(args.seed_sens_images, args.sens_images, args.images), args.seed_sens_copies, deadline, log,
+                min(args.seed_sens_images, args.sens_images, args.images), copies.__getitem__, deadline, log,
             )
         report["speedup"] = speedups(engine_results, report["seed"])
         memory["peak_rss_with_seed_loop"] = peak_host_bytes()

@@ -12,6 +12,7 @@ from xcv_batch import segmentation
 from xcv_batch.device import (
     DeviceFeeder,
     HalveOnOutOfMemory,
+    attribution_classifier,
     autocast,
     is_out_of_memory,
     model_trial,
@@ -24,6 +25,7 @@ from xcv_batch.methods.base import AttributionMethod, chunk_slices
 from xcv_batch.methods.lime import Lime
 from xcv_batch.methods.settings import (
     GuidedGradCamSettings,
+    IGSmoothGradSettings,
     IntegratedGradientsSettings,
     LimeSettings,
     OcclusionSettings,
@@ -64,6 +66,68 @@ def test_chunks_are_balanced_cover_everything_and_respect_the_size(total, size):
         assert max(lengths) <= size and max(lengths) - min(lengths) <= 1
     starts = [part.start for part in chunk_slices(total, size)]
     assert starts == [sum(lengths[:i]) for i in range(len(lengths))]
+
+
+# -------------------------------------------------------------------------------------------- fast execution
+
+
+@pytest.fixture(scope="module")
+def fast(classifier):
+    return attribution_classifier(classifier)
+
+
+def test_fast_copy_folds_every_batchnorm_and_leaves_the_original_alone(classifier, fast):
+    def batchnorms(net):
+        return sum(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())
+
+    assert batchnorms(classifier.net) == 20 and batchnorms(fast.net) == 0  # ResNet-18: 17 convN/bnN + 3 downsample
+    assert fast.net.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    assert classifier.net.conv1.weight.is_contiguous()  # the original keeps its layout and its state_dict
+    import torchvision
+
+    torchvision.models.resnet18().load_state_dict(classifier.net.state_dict())
+    assert fast.target_layer_name == classifier.target_layer_name == "layer4"
+
+
+def test_fast_copy_shares_the_guided_switch(classifier, fast):
+    switches = {id(m.switch) for m in fast.net.modules() if hasattr(m, "switch")}
+    assert switches == {id(classifier.guided)}
+
+
+@pytest.mark.parametrize(
+    "name,settings",
+    [
+        ("occlusion", OcclusionSettings(window=8, stride=8)),
+        ("integrated_gradients", IntegratedGradientsSettings(n_steps=8)),
+        ("ig_smoothgrad", IGSmoothGradSettings(nt_samples=2, n_steps=4)),
+        ("guided_gradcam", GuidedGradCamSettings()),
+    ],
+)
+def test_fast_copy_gives_the_same_maps_up_to_rounding(classifier, fast, batch, name, settings):
+    inputs, targets = batch
+    expected = build_method(name, classifier, settings, 16).attribute(inputs, targets, [3, 4])
+    got = build_method(name, fast, settings, 16).attribute(inputs, targets, [3, 4])
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5 * expected.abs().max().item())
+    assert not torch.equal(got, expected)  # it really is another computation
+
+
+def test_folding_is_refused_when_the_wiring_is_not_the_assumed_one(classifier):
+    """A block named like a ResNet's whose bn1 does not follow conv1: the check catches it, nothing is folded."""
+    import torchvision
+
+    class Odd(torchvision.models.resnet.BasicBlock):
+        def forward(self, x):  # bn1 applied before conv1
+            return self.conv1(self.bn1(x))
+
+    block = Odd(3, 3).eval()
+    block.bn1.running_mean.fill_(0.5)
+    block.bn1.running_var.fill_(2.0)
+    from xcv_batch.device import optimised_net
+
+    example = torch.randn(2, 3, 8, 8)
+    copy_ = optimised_net(block, example)
+    assert isinstance(copy_.bn1, torch.nn.BatchNorm2d)  # kept unfolded
+    torch.testing.assert_close(copy_(example), block(example))
 
 
 # --------------------------------------------------------------------------------------------------- autocast

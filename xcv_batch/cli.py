@@ -85,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     synth = verbs.add_parser("synth", help="generate the known-answer dataset (objects with masks on clutter)")
     synth.add_argument("out_dir", help="folder for images, masks, manifest.csv, train.csv, test.csv, categories.txt")
-    synth.add_argument("--images", type=int, default=1600, help="how many images (train + test)")
+    synth.add_argument("--images", type=int, default=2000, help="how many images (train + test)")
     synth.add_argument("--size", type=int, default=64, help="image side in pixels")
     synth.add_argument("--classes", type=int, default=4, help="number of classes (shape × colour objects)")
     synth.add_argument("--seed", type=int, default=0)

@@ -79,7 +79,7 @@ def class_list(n_classes: int) -> list[ObjectClass]:
 
 def generate(
     out_dir: str,
-    n_images: int = 1600,
+    n_images: int = 2000,
     size: int = 64,
     n_classes: int = 4,
     seed: int = 0,
