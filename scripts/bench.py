@@ -287,8 +287,8 @@ def measure_engine(engine: Engine, inputs, targets, ids, raw: RawThroughput, pie
     for name, method in engine.methods.items():
         per_image = rows_per_image(name, method.settings, height, width)
         kind = kind_of(name)
-        if name in CHEAP:
-            groups = [list(range(n_images))] * pieces_per_method
+        if name in CHEAP:  # whole-batch calls, as the worker makes them; two are enough for a median of pairs
+            groups = [list(range(n_images))] * max(2, pieces_per_method // 2)
         else:
             groups = [list(g) for g in np.array_split(np.arange(n_images), min(pieces_per_method, n_images))]
         outputs: dict[int, torch.Tensor] = {}
@@ -857,11 +857,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="share of the free memory the seed's stacked sensitivity batch may take")
     p.add_argument("--execution", default="fast", choices=["fast", "stock"],
                    help="fast: BatchNorm folded and channels_last (xcv_batch.device.attribution_classifier)")
-    p.add_argument("--raw-share", type=float, default=0.15,
+    p.add_argument("--raw-share", type=float, default=0.1,
                    help="share of the time given to raw passes paired into each measurement")
     p.add_argument("--parity-images", type=int, default=2, help="images for the precision-vs-fp32 comparison")
     p.add_argument("--segmentation-res", type=int, default=224, help="0: skip the segmentation check")
-    p.add_argument("--segmentation-images", type=int, default=4)
+    p.add_argument("--segmentation-images", type=int, default=3)
     p.add_argument("--worker-memory", action="store_true", help="only item 7: a CPU worker's peak at 224 px")
     p.add_argument("--worker-images", type=int, default=16)
     p.add_argument("--set", action="append", default=[], metavar="METHOD.KEY=VALUE",
