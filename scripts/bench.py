@@ -5,8 +5,10 @@
     python scripts/bench.py --worker-memory --out results/bench           # item 7: a CPU worker's peak at 224 px
 
 *Efficiency*: the forward(+backward)-equivalents a method pushes through the model per second inside the engine,
-divided by the raw throughput of the same model (stock torchvision, same weights), input size, batch and precision
-in the same process: forward only for Occlusion and LIME, forward+backward to the input for the gradient methods.
+divided by the raw throughput of the same model (stock torchvision with the same weights, executed as the engine
+executes it: BatchNorm folded and channels_last under the default ``--execution fast``), input size, batch and
+precision, in the same process: forward only for Occlusion and LIME, forward+backward to the input for the gradient
+methods. The speed-up of that execution over the stock model is measured too (``execution_gain``).
 On a machine shared with others the load changes by the second, so raw passes are *paired into* every measurement:
 after a forward of the measured network, whenever raw passes have had less than ``--raw-share`` of the time, one
 raw pass runs and is timed on its own. Engine and yardstick see the same machine at the same moments. Each method
@@ -15,12 +17,13 @@ is timed in ``--pieces`` pieces; reported is the median efficiency over pieces.
 *Speed-up*: the seconds per image of a seed-style loop (per-image Captum with its library defaults, the ``lime``
 package with its defaults, ``captum.metrics.sensitivity_max`` per image) divided by the engine's, on the same images
 and settings, with the loop's seconds scaled to the machine speed measured during the engine's run (the ratio of the
-two paired raw throughputs; the unscaled ratio is ``wall_speedup`` in the JSON). To stay in budget the loop runs on
-fewer images (``--seed-images``), and its Max-Sensitivity for IG, IG-SG and LIME runs with ``--seed-sens-copies``
-k perturbed copies and is scaled by (1 + n) / (1 + k): Captum makes one explanation call on the clean input and one
-on the k copies stacked into one batch, whose cost grows at least linearly with k (for IG-SG at n = 10 that batch
-is 5,000 rows: 11.5 GB at 64 px, 130 GB at 224 px, which is why it is not run as is). Occlusion's and Guided
-Grad-CAM's are cheap and run at n.
+two paired raw throughputs; the unscaled ratio is ``wall_speedup`` in the JSON). Captum's ``sensitivity_max`` makes
+one explanation call on the clean image (timed on its own: it is also the loop's method time for that image) and one
+on the n perturbed copies stacked into one batch. For IG and IG-SG that batch is n × steps (× samples) rows, 11.5 GB
+at 64 px for IG-SG: it runs as is when it fits ``--seed-memory-share`` of the free memory, else with fewer copies k
+and the stacked call scaled by n / k (a lower bound: bigger batches cost more per row). The lime package explains
+one image at a time, so its k = ``--seed-lime-copies`` copies scale exactly. Occlusion and Guided Grad-CAM run at n.
+The loop's plain method calls run on ``--seed-images`` images.
 """
 
 from __future__ import annotations
@@ -430,12 +433,22 @@ class SeedLoop:
             self.explain["guided_gradcam"] = GuidedGradCam(net, layer).attribute
         if lime is not None:
             self.explain["lime"] = functools.partial(self._lime, num_samples=lime.num_samples)
+            self._warm_lime()
+
+    def _warm_lime(self) -> None:
+        """One-time costs (imports, quickshift's and sklearn's first calls) out of the first timed explanation."""
+        from lime.lime_image import LimeImageExplainer
+
+        image = np.random.default_rng(0).random((16, 16, 3))
+        LimeImageExplainer(random_state=0).explain_instance(
+            image, lambda batch: np.tile([[0.5, 0.5]], (len(batch), 1)), top_labels=1, num_samples=4
+        )
 
     def _classifier_fn(self, images: np.ndarray) -> np.ndarray:
         batch = torch.from_numpy(images).permute(0, 3, 1, 2).float().to(self.device)
         with torch.no_grad():
             logits = self.net(self.preprocessing.normalize(batch))
-        return torch.softmax(logits, dim=1).cpu().numpy()
+        return torch.softmax(logits.float(), dim=1).cpu().numpy()
 
     def _lime(self, inputs, target, num_samples: int):
         """lime_image on each image, its defaults (quickshift 4/200/0.2, top_labels=5, batch_size=10), painted."""
@@ -459,76 +472,103 @@ class SeedLoop:
     def run(self, name: str, x: torch.Tensor, target: int) -> object:
         return self.explain[name](x, target=target)
 
-    def run_sensitivity(self, name: str, x: torch.Tensor, target: int, copies: int) -> object:
+    def run_sensitivity(self, name: str, x: torch.Tensor, target: int, copies: int,
+                        explain: Callable | None = None) -> object:
         from captum.metrics import sensitivity_max as captum_sensitivity_max
 
         return captum_sensitivity_max(
-            self.explain[name], x, perturb_radius=RADIUS, n_perturb_samples=copies, target=target
+            explain or self.explain[name], x, perturb_radius=RADIUS, n_perturb_samples=copies, target=target
         )
 
 
 def measure_seed(seed_loop: SeedLoop, inputs, targets, engine_results: dict, raw: RawThroughput, share: float,
                  images: int, sens_images: int, copies_of: Callable[[str], int], deadline: float, log) -> dict:
     """The seed-style loop image by image, with raw passes paired in as for the engine (same kind and batch as the
-    engine's measurement of that method, so the two can be put on the same machine speed)."""
+    engine's measurement of that method, so the two can be put on the same machine speed).
+
+    Captum's ``sensitivity_max`` starts with the explanation of the clean image, which is the seed's method call on
+    that image: it is timed on its own and counts as the method's time there, so the first ``sens_images`` images
+    are not explained twice.
+    """
     height, width = inputs.shape[2:]
+    device = inputs.device
     results: dict = {}
     for name in seed_loop.explain:
         if time.perf_counter() > deadline:
             log(f"  seed {name}: skipped (--budget-s spent)")
             continue
         kind, per_image = kind_of(name), rows_per_image(name, seed_loop.settings[name], height, width)
-
-        def paired(batch: int, run: Callable[[], object]) -> tuple[float, float]:
-            return PairedRaw(raw, kind, batch, share).measure(seed_loop.net, run)
-
-        batch = engine_results[name]["method"]["batch"]
-        measured = [paired(batch, functools.partial(seed_loop.run, name, inputs[i: i + 1], int(targets[i])))
-                    for i in range(images)]
-        seconds = [m[0] for m in measured]
-        raw_rate = statistics.median(m[1] for m in measured)
-        entry = {
-            "seconds_per_image": statistics.mean(seconds), "image_seconds": seconds, "images": images,
-            "raw_rate": raw_rate, "batch": batch,
-            "efficiency": per_image / statistics.mean(seconds) / raw_rate,
-        }
+        method_times: dict[int, tuple[float, float]] = {}  # image → (seconds, paired raw rate)
+        entry: dict = {}
         if sens_images > 0 and "sensitivity" in engine_results[name]:
             copies = copies_of(name)
-            sens_batch = engine_results[name]["sensitivity"]["batch"]
             while True:
                 try:
-                    measured = [
-                        paired(sens_batch, functools.partial(
-                            seed_loop.run_sensitivity, name, inputs[i: i + 1], int(targets[i]), copies))
-                        for i in range(sens_images)
-                    ]
+                    measured = [_seed_sensitivity(seed_loop, name, inputs[i: i + 1], int(targets[i]), copies, raw,
+                                                  kind, engine_results[name]["sensitivity"]["batch"], share)
+                                for i in range(sens_images)]
                     break
                 except RuntimeError as error:  # the stacked batch did not fit after all: fewer copies
                     if not is_out_of_memory(error) or copies == 1:
                         raise
                 copies = max(1, copies // 2)
-                if inputs.device.type == "cuda":
+                if device.type == "cuda":
                     torch.cuda.empty_cache()
                 log(f"  seed sensitivity {name}: out of memory, retrying with {copies} copies")
-            scale = (1 + N_PERTURB) / (1 + copies)
-            sens_seconds = statistics.mean(m[0] for m in measured)
-            sens_rate = statistics.median(m[1] for m in measured)
+            for i, m in enumerate(measured):
+                method_times[i] = (m["clean_seconds"], m["raw_rate"])
+            # clean call + the k copies' call, scaled to n copies: exact for the lime package (one image at a
+            # time), a lower bound for Captum's stacked batch (bigger batches cost more per row, see the docstring)
+            scaled = [m["clean_seconds"] + (m["seconds"] - m["clean_seconds"]) * N_PERTURB / copies for m in measured]
             entry["sensitivity"] = {
-                "seconds_per_image": sens_seconds * scale,
-                "measured_seconds": [m[0] for m in measured],
+                "seconds_per_image": statistics.mean(scaled),
+                "measured_seconds": [m["seconds"] for m in measured],
                 "copies": copies,
-                "scale": scale,
                 "images": sens_images,
-                "raw_rate": sens_rate,
-                "batch": sens_batch,
-                "efficiency": per_image * (1 + copies) / sens_seconds / sens_rate,
+                "raw_rate": statistics.median(m["raw_rate"] for m in measured),
+                "batch": engine_results[name]["sensitivity"]["batch"],
+                "efficiency": statistics.median(
+                    per_image * (1 + copies) / m["seconds"] / m["raw_rate"] for m in measured),
             }
+        batch = engine_results[name]["method"]["batch"]
+        for i in range(images):
+            if i not in method_times:
+                run = functools.partial(seed_loop.run, name, inputs[i: i + 1], int(targets[i]))
+                method_times[i] = PairedRaw(raw, kind, batch, share).measure(seed_loop.net, run)
+        seconds = [method_times[i][0] for i in range(images)]
+        raw_rate = statistics.median(method_times[i][1] for i in range(images))
+        entry.update({
+            "seconds_per_image": statistics.mean(seconds), "image_seconds": seconds, "images": images,
+            "raw_rate": raw_rate, "batch": batch,
+            "efficiency": per_image / statistics.mean(seconds) / raw_rate,
+        })
         results[name] = entry
         sens = entry.get("sensitivity")
         sens_text = f", sensitivity {sens['seconds_per_image']:.2f} s/image (k={sens['copies']})" if sens else ""
         log(f"  seed {name}: {entry['seconds_per_image']:.3f} s/image, efficiency {entry['efficiency']:.2f}"
             f"{sens_text}")
     return results
+
+
+def _seed_sensitivity(seed_loop: SeedLoop, name: str, x: torch.Tensor, target: int, copies: int,
+                      raw: RawThroughput, kind: str, batch: int, share: float) -> dict:
+    """Captum's ``sensitivity_max`` on one image with paired raw passes; its explanation calls timed one by one."""
+    pairing = PairedRaw(raw, kind, batch, share)
+    calls: list[float] = []
+    explain = seed_loop.explain[name]
+
+    def timed_explain(*args, **kwargs):
+        synchronize(x.device)
+        started, raw_before = time.perf_counter(), pairing.raw_seconds
+        out = explain(*args, **kwargs)
+        synchronize(x.device)
+        calls.append(time.perf_counter() - started - (pairing.raw_seconds - raw_before))
+        return out
+
+    seconds, raw_rate = pairing.measure(
+        seed_loop.net, functools.partial(seed_loop.run_sensitivity, name, x, target, copies, timed_explain)
+    )
+    return {"seconds": seconds, "clean_seconds": calls[0], "raw_rate": raw_rate}
 
 
 # ------------------------------------------------------------------------------------------------------- parity
@@ -772,8 +812,8 @@ def markdown(report: dict) -> str:
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     gain = report.get("execution_gain")
     if gain:
-        lines += ["", "Fast execution (BatchNorm folded into the convolutions, channels_last) over the stock model, raw "
-                  "throughput at the forward batch: " + ", ".join(f"{k} ×{v['gain']:.2f}" for k, v in gain.items())
+        lines += ["", "Fast execution (BatchNorm folded into the convolutions, channels_last) over the stock model, "
+                  "raw throughput at the forward batch: " + ", ".join(f"{k} ×{v['gain']:.2f}" for k, v in gain.items())
                   + ". Efficiency is against the fast execution of the stock model; speed-ups are against the "
                   "seed-style loop on the stock model, as the seed ran it."]
     speed = report.get("speedup", {})
@@ -789,7 +829,7 @@ def markdown(report: dict) -> str:
     scaled = [f"{name} k={entry['sensitivity']['copies']}" for name, entry in seed.items()
               if "sensitivity" in entry and entry["sensitivity"]["copies"] != N_PERTURB]
     if scaled:
-        lines += ["", f"The seed-style sensitivity ran with k copies and was scaled by (1 + {N_PERTURB}) / (1 + k): "
+        lines += ["", f"The seed-style sensitivity ran with k copies, its stacked call scaled by {N_PERTURB} / k: "
                   + ", ".join(scaled) + "."]
     memory = report.get("memory", {})
     if memory:
@@ -852,12 +892,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seed-sens-images", type=int, default=1)
     p.add_argument("--seed-sens-copies", type=int, default=N_PERTURB,
                    help="k for the seed's IG and IG-SG sensitivity (lowered to fit --seed-memory-share)")
-    p.add_argument("--seed-lime-copies", type=int, default=2, help="k for the seed's LIME sensitivity (linear in k)")
+    p.add_argument("--seed-lime-copies", type=int, default=1, help="k for the seed's LIME sensitivity (linear in k)")
     p.add_argument("--seed-memory-share", type=float, default=0.6,
                    help="share of the free memory the seed's stacked sensitivity batch may take")
     p.add_argument("--execution", default="fast", choices=["fast", "stock"],
                    help="fast: BatchNorm folded and channels_last (xcv_batch.device.attribution_classifier)")
-    p.add_argument("--raw-share", type=float, default=0.1,
+    p.add_argument("--raw-share", type=float, default=0.05,
                    help="share of the time given to raw passes paired into each measurement")
     p.add_argument("--parity-images", type=int, default=2, help="images for the precision-vs-fp32 comparison")
     p.add_argument("--segmentation-res", type=int, default=224, help="0: skip the segmentation check")
@@ -882,6 +922,8 @@ def method_settings(names: list[str], overrides: list[str]) -> dict:
     for override in overrides:
         key, _, value = override.partition("=")
         name, _, field_name = key.partition(".")
+        if name not in settings:
+            raise SystemExit(f"--set {override}: {name} is not among --methods ({', '.join(settings)})")
         current = getattr(settings[name], field_name)
         settings[name] = dataclasses.replace(settings[name], **{field_name: type(current)(value)})
     return settings
@@ -916,7 +958,8 @@ def main(argv=None) -> int:
     methods = {name: build_method(name, engine_classifier, settings[name], forward_batch) for name in names}
     image_shape = (3, args.res, args.res)
     if args.forward_batch == "auto":
-        probes = size_forward_batches(methods, engine_classifier, image_shape, args.precision)
+        # Half the usual headroom: the paired raw passes run while the engine's chunk is still alive.
+        probes = size_forward_batches(methods, engine_classifier, image_shape, args.precision, cap=512, headroom=0.4)
         log("forward batches: " + ", ".join(f"{n} {m.forward_batch}" for n, m in methods.items())
             + (f" (probed: {', '.join(f'{n} {p.bytes_per_row / 2**20:.1f} MiB/row' for n, p in probes.items())})"
                if probes else " (no probe on CPU)"))

@@ -1,6 +1,7 @@
 """Running the methods close to the device's limits: precision, forward-batch sizing, out-of-memory retry, feeding.
 
-Small tools a worker wires in with a few lines (none imports Ray, none changes what a method computes):
+Small tools a worker wires in with a few lines. None imports Ray and none changes what a method is; the fast copy
+changes maps by float rounding (relative 1e-6), bf16/fp16 by more (the benchmark reports how much):
 
 - :func:`attribution_classifier`: the model with BatchNorm folded into its convolutions and channels_last weights,
   the same function computed faster, for the methods to run on;
@@ -19,13 +20,14 @@ Memory is read through a :class:`DeviceMemory`, so tests on a CPU drive the prob
 from __future__ import annotations
 
 import contextlib
+import copy
+import dataclasses
 import logging
 import math
 import os
 import queue
 import resource
 import threading
-from dataclasses import dataclass, field
 from typing import Callable, ContextManager, Iterable, Iterator, Protocol, Sequence, TypeVar
 
 import torch
@@ -67,8 +69,6 @@ def attribution_classifier(classifier, channels_last: bool = True, fold_batchnor
     architecture (the Captum references of the tests do that). The copy shares the guided-backprop switch, so
     ``classifier.guided`` drives both, and Guided Grad-CAM's layer keeps its name.
     """
-    import dataclasses
-
     size = classifier.preprocessing.crop_size
     example = torch.randn((2, 3, size, size), generator=torch.Generator().manual_seed(0)).to(classifier.device)
     net = optimised_net(classifier.net, example, channels_last, fold_batchnorm,
@@ -92,8 +92,6 @@ def optimised_net(net: torch.nn.Module, example: torch.Tensor, channels_last: bo
     channels_last alone, +15–20 % with the folding, forward and forward+backward alike. Results differ from the
     original network's by float rounding (relative 1e-6 on attributions).
     """
-    import copy
-
     fast = copy.deepcopy(net, memo=dict(memo or {}))
     if fold_batchnorm and _fold_batchnorm(fast) and not _same_function(net, fast, example):
         log.warning("folding BatchNorm changed %s's outputs beyond rounding; running it unfolded", type(net).__name__)
@@ -177,7 +175,7 @@ def device_memory(device: torch.device | str) -> DeviceMemory | None:
     return CudaMemory(device) if device.type == "cuda" else None
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class BatchProbe:
     """What a probe measured and chose."""
 
@@ -242,7 +240,7 @@ def model_trial(
 
 def size_forward_batches(
     methods: dict, classifier, image_shape: Sequence[int], precision: str = "fp32",
-    memory: DeviceMemory | None = None, cap: int = 1024,
+    memory: DeviceMemory | None = None, cap: int = 1024, headroom: float = 0.8,
 ) -> dict[str, BatchProbe]:
     """Sets each method's ``forward_batch`` from a probe of its kind of pass (gradient or forward only).
 
@@ -258,7 +256,7 @@ def size_forward_batches(
         gradient = name in GRADIENT_METHODS
         if gradient not in probes:
             trial = model_trial(classifier.net, image_shape, classifier.device, gradient, precision)
-            probes[gradient] = probe_forward_batch(trial, memory, cap=cap)
+            probes[gradient] = probe_forward_batch(trial, memory, headroom=headroom, cap=cap)
         method.forward_batch = probes[gradient].forward_batch
         chosen[name] = probes[gradient]
     return chosen
@@ -272,7 +270,7 @@ def is_out_of_memory(error: BaseException) -> bool:
     return isinstance(error, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
 
 
-@dataclass
+@dataclasses.dataclass
 class HalveOnOutOfMemory:
     """Runs a method's call; on out-of-memory halves that method's ``forward_batch`` and tries again.
 
@@ -281,7 +279,7 @@ class HalveOnOutOfMemory:
     """
 
     min_batch: int = 1
-    remembered: dict[str, int] = field(default_factory=dict)
+    remembered: dict[str, int] = dataclasses.field(default_factory=dict)
 
     def run(self, method, call: Callable[[], T]) -> T:
         while True:
