@@ -45,7 +45,7 @@ class GuidedBackpropSwitch:
 class _SwitchableReLUFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, switch: GuidedBackpropSwitch) -> torch.Tensor:  # type: ignore[override]
-        out = x.clamp_min(0)
+        out = torch.relu(x)
         ctx.save_for_backward(out)
         ctx.switch = switch
         return out
@@ -53,7 +53,7 @@ class _SwitchableReLUFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):  # type: ignore[override]
         (out,) = ctx.saved_tensors
-        grad_in = grad_out * (out > 0).to(grad_out.dtype)
+        grad_in = torch.ops.aten.threshold_backward(grad_out, out, 0)  # ReLU's own backward kernel
         if ctx.switch.guided:
             # Captum's GuidedBackprop returns relu(grad_input) from its ReLU backward hook; same thing.
             grad_in = grad_in.clamp_min(0)
