@@ -7,6 +7,24 @@ import logging
 import pytest
 
 
+@pytest.fixture(scope="module")
+def classifier():
+    """A random-init ResNet-18 at 32 px (seed 0): offline, and fast enough for metric tests."""
+    from xcv_batch.model import build_classifier
+
+    return build_classifier("resnet18", "none", 32, seed=0)
+
+
+@pytest.fixture(scope="module")
+def batch(classifier):
+    """Three seeded random images as model inputs, with three different targets."""
+    import torch
+
+    g = torch.Generator().manual_seed(1)
+    inputs = classifier.preprocessing.normalize(torch.rand((3, 3, 32, 32), generator=g))
+    return inputs, torch.tensor([3, 500, 999])
+
+
 @pytest.fixture(scope="session")
 def ray_session():
     """One local Ray for the whole test run, started on first use; yields its GCS address (for RAY_ADDRESS).

@@ -22,20 +22,6 @@ from xcv_batch.faithfulness import (
     insertion_auc,
     make_substrate,
 )
-from xcv_batch.model import build_classifier
-
-
-@pytest.fixture(scope="module")
-def classifier():
-    return build_classifier("resnet18", "none", 32, seed=0)
-
-
-@pytest.fixture(scope="module")
-def batch(classifier):
-    g = torch.Generator().manual_seed(1)
-    inputs = classifier.preprocessing.normalize(torch.rand((3, 3, 32, 32), generator=g))
-    targets = torch.tensor([3, 500, 999])
-    return inputs, targets
 
 
 def gradient_x_input(net, inputs, targets):

@@ -13,7 +13,7 @@ from skimage.metrics import structural_similarity
 from xcv_batch.errors import ConfigError
 from xcv_batch.methods import build_method
 from xcv_batch.methods.settings import IntegratedGradientsSettings
-from xcv_batch.model import SwitchableReLU, build_classifier
+from xcv_batch.model import SwitchableReLU
 from xcv_batch.randomisation import (
     RANDOMISATION_COLUMNS,
     RANDOMISATION_SPEARMAN_THRESHOLD,
@@ -25,11 +25,6 @@ from xcv_batch.randomisation import (
     spearman,
     ssim,
 )
-
-
-@pytest.fixture(scope="module")
-def classifier():
-    return build_classifier("resnet18", "none", 32, seed=0)
 
 
 @pytest.fixture(scope="module")

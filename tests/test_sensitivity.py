@@ -8,7 +8,6 @@ from captum.metrics import sensitivity_max as captum_sensitivity_max
 
 from xcv_batch.methods.base import AttributionMethod
 from xcv_batch.metrics import sensitivity_max, uniform_perturbations
-from xcv_batch.model import build_classifier
 from xcv_batch.seeding import perturbation_seed
 
 
@@ -39,19 +38,6 @@ class SeededNoise(AttributionMethod):
             g = torch.Generator().manual_seed(int(seed))
             maps.append(torch.randn(x.shape, generator=g))
         return torch.stack(maps)
-
-
-@pytest.fixture(scope="module")
-def classifier():
-    return build_classifier("resnet18", "none", 32, seed=0)
-
-
-@pytest.fixture(scope="module")
-def batch(classifier):
-    g = torch.Generator().manual_seed(1)
-    inputs = classifier.preprocessing.normalize(torch.rand((3, 3, 32, 32), generator=g))
-    targets = torch.tensor([3, 500, 999])
-    return inputs, targets
 
 
 def test_equals_captum_with_the_same_perturbations(classifier, batch):
