@@ -28,9 +28,9 @@ JOB = {
 }
 
 
-def write_job(path, source, **changes) -> str:
-    """JOB with ``data.source`` and dotted-key changes (``compute__workers=2``) written to ``path``."""
-    job = yaml.safe_load(yaml.safe_dump(JOB))
+def write_job(path, source, job: dict = JOB, **changes) -> str:
+    """``job`` (default JOB) with ``data.source`` and dotted-key changes (``compute__workers=2``) written to ``path``."""
+    job = yaml.safe_load(yaml.safe_dump(job))
     job["data"] = {"source": str(source)}
     for dotted, value in changes.items():
         node = job

@@ -6,7 +6,6 @@ Captum runs on a torchvision twin of the classifier (plain ``nn.ReLU``s, same st
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 
 import pytest

@@ -12,6 +12,8 @@ import skimage
 import yaml
 import zarr
 
+import ray_helpers
+from ray_helpers import rows_of
 from xcv_batch import cli
 from xcv_batch.config import load_job
 from xcv_batch.driver import run_job
@@ -53,25 +55,7 @@ def image_folder(tmp_path_factory):
 
 
 def write_job(tmp_path, folder, **changes) -> str:
-    job = yaml.safe_load(yaml.safe_dump(JOB))
-    job["data"] = {"source": str(folder)}
-    for dotted, value in changes.items():
-        node = job
-        *parents, last = dotted.split("__")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[last] = value
-    path = tmp_path / "job.yaml"
-    path.write_text(yaml.safe_dump(job))
-    return str(path)
-
-
-def rows_of(out) -> "pandas.DataFrame":
-    import pandas as pd
-
-    frames = [pq.read_table(os.path.join(out, "metrics", f)).to_pandas()
-              for f in sorted(os.listdir(os.path.join(out, "metrics")))]
-    return pd.concat(frames, ignore_index=True).sort_values(["index", "method"]).reset_index(drop=True)
+    return ray_helpers.write_job(tmp_path / "job.yaml", folder, job=JOB, **changes)
 
 
 @pytest.fixture(scope="module")

@@ -416,3 +416,9 @@ def describe_device(device: torch.device | str) -> str:
     except AttributeError:  # not Linux
         cores = os.cpu_count() or 1
     return f"{model}, {cores} cores, torch {torch.get_num_threads()} threads"
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued GPU work, so that wall-clock timings include it (a no-op on the CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

@@ -14,6 +14,7 @@ from typing import Mapping, Sequence
 import torch
 
 from .config import Job
+from .device import synchronize
 from .faithfulness import deletion_auc, infidelity, insertion_auc
 from .localisation import localisation_metrics
 from .methods import build_method
@@ -58,7 +59,7 @@ class QualityMetrics:
         def timed(group: str, compute) -> None:
             started = time.perf_counter()
             values = compute()
-            _synchronize(inputs.device)
+            synchronize(inputs.device)
             columns[f"{group}_seconds"] = [(time.perf_counter() - started) / n] * n
             for column, tensor in values.items():
                 columns[column] = [None if v != v else float(v) for v in tensor.detach().cpu().tolist()]
@@ -86,8 +87,3 @@ class QualityMetrics:
         if masks is not None and self.wants_masks:
             timed("localisation", lambda: localisation_metrics(attributions, masks))
         return columns
-
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)

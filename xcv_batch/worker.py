@@ -11,15 +11,17 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Sequence
 
+import numpy as np
 import torch
 
 from .config import Job
 from .data import ImageRecord, decode_many, load_mask
 from .errors import ImageError
 from .methods import build_method
+from .device import synchronize
 from .metrics import sensitivity_max
-from .quality import QualityMetrics
 from .model import Classifier, build_classifier, read_categories, resolve_device
+from .quality import QualityMetrics
 from .seeding import derive_seed
 from .store import RunStore
 
@@ -71,7 +73,7 @@ class _Prepared:
 class _Explained:
     """One method's result for one image."""
 
-    attribution: "numpy.ndarray"
+    attribution: np.ndarray
     columns: dict  # row columns: attr_seconds, sensitivity_max, sensitivity_seconds, quality metrics
 
 
@@ -220,7 +222,7 @@ class ShardWorker:
         n = len(image_ids)
         started = time.perf_counter()
         attributions = method.attribute(inputs, targets, seeds).float()
-        _synchronize(inputs.device)
+        synchronize(inputs.device)
         attr_seconds = (time.perf_counter() - started) / n
         if not torch.isfinite(attributions).all():
             bad = [i for i in range(n) if not torch.isfinite(attributions[i]).all()]
@@ -241,7 +243,7 @@ class ShardWorker:
                 n_perturb_samples=job.sensitivity.n_perturb_samples,
                 perturb_radius=job.sensitivity.perturb_radius,  # all B·n copies in one call: the method fills passes
             )
-            _synchronize(inputs.device)
+            synchronize(inputs.device)
             sensitivity_seconds = (time.perf_counter() - started) / n
             sensitivities = values.cpu().tolist()
         quality = self.quality.evaluate(name, inputs, targets, seeds, image_ids, attributions, masks)
@@ -283,9 +285,3 @@ class ShardWorker:
             "label": item.record.label,
         }
         return [self._row(base, name, error=message) for name in self.methods]
-
-
-def _synchronize(device: torch.device) -> None:
-    """Timings must include queued GPU work."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
