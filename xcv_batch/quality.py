@@ -9,7 +9,7 @@ which seeds, and on which model.
 from __future__ import annotations
 
 import time
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import torch
 
@@ -23,16 +23,33 @@ from .randomisation import map_similarity, randomised_copy
 from .seeding import derive_seed
 
 class QualityMetrics:
-    def __init__(self, job: Job, classifier: Classifier, methods: Mapping[str, object]):
+    """The job's quality metrics for one worker.
+
+    ``classifier`` is the model as built (the randomisation check re-initialises its named blocks); ``executed`` is
+    the one passes run on (the worker's fast copy, or ``classifier`` itself), and ``execution`` makes the same kind
+    of copy of the randomised model. ``forward_batch`` is the copies per pass of the metrics' own forwards.
+    """
+
+    def __init__(
+        self,
+        job: Job,
+        classifier: Classifier,
+        methods: Mapping[str, object],
+        forward_batch: int = 64,
+        executed: Classifier | None = None,
+        execution: Callable[[Classifier], Classifier] = lambda classifier: classifier,
+    ):
         self.job = job
-        self.classifier = classifier
+        self.executed = executed if executed is not None else classifier
+        self.forward_batch = forward_batch
         config = job.metrics
         self.randomised_methods: dict[str, object] = {}
         if config.randomisation is not None:
             # Built once per worker; seeded by the job, so every worker holds the same randomised weights.
-            randomised = randomised_copy(classifier, config.randomisation.depth, seed=job.seed)
+            randomised = execution(randomised_copy(classifier, config.randomisation.depth, seed=job.seed))
             self.randomised_methods = {
-                name: build_method(name, randomised, settings, job.compute.forward_batch)
+                name: build_method(name, randomised, settings, methods[name].forward_batch if name in methods
+                                   else forward_batch)
                 for name, settings in job.methods.items()
             }
 
@@ -52,8 +69,8 @@ class QualityMetrics:
     ) -> dict[str, list[float | None]]:
         """Columns for the batch's rows: metric values and ``<group>_seconds`` (batch time ÷ images)."""
         config = self.job.metrics
-        net, n = self.classifier.net, len(image_ids)
-        batch = self.job.compute.forward_batch
+        net, n = self.executed.net, len(image_ids)
+        batch = self.forward_batch
         columns: dict[str, list[float | None]] = {}
 
         def timed(group: str, compute) -> None:

@@ -52,13 +52,17 @@ def consecutive_labels(labels: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------------- worker pool
 
 
+def usable_cores() -> int:
+    """The cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
 def default_segmentation_workers() -> int:
     """One process per usable core but one (left to the main process, which feeds the device); 1 = inline."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cores = os.cpu_count() or 1
-    return max(1, min(cores - 1, 32))
+    return max(1, min(usable_cores() - 1, 32))
 
 
 _pool_lock = threading.Lock()

@@ -6,6 +6,7 @@ No Ray here: the driver runs a ShardWorker in-process or wraps it in an actor; b
 from __future__ import annotations
 
 import itertools
+import logging
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -14,16 +15,23 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 import torch
 
+from . import device as dev
 from .config import Job
 from .data import ImageRecord, decode_many, load_mask
 from .errors import ImageError
 from .methods import build_method
-from .device import synchronize
 from .metrics import sensitivity_max
 from .model import Classifier, build_classifier, read_categories, resolve_device
 from .quality import QualityMetrics
 from .seeding import derive_seed
+from .segmentation import set_segmentation_workers, usable_cores
 from .store import RunStore
+
+log = logging.getLogger(__name__)
+
+#: ``forward_batch: auto`` on a CPU: throughput is flat from 64 to 256 copies there (ResNet-18 at 64 and 224 px,
+#: forward and forward+backward), and smaller passes keep the cache warm.
+CPU_FORWARD_BATCH = 64
 
 
 @dataclass(frozen=True)
@@ -78,25 +86,67 @@ class _Explained:
 
 
 class ShardWorker:
+    """Holds the model and the methods of one job on one device.
+
+    ``torch_threads`` is this worker's share of the node's cores (None: all of them, the in-process case); it also
+    decides how many processes may segment for LIME next to it.
+    """
+
     def __init__(self, job: Job, device: str | None = None, torch_threads: int | None = None):
         if torch_threads:
             torch.set_num_threads(torch_threads)
         self.job = job
+        compute = job.compute
         ggc = job.methods.get("guided_gradcam")
+        #: the model as built: its weights are what the job names (the randomisation check copies these)
         self.classifier: Classifier = build_classifier(
             job.model.arch,
             job.model.weights,
             job.model.resolution,
             seed=job.seed,
-            device=resolve_device(device or job.compute.device),
+            device=resolve_device(device or compute.device),
             target_layer=ggc.layer if ggc is not None else "auto",
             categories=read_categories(job.model.categories),
         )
+        #: the model every pass runs on: the fast copy unless ``compute.fast_execution`` is off
+        self.executed = self._execution(self.classifier)
+        self.precision = compute.precision
+        self.forward_batch = CPU_FORWARD_BATCH if compute.forward_batch == "auto" else compute.forward_batch
         self.methods = {
-            name: build_method(name, self.classifier, settings, job.compute.forward_batch)
+            name: build_method(name, self.executed, settings, self.forward_batch)
             for name, settings in job.methods.items()
         }
-        self.quality = QualityMetrics(job, self.classifier, self.methods)
+        if compute.forward_batch == "auto":
+            self._size_forward_batches()
+        self.oom = dev.HalveOnOutOfMemory()
+        self.feeder = dev.DeviceFeeder(self.classifier.device)
+        set_segmentation_workers(self._segmentation_workers(torch_threads))
+        self.quality = QualityMetrics(
+            job, self.classifier, self.methods, self.forward_batch, self.executed, self._execution
+        )
+
+    def _execution(self, classifier: Classifier) -> Classifier:
+        return dev.attribution_classifier(classifier) if self.job.compute.fast_execution else classifier
+
+    def _size_forward_batches(self) -> None:
+        """On a GPU, each kind of pass gets the forward batch that fits its free memory (CPU: left at the default)."""
+        size = self.classifier.preprocessing.crop_size
+        probes = dev.size_forward_batches(self.methods, self.executed, (3, size, size), self.precision)
+        if probes:
+            # Quality metrics run plain forwards of maps' perturbed inputs: the smallest probe is safe for them.
+            self.forward_batch = min(probe.forward_batch for probe in probes.values())
+            log.info("forward batches from free device memory: %s",
+                     {name: probe.forward_batch for name, probe in probes.items()})
+
+    def _segmentation_workers(self, torch_threads: int | None) -> int:
+        """``compute.segmentation_workers``, or for auto: on a GPU, the worker's cores but the one feeding the
+        device; on a CPU, inline (the model's threads hold the cores, and segmentation is ~1 % of LIME's work)."""
+        configured = self.job.compute.segmentation_workers
+        if configured != "auto":
+            return configured
+        if self.classifier.device.type != "cuda":
+            return 1
+        return max(1, (torch_threads or usable_cores()) - 1)
 
     # ------------------------------------------------------------------ one shard
     def process_shard(
@@ -107,8 +157,9 @@ class ShardWorker:
         writer = store.open_arrays()
         rows: list[dict] = []
         errors: list[str] = []
-        for batch in self._batches(shard):
-            batch_rows = self._process_batch(batch, writer)
+        # The next batch is decoded, stacked and sent to the device while the methods work on this one.
+        for batch, pixels in dev.prefetch(self._batches(shard), self._stage):
+            batch_rows = self._process_batch(batch, pixels, writer)
             rows.extend(batch_rows)
             failed = {r["image_id"]: r["error"] for r in batch_rows if r["status"] == "error"}
             errors.extend(f"{image_id}: {message}" for image_id, message in failed.items())
@@ -131,9 +182,16 @@ class ShardWorker:
         while batch := list(itertools.islice(prepared, self.job.compute.batch_size)):
             yield batch
 
+    def _stage(self, batch: list[_Prepared]) -> tuple[list[_Prepared], dev.InFlight | None]:
+        """The batch and its usable images' pixels on their way to the device (None when none is usable)."""
+        good = [item.pixels for item in batch if item.error is None]
+        return batch, (self.feeder.send(torch.stack(good)) if good else None)
+
     def _with_mask(self, item: _Prepared) -> _Prepared:
-        """Load the ground-truth mask when the manifest has one and localisation is wanted."""
-        if item.record.mask_path and self.quality.wants_masks:
+        """Check the image has what the job needs (a label, a mask) and load its ground-truth mask."""
+        if self.job.target == "label" and item.record.label is None:
+            item.error = "target is 'label' but this image has no label in the manifest"
+        elif item.record.mask_path and self.quality.wants_masks:
             try:
                 item.mask = load_mask(item.record.mask_path, self.classifier.preprocessing)
             except ImageError as err:
@@ -142,25 +200,21 @@ class ShardWorker:
             item.error = "metrics.localisation is on but this image has no mask_path in the manifest"
         return item
 
-    def _process_batch(self, batch: list[_Prepared], writer) -> list[dict]:
+    def _process_batch(self, batch: list[_Prepared], pixels: dev.InFlight | None, writer) -> list[dict]:
         rows: list[dict] = []
-        for item in batch:
-            if item.error is None and self.job.target == "label" and item.record.label is None:
-                item.error = "target is 'label' but this image has no label in the manifest"
         good = [item for item in batch if item.error is None]
         for item in batch:
             if item.error is not None:
                 rows.extend(self._error_rows(item, item.error))
-        if not good:
+        if pixels is None:
             return rows
 
         device = self.classifier.device
-        pixels = torch.stack([item.pixels for item in good]).to(device, non_blocking=True)
-        inputs = self.classifier.preprocessing.normalize(pixels)
+        inputs = self.classifier.preprocessing.normalize(pixels.wait())
         if device.type == "cuda":
             inputs = inputs.contiguous(memory_format=torch.channels_last)
-        with torch.no_grad():
-            probabilities = torch.softmax(self.classifier.net(inputs).float(), dim=1)
+        with torch.no_grad(), dev.autocast(device, self.precision):
+            probabilities = torch.softmax(self.executed.net(inputs).float(), dim=1)
         if self.job.target == "label":
             targets = torch.tensor([item.record.label for item in good], dtype=torch.long, device=device)
         else:
@@ -217,12 +271,15 @@ class ShardWorker:
         return results
 
     def _explain(self, name, method, inputs, targets, image_ids: Sequence[str], masks) -> list[_Explained]:
-        job = self.job
-        seeds = [derive_seed(job.seed, image_id, name) for image_id in image_ids]
-        n = len(image_ids)
+        seeds = [derive_seed(self.job.seed, image_id, name) for image_id in image_ids]
+        with dev.autocast(inputs.device, self.precision):
+            return self._explain_in_precision(name, method, inputs, targets, image_ids, seeds, masks)
+
+    def _explain_in_precision(self, name, method, inputs, targets, image_ids, seeds, masks) -> list[_Explained]:
+        job, n = self.job, len(image_ids)
         started = time.perf_counter()
-        attributions = method.attribute(inputs, targets, seeds).float()
-        synchronize(inputs.device)
+        attributions = self.oom.run(method, lambda: method.attribute(inputs, targets, seeds)).float()
+        dev.synchronize(inputs.device)
         attr_seconds = (time.perf_counter() - started) / n
         if not torch.isfinite(attributions).all():
             bad = [i for i in range(n) if not torch.isfinite(attributions[i]).all()]
@@ -233,17 +290,18 @@ class ShardWorker:
         sensitivity_seconds = None
         if job.sensitivity is not None:
             started = time.perf_counter()
-            values = sensitivity_max(
+            noise_seeds = [derive_seed(job.seed, image_id, name, "sensitivity") for image_id in image_ids]
+            values = self.oom.run(method, lambda: sensitivity_max(
                 method,
                 inputs,
                 targets,
                 seeds,
                 attributions,
-                noise_seeds=[derive_seed(job.seed, image_id, name, "sensitivity") for image_id in image_ids],
+                noise_seeds=noise_seeds,
                 n_perturb_samples=job.sensitivity.n_perturb_samples,
                 perturb_radius=job.sensitivity.perturb_radius,  # all B·n copies in one call: the method fills passes
-            )
-            synchronize(inputs.device)
+            ))
+            dev.synchronize(inputs.device)
             sensitivity_seconds = (time.perf_counter() - started) / n
             sensitivities = values.cpu().tolist()
         quality = self.quality.evaluate(name, inputs, targets, seeds, image_ids, attributions, masks)
