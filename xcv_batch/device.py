@@ -88,9 +88,9 @@ def optimised_net(net: torch.nn.Module, example: torch.Tensor, channels_last: bo
     - weights in channels_last: oneDNN (CPU) and cuDNN (GPU) convolutions run faster in NHWC, and an NCHW input is
       converted once, in the first convolution.
 
-    Measured on the 2-core EPYC of docs/performance.md (one thread, ResNet-18, 64 and 224 px): +10–17 % from
-    channels_last alone, +15–20 % with the folding, forward and forward+backward alike. Results differ from the
-    original network's by float rounding (relative 1e-6 on attributions).
+    Measured on the 2-core EPYC of the README's Performance section (one thread, ResNet-18, 64 and 224 px):
+    +10–17 % from channels_last alone, +15–20 % with the folding, forward and forward+backward alike. Results differ
+    from the original network's by float rounding (relative 1e-6 on attributions).
     """
     fast = copy.deepcopy(net, memo=dict(memo or {}))
     if fold_batchnorm and _fold_batchnorm(fast) and not _same_function(net, fast, example):
