@@ -8,6 +8,7 @@ import threading
 import pytest
 import torch
 
+from fake_device import FakeMemory, RefusesBigBatches
 from xcv_batch import segmentation
 from xcv_batch.device import (
     DeviceFeeder,
@@ -169,32 +170,6 @@ def test_bf16_autocast_keeps_maps_float32_and_close_to_fp32(classifier, batch, n
 # ---------------------------------------------------------------------------------------------- memory probe
 
 
-class FakeMemory:
-    """A device of ``free`` bytes where a pass costs ``fixed + per_row · rows`` (rows read from the model's input)."""
-
-    def __init__(self, free: int, per_row: int, per_row_with_grad: int | None = None, fixed: int = 0):
-        self.free, self.fixed = free, fixed
-        self.per_row, self.per_row_with_grad = per_row, per_row_with_grad or per_row
-        self.rows_seen: list[tuple[int, bool]] = []
-
-    def watch(self, net: torch.nn.Module):
-        return net.register_forward_pre_hook(
-            lambda module, args: self.rows_seen.append((args[0].shape[0], torch.is_grad_enabled()))
-        )
-
-    def allocate(self, rows: int, grad: bool = False) -> None:
-        self.rows_seen.append((rows, grad))
-
-    def free_bytes(self) -> int:
-        return self.free
-
-    def peak_bytes(self, run) -> int:
-        self.rows_seen.clear()
-        run()
-        rows, grad = max(self.rows_seen)
-        return self.fixed + rows * (self.per_row_with_grad if grad else self.per_row)
-
-
 def test_probe_solves_per_row_and_fixed_cost_and_fills_the_headroom():
     memory = FakeMemory(free=1_000_000, per_row=1_000, fixed=5_000)
     probe = probe_forward_batch(memory.allocate, memory, probe_rows=(4, 16), headroom=0.8, cap=4096)
@@ -216,18 +191,14 @@ def test_probe_is_capped_never_below_one_and_checks_its_trial_sizes():
 
 def test_size_forward_batches_probes_each_kind_of_pass_once_with_the_real_model(classifier):
     memory = FakeMemory(free=100_000_000, per_row=100_000, per_row_with_grad=400_000)
-    handle = memory.watch(classifier.net)
-    try:
-        methods = {
-            "occlusion": build_method("occlusion", classifier, OcclusionSettings(window=8, stride=8), 64),
-            "integrated_gradients": build_method(
-                "integrated_gradients", classifier, IntegratedGradientsSettings(n_steps=4), 64
-            ),
-            "guided_gradcam": build_method("guided_gradcam", classifier, GuidedGradCamSettings(), 64),
-        }
-        chosen = size_forward_batches(methods, classifier, (3, RESOLUTION, RESOLUTION), memory=memory)
-    finally:
-        handle.remove()
+    methods = {
+        "occlusion": build_method("occlusion", classifier, OcclusionSettings(window=8, stride=8), 64),
+        "integrated_gradients": build_method(
+            "integrated_gradients", classifier, IntegratedGradientsSettings(n_steps=4), 64
+        ),
+        "guided_gradcam": build_method("guided_gradcam", classifier, GuidedGradCamSettings(), 64),
+    }
+    chosen = size_forward_batches(methods, classifier, (3, RESOLUTION, RESOLUTION), memory=memory)
     # forward only: 0.8e8 / 1e5 = 800 rows; forward + backward: 0.8e8 / 4e5 = 200 rows
     assert methods["occlusion"].forward_batch == 800
     assert methods["integrated_gradients"].forward_batch == 200
@@ -256,20 +227,6 @@ def test_size_forward_batches_leaves_cpu_methods_alone(classifier):
 
 
 # ------------------------------------------------------------------------------------------- out of memory
-
-
-class RefusesBigBatches(torch.nn.Module):
-    """Wraps a net; a forward of more than ``limit`` rows raises the CUDA out-of-memory error."""
-
-    def __init__(self, net: torch.nn.Module, limit: int):
-        super().__init__()
-        self.net, self.limit, self.batches = net, limit, []
-
-    def forward(self, x):
-        self.batches.append(x.shape[0])
-        if x.shape[0] > self.limit:
-            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return self.net(x)
 
 
 def test_out_of_memory_halves_and_remembers_and_the_map_is_unchanged(classifier, batch):

@@ -6,9 +6,9 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
-import pytest
 import torch
 
+from fake_device import FakeMemory, RefusesBigBatches
 from ray_helpers import METHODS, maps_of, rows_of, write_job
 from xcv_batch import segmentation
 from xcv_batch.config import load_job
@@ -84,53 +84,17 @@ def test_precision_and_execution_change_the_fingerprint_but_batch_sizes_do_not(t
     assert fingerprint(compute__segmentation_workers=3) == base
 
 
-class FakeDeviceMemory:
-    """A device with ``free`` bytes whose passes cost ``per_row`` bytes a row (four times that with a backward)."""
-
-    def __init__(self, free: int, per_row: int):
-        self.free, self.per_row, self.rows = free, per_row, []
-
-    def free_bytes(self) -> int:
-        return self.free
-
-    def peak_bytes(self, run) -> int:
-        seen = []
-        handle = torch.nn.modules.module.register_module_forward_pre_hook(
-            lambda module, args: seen.append((args[0].shape[0], torch.is_grad_enabled()))
-            if isinstance(module, torch.nn.Conv2d) and args and isinstance(args[0], torch.Tensor) else None
-        )
-        try:
-            run()
-        finally:
-            handle.remove()
-        rows, grad = max(seen)
-        return rows * self.per_row * (4 if grad else 1)
-
-
 def test_auto_forward_batch_is_probed_from_device_memory_per_kind_of_pass(tmp_path, photo_folder, monkeypatch):
     job = load_job(write_job(tmp_path / "job.yaml", photo_folder, compute__forward_batch="auto"))
     assert all(m.forward_batch == CPU_FORWARD_BATCH for m in ShardWorker(job).methods.values())  # CPU: no probe
 
     # As on a GPU: 1e6 free bytes at 80 % headroom → 800 rows forward-only, 200 with a backward.
-    monkeypatch.setattr("xcv_batch.device.device_memory", lambda device: FakeDeviceMemory(1_000_000, 1_000))
+    monkeypatch.setattr("xcv_batch.device.device_memory", lambda device: FakeMemory(1_000_000, 1_000, 4_000))
     worker = ShardWorker(job)
     assert {name: m.forward_batch for name, m in worker.methods.items()} == {
         "occlusion": 800, "integrated_gradients": 200, "guided_gradcam": 200, "lime": 800,
     }
     assert worker.quality.forward_batch == 200  # the metrics' forwards take the smallest, safe for all
-
-
-class RefusesBigBatches(torch.nn.Module):
-    """Wraps a net; a pass of more than ``limit`` rows raises CUDA's out-of-memory error."""
-
-    def __init__(self, net: torch.nn.Module, limit: int):
-        super().__init__()
-        self.net, self.limit = net, limit
-
-    def forward(self, x):
-        if x.shape[0] > self.limit:
-            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return self.net(x)
 
 
 class TightMemoryExecutor(InProcessExecutor):
