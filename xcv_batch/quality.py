@@ -35,12 +35,12 @@ class QualityMetrics:
         job: Job,
         classifier: Classifier,
         methods: Mapping[str, object],
-        forward_batch: int = 64,
-        executed: Classifier | None = None,
-        execution: Callable[[Classifier], Classifier] = lambda classifier: classifier,
+        forward_batch: int,
+        executed: Classifier,
+        execution: Callable[[Classifier], Classifier],
     ):
         self.job = job
-        self.executed = executed if executed is not None else classifier
+        self.executed = executed
         self.forward_batch = forward_batch
         config = job.metrics
         self.randomised_methods: dict[str, object] = {}
@@ -48,8 +48,7 @@ class QualityMetrics:
             # Built once per worker; seeded by the job, so every worker holds the same randomised weights.
             randomised = execution(randomised_copy(classifier, config.randomisation.depth, seed=job.seed))
             self.randomised_methods = {
-                name: build_method(name, randomised, settings, methods[name].forward_batch if name in methods
-                                   else forward_batch)
+                name: build_method(name, randomised, settings, methods[name].forward_batch)
                 for name, settings in job.methods.items()
             }
 

@@ -110,7 +110,6 @@ class ShardWorker:
         )
         #: the model every pass runs on: the fast copy unless ``compute.fast_execution`` is off
         self.executed = self._execution(self.classifier)
-        self.precision = compute.precision
         self.forward_batch = CPU_FORWARD_BATCH if compute.forward_batch == "auto" else compute.forward_batch
         self.methods = {
             name: build_method(name, self.executed, settings, self.forward_batch)
@@ -131,7 +130,7 @@ class ShardWorker:
     def _size_forward_batches(self) -> None:
         """On a GPU, each kind of pass gets the forward batch that fits its free memory (CPU: left at the default)."""
         size = self.classifier.preprocessing.crop_size
-        probes = dev.size_forward_batches(self.methods, self.executed, (3, size, size), self.precision)
+        probes = dev.size_forward_batches(self.methods, self.executed, (3, size, size), self.job.compute.precision)
         if probes:
             # Quality metrics run plain forwards of maps' perturbed inputs: the smallest probe is safe for them.
             self.forward_batch = min(probe.forward_batch for probe in probes.values())
@@ -213,7 +212,7 @@ class ShardWorker:
         inputs = self.classifier.preprocessing.normalize(pixels.wait())
         if device.type == "cuda":
             inputs = inputs.contiguous(memory_format=torch.channels_last)
-        with torch.no_grad(), dev.autocast(device, self.precision):
+        with torch.no_grad(), dev.autocast(device, self.job.compute.precision):
             probabilities = torch.softmax(self.executed.net(inputs).float(), dim=1)
         if self.job.target == "label":
             targets = torch.tensor([item.record.label for item in good], dtype=torch.long, device=device)
@@ -225,23 +224,12 @@ class ShardWorker:
         for item, x in zip(good, inputs_cpu):
             writer.write("inputs", item.index, x)
 
-        base = [
-            {
-                "image_id": item.record.image_id,
-                "image_path": item.record.path,
-                "index": item.index,
-                "target": target,
-                "target_name": self.classifier.category(target),
-                "target_prob": prob,
-                "label": item.record.label,
-            }
-            for item, target, prob in zip(good, targets_list, target_probs)
-        ]
+        base = [self._image_columns(item, target, prob) for item, target, prob in zip(good, targets_list, target_probs)]
         masks = None
         if all(item.mask is not None for item in good):
             masks = torch.stack([item.mask for item in good]).to(device)
+        image_ids = [item.record.image_id for item in good]
         for name, method in self.methods.items():
-            image_ids = [item.record.image_id for item in good]
             outcome = self._run_method(name, method, inputs, targets, image_ids, masks)
             for i, item in enumerate(good):
                 result = outcome[i]
@@ -258,7 +246,8 @@ class ShardWorker:
         The batch runs as one; if it raises, each image runs alone, so one bad image fails only itself.
         """
         try:
-            return self._explain(name, method, inputs, targets, image_ids, masks)
+            with dev.autocast(inputs.device, self.job.compute.precision):
+                return self._explain(name, method, inputs, targets, image_ids, masks)
         except Exception:  # noqa: BLE001 - isolate the culprit below, then report it per image
             if len(image_ids) == 1:
                 return [f"{name} failed: {traceback.format_exc(limit=1).strip().splitlines()[-1]}"]
@@ -271,12 +260,8 @@ class ShardWorker:
         return results
 
     def _explain(self, name, method, inputs, targets, image_ids: Sequence[str], masks) -> list[_Explained]:
-        seeds = [derive_seed(self.job.seed, image_id, name) for image_id in image_ids]
-        with dev.autocast(inputs.device, self.precision):
-            return self._explain_in_precision(name, method, inputs, targets, image_ids, seeds, masks)
-
-    def _explain_in_precision(self, name, method, inputs, targets, image_ids, seeds, masks) -> list[_Explained]:
         job, n = self.job, len(image_ids)
+        seeds = [derive_seed(job.seed, image_id, name) for image_id in image_ids]
         started = time.perf_counter()
         attributions = self.oom.run(method, lambda: method.attribute(inputs, targets, seeds)).float()
         dev.synchronize(inputs.device)
@@ -332,14 +317,17 @@ class ShardWorker:
             "error": error,
         }
 
-    def _error_rows(self, item: _Prepared, message: str) -> list[dict]:
-        base = {
+    def _image_columns(self, item: _Prepared, target: int | None = None, prob: float | None = None) -> dict:
+        """The columns every row of an image shares (the target ones null when the image failed before a forward)."""
+        return {
             "image_id": item.record.image_id,
             "image_path": item.record.path,
             "index": item.index,
-            "target": None,
-            "target_name": None,
-            "target_prob": None,
+            "target": target,
+            "target_name": None if target is None else self.classifier.category(target),
+            "target_prob": prob,
             "label": item.record.label,
         }
-        return [self._row(base, name, error=message) for name in self.methods]
+
+    def _error_rows(self, item: _Prepared, message: str) -> list[dict]:
+        return [self._row(self._image_columns(item), name, error=message) for name in self.methods]
