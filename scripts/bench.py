@@ -56,7 +56,6 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from xcv_batch import segmentation  # noqa: E402
 from xcv_batch.data import list_images, load_image  # noqa: E402
 from xcv_batch.device import (  # noqa: E402
-    GRADIENT_METHODS,
     CudaMemory,
     HalveOnOutOfMemory,
     attribution_classifier,
@@ -67,7 +66,7 @@ from xcv_batch.device import (  # noqa: E402
     peak_host_bytes,
     size_forward_batches,
 )
-from xcv_batch.methods import METHOD_NAMES, build_method  # noqa: E402
+from xcv_batch.methods import METHOD_NAMES, build_method, method_class  # noqa: E402
 from xcv_batch.methods.lime import segmentation_images  # noqa: E402
 from xcv_batch.methods.occlusion import window_cover  # noqa: E402
 from xcv_batch.methods.settings import METHOD_SETTINGS  # noqa: E402
@@ -250,7 +249,7 @@ def rows_per_image(name: str, settings, height: int, width: int) -> int:
 
 
 def kind_of(name: str) -> str:
-    return "forward_backward" if name in GRADIENT_METHODS else "forward"
+    return "forward_backward" if method_class(name).differentiates else "forward"
 
 
 #: methods whose whole-batch call is short: timed as repeats of it rather than as slices of the images

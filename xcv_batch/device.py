@@ -41,8 +41,6 @@ U = TypeVar("U")
 
 PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
-#: methods that differentiate the model (their forward batch holds activations for a backward pass)
-GRADIENT_METHODS = frozenset({"integrated_gradients", "ig_smoothgrad", "guided_gradcam"})
 
 
 def autocast(device: torch.device | str, precision: str = "fp32") -> ContextManager:
@@ -253,7 +251,7 @@ def size_forward_batches(
     probes: dict[bool, BatchProbe] = {}
     chosen: dict[str, BatchProbe] = {}
     for name, method in methods.items():
-        gradient = name in GRADIENT_METHODS
+        gradient = method.differentiates
         if gradient not in probes:
             trial = model_trial(classifier.net, image_shape, classifier.device, gradient, precision)
             probes[gradient] = probe_forward_batch(trial, memory, headroom=headroom, cap=cap)

@@ -139,6 +139,14 @@ class Classifier:
         return self.categories[index]
 
 
+def place_on_device(net: nn.Module, device: torch.device) -> nn.Module:
+    """``net`` moved to ``device``, with channels_last weights on a GPU (cuDNN's fast layout)."""
+    net.to(device)
+    if device.type == "cuda":
+        net.to(memory_format=torch.channels_last)
+    return net
+
+
 def classification_archs() -> list[str]:
     return sorted(torchvision.models.list_models(module=torchvision.models))
 
@@ -323,12 +331,9 @@ def build_classifier(
     if categories is not None and num_classes > 0 and len(categories) != num_classes:
         raise ConfigError("model.categories", f"{len(categories)} names for a model with {num_classes} classes")
 
-    net.to(device)
-    if device.type == "cuda":
-        net.to(memory_format=torch.channels_last)
     return Classifier(
         arch=arch,
-        net=net,
+        net=place_on_device(net, device),
         device=device,
         preprocessing=_preprocessing_for(tv_weights, resolution),
         num_classes=num_classes,

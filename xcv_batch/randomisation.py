@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import ConfigError
-from .model import Classifier, GuidedBackpropSwitch, SwitchableReLU
+from .model import Classifier, GuidedBackpropSwitch, place_on_device
 from .seeding import derive_seed
 
 #: metric column → which way is better (lower: the map changed more, i.e. it depends on the learned weights)
@@ -60,7 +60,10 @@ def randomised_copy(classifier: Classifier, depth: int, seed: int) -> Classifier
             f"must be between 1 and {len(blocks)} (the parameterised blocks of {classifier.arch}: "
             f"{', '.join(reversed(blocks))}), got {depth}",
         )
-    net = copy.deepcopy(classifier.net).to("cpu")
+    # The copy gets its own guided-backprop switch, wired to its own ReLUs by the deep copy itself; it keeps eval
+    # mode and frozen parameters (reset_parameters changes values in place, not those flags).
+    switch = GuidedBackpropSwitch()
+    net = copy.deepcopy(classifier.net, memo={id(classifier.guided): switch}).to("cpu")
     children = dict(net.named_children())
     for name in blocks[-depth:]:
         with torch.random.fork_rng(devices=[]):
@@ -70,18 +73,9 @@ def randomised_copy(classifier: Classifier, depth: int, seed: int) -> Classifier
                 if callable(reset):
                     reset()
 
-    switch = GuidedBackpropSwitch()
-    for module in net.modules():
-        if isinstance(module, SwitchableReLU):
-            module.switch = switch
-    for parameter in net.parameters():
-        parameter.requires_grad_(False)
-    net.eval().to(classifier.device)
-    if classifier.device.type == "cuda":
-        net.to(memory_format=torch.channels_last)
     return dataclasses.replace(
         classifier,
-        net=net,
+        net=place_on_device(net, classifier.device),
         guided=switch,
         weights=f"{classifier.weights}, top {depth} blocks re-initialised (seed {seed})",
     )

@@ -20,6 +20,7 @@ from .config import Job
 from .data import ImageRecord, decode_many, load_mask
 from .errors import ImageError
 from .methods import build_method
+from .methods.base import target_outputs
 from .metrics import sensitivity_max
 from .model import Classifier, build_classifier, read_categories, resolve_device
 from .quality import QualityMetrics
@@ -218,7 +219,7 @@ class ShardWorker:
             targets = torch.tensor([item.record.label for item in good], dtype=torch.long, device=device)
         else:
             targets = probabilities.argmax(dim=1)
-        target_probs = probabilities.gather(1, targets.view(-1, 1)).squeeze(1).cpu().tolist()
+        target_probs = target_outputs(probabilities, targets).cpu().tolist()
         targets_list = targets.cpu().tolist()
         inputs_cpu = inputs.float().cpu().numpy()
         for item, x in zip(good, inputs_cpu):

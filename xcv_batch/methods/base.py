@@ -22,6 +22,8 @@ class AttributionMethod(ABC):
     settings_type: ClassVar[type]
     #: whether ``seeds`` change the result (SmoothGrad noise, LIME samples)
     stochastic: ClassVar[bool] = False
+    #: whether its passes differentiate the model (a forward batch then also holds activations for the backward)
+    differentiates: ClassVar[bool] = False
 
     def __init__(self, classifier: Classifier, settings, forward_batch: int = 64):
         if forward_batch < 1:

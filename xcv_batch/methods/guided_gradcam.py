@@ -43,6 +43,7 @@ def grad_cam(activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor
 
 class GuidedGradCam(AttributionMethod):
     name = "guided_gradcam"
+    differentiates = True
     settings_type = GuidedGradCamSettings
 
     def attribute(self, inputs: torch.Tensor, targets: torch.Tensor, seeds: Sequence[int]) -> torch.Tensor:

@@ -28,6 +28,7 @@ class IGSmoothGrad(AttributionMethod):
     name = "ig_smoothgrad"
     settings_type = IGSmoothGradSettings
     stochastic = True
+    differentiates = True
 
     def attribute(self, inputs: torch.Tensor, targets: torch.Tensor, seeds: Sequence[int]) -> torch.Tensor:
         settings: IGSmoothGradSettings = self.settings

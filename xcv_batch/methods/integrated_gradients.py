@@ -7,6 +7,7 @@ images they belong to. Step sizes and alphas come from Captum's own quadrature t
 
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import torch
@@ -15,6 +16,20 @@ from torch import nn
 
 from .base import AttributionMethod, chunk_slices, target_outputs
 from .settings import IntegratedGradientsSettings
+
+
+@functools.lru_cache(maxsize=32)
+def quadrature(method: str, n_steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Captum's step sizes (float32) and alphas (float64) for ``n_steps`` of ``method``, on the CPU; never mutate.
+
+    Cached: the tables take milliseconds to build (Gauss–Legendre nodes), and IG-SG and Max-Sensitivity call IG
+    dozens of times per batch with the same ones.
+    """
+    step_sizes_of, alphas_of = approximation_parameters(method)
+    # As Captum: step sizes become float32 (``torch.tensor(step_sizes).float()``), and alpha · x is a Python float
+    # times the input, i.e. alpha rounded to the input's dtype (done by the caller).
+    return (torch.tensor(step_sizes_of(n_steps), dtype=torch.float32),
+            torch.tensor(alphas_of(n_steps), dtype=torch.float64))
 
 
 def integrated_gradients(
@@ -30,11 +45,9 @@ def integrated_gradients(
     ``inputs`` (N, C, H, W), ``targets`` (N,) → (N, C, H, W) in the inputs' dtype. Memory is bounded by
     ``forward_batch`` rows.
     """
-    step_sizes_of, alphas_of = approximation_parameters(method)
-    # As Captum: step sizes become float32 (``torch.tensor(step_sizes).float()``), and alpha · x is a Python float
-    # times the input, i.e. alpha rounded to the input's dtype.
-    step_sizes = torch.tensor(step_sizes_of(n_steps), dtype=torch.float32, device=inputs.device)
-    alphas = torch.tensor(alphas_of(n_steps), dtype=torch.float64, device=inputs.device).to(inputs.dtype)
+    step_sizes, alphas = quadrature(method, n_steps)
+    step_sizes = step_sizes.to(inputs.device)
+    alphas = alphas.to(inputs.device).to(inputs.dtype)
     inputs, targets = inputs.detach(), targets.to(inputs.device)
     per_row = (-1,) + (1,) * (inputs.dim() - 1)
 
@@ -53,6 +66,7 @@ def integrated_gradients(
 
 class IntegratedGradients(AttributionMethod):
     name = "integrated_gradients"
+    differentiates = True
     settings_type = IntegratedGradientsSettings
 
     def attribute(self, inputs: torch.Tensor, targets: torch.Tensor, seeds: Sequence[int]) -> torch.Tensor:

@@ -27,7 +27,7 @@ import torch
 
 from ..model import Preprocessing
 from ..segmentation import submit_segmentation
-from .base import AttributionMethod, chunk_slices
+from .base import AttributionMethod, chunk_slices, target_outputs
 from .settings import LimeSettings
 
 
@@ -86,7 +86,7 @@ class Lime(AttributionMethod):
             logits = self.classifier.net(torch.cat(pieces))
             # lime's classifier_fn returns probabilities; float64 keeps the softmax itself from adding rounding.
             probabilities = torch.softmax(logits.to(torch.float64), dim=1)
-            scores[chunk] = probabilities.gather(1, torch.cat(piece_targets).view(-1, 1).to(logits.device)).squeeze(1)
+            scores[chunk] = target_outputs(probabilities, torch.cat(piece_targets).to(logits.device))
         return scores.view(batch, num_samples)
 
 
