@@ -133,7 +133,6 @@ def test_segmentation_processes_follow_the_device_and_the_setting(tmp_path, phot
         assert segmentation.segmentation_workers() == 3
 
         worker = ShardWorker(job)
-        monkeypatch.setattr(segmentation, "usable_cores", lambda: 8)
         monkeypatch.setattr("xcv_batch.worker.usable_cores", lambda: 8)
         worker.classifier = dataclasses.replace(worker.classifier, device=torch.device("cuda"))
         assert worker._segmentation_workers(torch_threads=None) == 7  # a GPU worker: all cores but the feeder's

@@ -24,13 +24,14 @@ import copy
 import dataclasses
 import logging
 import math
-import os
 import queue
 import resource
 import threading
 from typing import Callable, ContextManager, Iterable, Iterator, Protocol, Sequence, TypeVar
 
 import torch
+
+from .cores import usable_cores
 
 log = logging.getLogger(__name__)
 
@@ -409,11 +410,7 @@ def describe_device(device: torch.device | str) -> str:
                     break
     except OSError:
         pass
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cores = os.cpu_count() or 1
-    return f"{model}, {cores} cores, torch {torch.get_num_threads()} threads"
+    return f"{model}, {usable_cores()} cores, torch {torch.get_num_threads()} threads"
 
 
 def synchronize(device: torch.device) -> None:

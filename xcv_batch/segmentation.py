@@ -12,7 +12,6 @@ futures, so LIME starts the forwards of the first image while the pool still seg
 from __future__ import annotations
 
 import multiprocessing
-import os
 import threading
 from concurrent.futures import Future, ProcessPoolExecutor
 from typing import Sequence
@@ -20,6 +19,7 @@ from typing import Sequence
 import numpy as np
 from skimage.segmentation import quickshift, slic
 
+from .cores import usable_cores
 from .methods.settings import LimeSettings
 
 
@@ -50,14 +50,6 @@ def consecutive_labels(labels: np.ndarray) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------------- worker pool
-
-
-def usable_cores() -> int:
-    """The cores this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 def default_segmentation_workers() -> int:

@@ -57,10 +57,9 @@ def shard_file_name(first_index: int, last_index: int) -> str:
 class RunStore:
     """One output directory, local or any fsspec URL (s3://…)."""
 
-    def __init__(self, out: str, storage_options: dict | None = None):
+    def __init__(self, out: str):
         self.out = out.rstrip("/")
-        self.storage_options = storage_options or {}
-        self.fs, self.root = fsspec.core.url_to_fs(self.out, **self.storage_options)
+        self.fs, self.root = fsspec.core.url_to_fs(self.out)
 
     # ------------------------------------------------------------------ paths
     def _path(self, *parts: str) -> str:
@@ -71,8 +70,6 @@ class RunStore:
         return f"{self.out}/{ZARR_NAME}"
 
     def _open_group(self, mode: str) -> zarr.Group:
-        if self.storage_options:
-            return zarr.open_group(self.zarr_url, mode=mode, storage_options=self.storage_options)
         return zarr.open_group(self.zarr_url, mode=mode)
 
     # ------------------------------------------------------------------ driver side

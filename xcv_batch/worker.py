@@ -9,14 +9,15 @@ import itertools
 import logging
 import time
 import traceback
-from dataclasses import dataclass, field
-from typing import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
 
 from . import device as dev
 from .config import Job
+from .cores import usable_cores
 from .data import ImageRecord, decode_many, load_mask
 from .errors import ImageError
 from .methods import build_method
@@ -25,7 +26,7 @@ from .metrics import sensitivity_max
 from .model import Classifier, build_classifier, read_categories, resolve_device
 from .quality import QualityMetrics
 from .seeding import derive_seed
-from .segmentation import set_segmentation_workers, usable_cores
+from .segmentation import set_segmentation_workers
 from .store import RunStore
 
 log = logging.getLogger(__name__)
@@ -63,8 +64,6 @@ class ShardReport:
     n_images: int
     n_failed: int
     seconds: float
-    file: str
-    errors: list[str] = field(default_factory=list)  # "image_id: message" for failed images
 
 
 @dataclass
@@ -156,18 +155,17 @@ class ShardWorker:
         started = time.perf_counter()
         writer = store.open_arrays()
         rows: list[dict] = []
-        errors: list[str] = []
+        n_failed = 0
         # The next batch is decoded, stacked and sent to the device while the methods work on this one.
         for batch, pixels in dev.prefetch(self._batches(shard), self._stage):
             batch_rows = self._process_batch(batch, pixels, writer)
             rows.extend(batch_rows)
-            failed = {r["image_id"]: r["error"] for r in batch_rows if r["status"] == "error"}
-            errors.extend(f"{image_id}: {message}" for image_id, message in failed.items())
+            failed = len({r["image_id"] for r in batch_rows if r["status"] == "error"})
+            n_failed += failed
             if progress is not None:
-                progress(len(batch), len(failed))
-        file = store.commit_rows(shard.first_index, shard.last_index, [{**r, "shard": shard.name} for r in rows])
-        n_failed = len({r["image_id"] for r in rows if r["status"] == "error"})
-        return ShardReport(shard.name, len(shard), n_failed, time.perf_counter() - started, file, errors)
+                progress(len(batch), failed)
+        store.commit_rows(shard.first_index, shard.last_index, [{**r, "shard": shard.name} for r in rows])
+        return ShardReport(shard.name, len(shard), n_failed, time.perf_counter() - started)
 
     def _batches(self, shard: Shard) -> Iterator[list[_Prepared]]:
         """Decoded images in batches of ``compute.batch_size``; decoding runs ahead on a thread pool."""
@@ -205,7 +203,7 @@ class ShardWorker:
         good = [item for item in batch if item.error is None]
         for item in batch:
             if item.error is not None:
-                rows.extend(self._error_rows(item, item.error))
+                rows.extend(error_rows(item.index, item.record, self.methods, item.error))
         if pixels is None:
             return rows
 
@@ -225,7 +223,10 @@ class ShardWorker:
         for item, x in zip(good, inputs_cpu):
             writer.write("inputs", item.index, x)
 
-        base = [self._image_columns(item, target, prob) for item, target, prob in zip(good, targets_list, target_probs)]
+        base = [
+            image_columns(item.index, item.record, target, self.classifier.category(target), prob)
+            for item, target, prob in zip(good, targets_list, target_probs)
+        ]
         masks = None
         if all(item.mask is not None for item in good):
             masks = torch.stack([item.mask for item in good]).to(device)
@@ -235,10 +236,10 @@ class ShardWorker:
             for i, item in enumerate(good):
                 result = outcome[i]
                 if isinstance(result, str):
-                    rows.append(self._row(base[i], name, error=result))
+                    rows.append(method_row(base[i], name, error=result))
                     continue
                 writer.write(name, item.index, result.attribution)
-                rows.append(self._row(base[i], name, **result.columns))
+                rows.append(method_row(base[i], name, **result.columns))
         return rows
 
     def _run_method(self, name, method, inputs, targets, image_ids: Sequence[str], masks) -> list:
@@ -305,30 +306,39 @@ class ShardWorker:
             for i in range(n)
         ]
 
-    @staticmethod
-    def _row(base: dict, method: str, error: str | None = None, **columns) -> dict:
-        return {
-            **base,
-            "method": method,
-            "sensitivity_max": None,
-            "attr_seconds": None,
-            "sensitivity_seconds": None,
-            **columns,
-            "status": "error" if error else "ok",
-            "error": error,
-        }
 
-    def _image_columns(self, item: _Prepared, target: int | None = None, prob: float | None = None) -> dict:
-        """The columns every row of an image shares (the target ones null when the image failed before a forward)."""
-        return {
-            "image_id": item.record.image_id,
-            "image_path": item.record.path,
-            "index": item.index,
-            "target": target,
-            "target_name": None if target is None else self.classifier.category(target),
-            "target_prob": prob,
-            "label": item.record.label,
-        }
+# ------------------------------------------------------------------------------------------------------ rows
 
-    def _error_rows(self, item: _Prepared, message: str) -> list[dict]:
-        return [self._row(self._image_columns(item), name, error=message) for name in self.methods]
+
+def image_columns(index: int, record: ImageRecord, target: int | None = None, target_name: str | None = None,
+                  target_prob: float | None = None) -> dict:
+    """The columns every row of an image shares (the target ones null when the image failed before a forward)."""
+    return {
+        "image_id": record.image_id,
+        "image_path": record.path,
+        "index": index,
+        "target": target,
+        "target_name": target_name,
+        "target_prob": target_prob,
+        "label": record.label,
+    }
+
+
+def method_row(image: dict, method: str, error: str | None = None, **columns) -> dict:
+    """One row of the Parquet table: an image's columns, the method, its result columns (or its error)."""
+    return {
+        **image,
+        "method": method,
+        "sensitivity_max": None,
+        "attr_seconds": None,
+        "sensitivity_seconds": None,
+        **columns,
+        "status": "error" if error else "ok",
+        "error": error,
+    }
+
+
+def error_rows(index: int, record: ImageRecord, methods: Iterable[str], message: str) -> list[dict]:
+    """An image's rows when it could not be explained at all: one error row per method."""
+    image = image_columns(index, record)
+    return [method_row(image, method, error=message) for method in methods]

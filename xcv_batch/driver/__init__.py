@@ -11,7 +11,7 @@ The only package of xcv_batch that imports Ray (lazily: an in-process run never 
 * :mod:`.faults` — test-only fault injection (kill or hang a worker on a chosen image).
 """
 
-from .local import InProcessExecutor, run_in_process
+from .local import InProcessExecutor
 from .run import Executor, RunReport, choose_executor, plan_shards, run_job
 
 __all__ = [
@@ -20,6 +20,5 @@ __all__ = [
     "RunReport",
     "choose_executor",
     "plan_shards",
-    "run_in_process",
     "run_job",
 ]

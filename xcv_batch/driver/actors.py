@@ -35,7 +35,7 @@ from ..config import Job
 from ..errors import XcvError
 from ..progress import RunProgress
 from ..store import RunStore, shard_file_name
-from ..worker import Shard, ShardReport, ShardWorker
+from ..worker import Shard, ShardReport, ShardWorker, error_rows
 from .faults import Fault, faults_from_env, progress_hook
 from .placement import WorkerPlan, plan_workers
 from .session import RaySession
@@ -137,15 +137,14 @@ class ShardTiming:
 class RayExecutor:
     """Runs shards on Ray actors; see the module docstring for the failure rules."""
 
-    def __init__(self, job: Job, max_workers: int | None = None, plan: WorkerPlan | None = None, stream=None):
+    def __init__(self, job: Job, max_workers: int | None = None, stream=None):
         self.job = job
         self.max_workers = max_workers
-        self.plan = plan
+        self.plan: WorkerPlan | None = None  # decided in __enter__, from the resources the session finds
         self.faults = faults_from_env()
         self.session = RaySession()
         self.slots: list[_Slot] = []
         self.timings: list[ShardTiming] = []
-        self.startup_seconds = 0.0
         self._stream = stream or sys.stderr
         self._start_failures = 0  # actors in a row that died before their model was built
         self._pending: deque[_Task] = deque()
@@ -156,18 +155,15 @@ class RayExecutor:
 
     # ------------------------------------------------------------------ lifecycle
     def __enter__(self) -> "RayExecutor":
-        started = time.monotonic()
         self.session.__enter__()
         try:
-            if self.plan is None:
-                self.plan = plan_workers(self.job.compute, self.session.resources(), self.max_workers)
+            self.plan = plan_workers(self.job.compute, self.session.resources(), self.max_workers)
             print(f"workers: {self.plan.describe()} on {self.session.where}", file=self._stream, flush=True)
             self.slots = [self._start_slot() for _ in range(self.plan.count)]
             self._await_ready()
         except BaseException:
             self.__exit__()
             raise
-        self.startup_seconds = time.monotonic() - started
         return self
 
     def __exit__(self, *exc) -> None:
@@ -367,7 +363,7 @@ class RayExecutor:
         file = shard_file_name(task.shard.first_index, task.shard.last_index)
         if store is not None and file in store.committed_files():
             # it committed, then its report was lost with the worker: done, and not to be written again
-            self._done(ShardReport(task.shard.name, len(task.shard), 0, 0.0, file))
+            self._done(ShardReport(task.shard.name, len(task.shard), 0, 0.0))
             return
         if len(task.failures) < self.job.compute.max_attempts:
             self._pending.appendleft(task)
@@ -402,24 +398,6 @@ def _commit_failed_image(job: Job, store: RunStore, shard: Shard, message: str) 
     empty = np.full((3, resolution, resolution), np.nan, dtype=np.float32)
     for name in ("inputs", *job.methods):
         writer.write(name, index, empty)
-    rows = [
-        {
-            "image_id": record.image_id,
-            "image_path": record.path,
-            "index": index,
-            "method": method,
-            "target": None,
-            "target_name": None,
-            "target_prob": None,
-            "label": record.label,
-            "sensitivity_max": None,
-            "attr_seconds": None,
-            "sensitivity_seconds": None,
-            "status": "error",
-            "error": message,
-            "shard": shard.name,
-        }
-        for method in job.methods
-    ]
-    file = store.commit_rows(index, index, rows)
-    return ShardReport(shard.name, 1, 1, 0.0, file, [f"{record.image_id}: {message}"])
+    rows = [{**row, "shard": shard.name} for row in error_rows(index, record, job.methods, message)]
+    store.commit_rows(index, index, rows)
+    return ShardReport(shard.name, 1, 1, 0.0)

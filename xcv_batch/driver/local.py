@@ -8,12 +8,6 @@ from ..store import RunStore
 from ..worker import Shard, ShardReport, ShardWorker
 
 
-def run_in_process(job: Job, shards: list[Shard], store: RunStore, progress: RunProgress,
-                   worker: ShardWorker | None = None) -> list[ShardReport]:
-    worker = worker or ShardWorker(job)
-    return [worker.process_shard(shard, store, progress=progress.advance) for shard in shards]
-
-
 class InProcessExecutor:
     def __init__(self, job: Job):
         self.job = job
@@ -27,4 +21,4 @@ class InProcessExecutor:
         self.worker = None
 
     def run(self, shards: list[Shard], store: RunStore, progress: RunProgress) -> list[ShardReport]:
-        return run_in_process(self.job, shards, store, progress, worker=self.worker)
+        return [self.worker.process_shard(shard, store, progress=progress.advance) for shard in shards]

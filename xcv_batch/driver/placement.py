@@ -12,10 +12,10 @@ The rules (``compute.workers`` and ``compute.device``):
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 
 from ..config import ComputeConfig
+from ..cores import usable_cores
 from ..errors import ConfigError
 
 
@@ -105,7 +105,7 @@ def local_resources() -> Resources:
     """This machine, as a local Ray would see it (used to decide whether Ray is worth starting at all)."""
     import torch
 
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cpus = usable_cores()
     gpus = torch.cuda.device_count()
     return Resources(float(cpus), float(gpus), cpus / gpus if gpus else 0.0, float(cpus))
 
