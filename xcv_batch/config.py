@@ -311,15 +311,8 @@ def job_from_mapping(raw: Any) -> Job:
     raw = dict(raw)
     raw.pop("fingerprint", None)  # present in an OUT/job.yaml, which may be re-run
     methods = _build_methods(raw.pop("methods", None))
-    sensitivity_given = "sensitivity" in raw
-    sensitivity_raw = raw.pop("sensitivity", None)
-    job = build_dataclass(Job, raw, "")
-    sensitivity = None
-    if not sensitivity_given:
-        sensitivity = SensitivityConfig()
-    elif sensitivity_raw is not None:
-        sensitivity = build_dataclass(SensitivityConfig, sensitivity_raw, "sensitivity")
-    return dataclasses.replace(job, methods=methods, sensitivity=sensitivity)
+    # sensitivity: absent → the defaults, null → off, a mapping → those settings (the generic Optional handling)
+    return dataclasses.replace(build_dataclass(Job, raw, ""), methods=methods)
 
 
 # ------------------------------------------------------------------------------------------- file and overrides

@@ -337,7 +337,8 @@ class _RemoteFiles:
 
     def glob(self, pattern: str) -> list[str]:
         prefix = _glob_prefix(pattern)
-        return self._urls(prefix, [p for p in self.fs.glob(self._strip(pattern)) if not self.fs.isdir(p)])
+        matches = self.fs.glob(self._strip(pattern), detail=True)  # one listing, not a stat per match
+        return self._urls(prefix, [p for p, info in matches.items() if info.get("type") != "directory"])
 
     def _urls(self, root: str, stripped: list[str]) -> list[str]:
         """Stripped paths under ``root`` → URLs spelled like ``root``, hidden files and folders left out."""
@@ -501,11 +502,15 @@ def preprocess(image: Image.Image, preprocessing: Preprocessing) -> torch.Tensor
     the short side with antialiasing, centre-crop, scale to [0, 1]) but without ``normalize``: the worker
     normalises on the device, and the stored inputs stay in pixel space.
     """
-    interpolation = InterpolationMode(preprocessing.interpolation)
+    image = _resize_and_crop(image, preprocessing, InterpolationMode(preprocessing.interpolation))
+    return TF.convert_image_dtype(TF.pil_to_tensor(image), torch.float32).contiguous()
+
+
+def _resize_and_crop(image: Image.Image, preprocessing: Preprocessing, interpolation: InterpolationMode):
+    """The geometry of the preset, shared by images and their masks so that they stay aligned."""
     _check_resized_size(image.size, preprocessing.resize_size)
     image = TF.resize(image, [preprocessing.resize_size], interpolation=interpolation, antialias=True)
-    image = TF.center_crop(image, [preprocessing.crop_size])
-    return TF.convert_image_dtype(TF.pil_to_tensor(image), torch.float32).contiguous()
+    return TF.center_crop(image, [preprocessing.crop_size])
 
 
 def _check_resized_size(size: tuple[int, int], resize_size: int) -> None:
@@ -559,9 +564,7 @@ def load_mask(path: str, preprocessing: Preprocessing) -> torch.Tensor:
         levels = np.asarray(mask.convert("L"))
         inside = levels >= 1 if levels.max(initial=0) == 1 else levels >= 128
     binary = Image.fromarray(np.where(inside, 255, 0).astype(np.uint8), mode="L")
-    _check_resized_size(binary.size, preprocessing.resize_size)
-    binary = TF.resize(binary, [preprocessing.resize_size], interpolation=InterpolationMode.NEAREST)
-    binary = TF.center_crop(binary, [preprocessing.crop_size])
+    binary = _resize_and_crop(binary, preprocessing, InterpolationMode.NEAREST)
     return torch.from_numpy(np.asarray(binary) >= 128)
 
 

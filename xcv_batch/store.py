@@ -145,14 +145,15 @@ class RunStore:
                 done.update(pq.read_table(fh, columns=["index"]).column("index").to_pylist())
         return done
 
-    def read_rows(self) -> pa.Table:
-        tables = []
+    def failed_image_ids(self) -> set[str]:
+        """Images with an error row in a committed shard (only those two columns of each file are read)."""
+        failed: set[str] = set()
         for name in self.committed_files():
             with self.fs.open(self._path(METRICS_DIR, name), "rb") as fh:
-                tables.append(pq.read_table(fh))
-        if not tables:
-            return ROW_SCHEMA.empty_table()
-        return pa.concat_tables(tables, promote_options="default")
+                table = pq.read_table(fh, columns=["image_id", "status"])
+            statuses = table.column("status").to_pylist()
+            failed.update(i for i, status in zip(table.column("image_id").to_pylist(), statuses) if status == "error")
+        return failed
 
     # ------------------------------------------------------------------ shard side
     def open_arrays(self) -> "ShardWriter":

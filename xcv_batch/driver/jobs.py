@@ -145,10 +145,11 @@ def submit(job_file: str, address: str | None, overrides: Sequence[str] = (), ou
     client = connect(address)
     address = client.get_address()
     statuses = {info.submission_id: _status_name(info.status) for info in _call(address, client.list_jobs)}
-    chosen = _choose_submission(submission_id(job), statuses)
+    base_id = submission_id(job)
+    chosen = _choose_submission(base_id, statuses)
     if chosen.new:
         # after a failed or stopped attempt, its committed shards are kept: finish them
-        entrypoint = _entrypoint(relative, job, overrides, resume or chosen.id != submission_id(job))
+        entrypoint = _entrypoint(relative, job, overrides, resume or chosen.id != base_id)
         _submit_with_retry(client, address, entrypoint, chosen.id, _runtime_env(working_dir))
         print(f"submitted {chosen.id}: {entrypoint}", file=stream, flush=True)
     else:
@@ -223,19 +224,22 @@ def resolve(client, address: str, target: str, overrides: Sequence[str] = (), ou
     return max(ours, key=lambda i: 1 if i == base else int(i.rsplit("-", 1)[1]))
 
 
-def status(target: str, address: str | None, overrides: Sequence[str] = (), out: str | None = None) -> str:
+def _connect_to_submission(address: str | None, target: str, overrides: Sequence[str], out: str | None):
+    """(client, the cluster's address, the submission id ``target`` names): what status, logs and stop start from."""
     client = connect(address)
     address = client.get_address()
-    submission = resolve(client, address, target, overrides, out)
+    return client, address, resolve(client, address, target, overrides, out)
+
+
+def status(target: str, address: str | None, overrides: Sequence[str] = (), out: str | None = None) -> str:
+    client, address, submission = _connect_to_submission(address, target, overrides, out)
     return _describe(submission, _call(address, client.get_job_info, submission))
 
 
 def logs(target: str, address: str | None, follow_logs: bool = False, overrides: Sequence[str] = (),
          out: str | None = None, stream: TextIO | None = None) -> int:
     stream = stream or sys.stdout
-    client = connect(address)
-    address = client.get_address()
-    submission = resolve(client, address, target, overrides, out)
+    client, address, submission = _connect_to_submission(address, target, overrides, out)
     if follow_logs:
         return follow(client, address, submission, stream)
     stream.write(_call(address, client.get_job_logs, submission))
@@ -244,9 +248,7 @@ def logs(target: str, address: str | None, follow_logs: bool = False, overrides:
 
 
 def stop(target: str, address: str | None, overrides: Sequence[str] = (), out: str | None = None) -> str:
-    client = connect(address)
-    address = client.get_address()
-    submission = resolve(client, address, target, overrides, out)
+    client, address, submission = _connect_to_submission(address, target, overrides, out)
     if _call(address, client.stop_job, submission):
         return f"stopping {submission}; committed shards are kept (submit again to resume)"
     return f"{submission} was not running ({_status_name(_call(address, client.get_job_status, submission))})"

@@ -102,20 +102,21 @@ def choose_executor(job: Job, n_shards: int) -> Executor:
     """
     if n_shards == 0:
         return _NoWork()
-    if os.environ.get("RAY_ADDRESS") or _ray_is_running():
-        if os.environ.get("RAY_ADDRESS") or job.compute.workers != 1:
-            from .actors import RayExecutor
+    if _wants_ray(job, n_shards):
+        from .actors import RayExecutor
 
-            return RayExecutor(job, max_workers=n_shards)
-    else:
-        plan = plan_workers(job.compute, local_resources(), max_workers=n_shards)
-        if plan.count > 1:
-            from .actors import RayExecutor
-
-            return RayExecutor(job, max_workers=n_shards)
+        return RayExecutor(job, max_workers=n_shards)
     from .local import InProcessExecutor
 
     return InProcessExecutor(job)
+
+
+def _wants_ray(job: Job, n_shards: int) -> bool:
+    if os.environ.get("RAY_ADDRESS"):
+        return True
+    if _ray_is_running():  # already joined in this process (a test session, a notebook): Ray unless one worker
+        return job.compute.workers != 1
+    return plan_workers(job.compute, local_resources(), max_workers=n_shards).count > 1
 
 
 def store_attributes(job: Job) -> dict:
@@ -165,18 +166,12 @@ def run_job(job: Job, resume: bool = False, executor: Executor | None = None) ->
         )
         with RunProgress(total=len(records), already_done=len(done), interval_s=_progress_interval()) as progress:
             reports = executor.run(shards, store, progress) if shards else []
-    rows = store.read_rows()
-    failed = {
-        image_id
-        for image_id, status in zip(rows.column("image_id").to_pylist(), rows.column("status").to_pylist())
-        if status == "error"
-    }
     return RunReport(
         out=job.output.path,
         n_images=len(records),
         n_skipped=len(done),
         n_processed=sum(len(s) for s in shards),
-        n_failed=len(failed),
+        n_failed=len(store.failed_image_ids()),
         seconds=time.perf_counter() - started,
         shards=reports,
         retries=progress.retries,
