@@ -54,6 +54,7 @@ import torchvision  # noqa: E402
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from xcv_batch import segmentation  # noqa: E402
+from xcv_batch.config import SensitivityConfig, apply_overrides, build_dataclass  # noqa: E402
 from xcv_batch.data import list_images, load_image  # noqa: E402
 from xcv_batch.device import (  # noqa: E402
     CudaMemory,
@@ -65,17 +66,19 @@ from xcv_batch.device import (  # noqa: E402
     optimised_net,
     peak_host_bytes,
     size_forward_batches,
+    synchronize,
 )
+from xcv_batch.errors import ConfigError  # noqa: E402
 from xcv_batch.methods import METHOD_NAMES, build_method, method_class  # noqa: E402
 from xcv_batch.methods.lime import segmentation_images  # noqa: E402
 from xcv_batch.methods.occlusion import window_cover  # noqa: E402
 from xcv_batch.methods.settings import METHOD_SETTINGS  # noqa: E402
 from xcv_batch.metrics import sensitivity_max  # noqa: E402
-from xcv_batch.model import auto_target_layer, build_classifier, resolve_device  # noqa: E402
+from xcv_batch.model import auto_target_layer, build_classifier, describe_weights, resolve_device  # noqa: E402
 from xcv_batch.seeding import derive_seed  # noqa: E402
 
-N_PERTURB = 10  # the seed's Max-Sensitivity samples
-RADIUS = 0.02
+N_PERTURB = SensitivityConfig().n_perturb_samples  # the seed's Max-Sensitivity samples
+RADIUS = SensitivityConfig().perturb_radius
 
 
 # ------------------------------------------------------------------------------------------------------ set-up
@@ -108,11 +111,6 @@ def plain_reference(classifier) -> torch.nn.Module:
     if classifier.device.type == "cuda":
         net.to(memory_format=torch.channels_last)
     return net
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def timed(device: torch.device, run: Callable[[], object]) -> tuple[float, object]:
@@ -591,12 +589,10 @@ def parity(engine: Engine, inputs, targets, ids, precision: str) -> dict:
 # -------------------------------------------------------------------------------------------------- segmentation
 
 
-def measure_segmentation(settings, res: int, net, device, precision: str, forward_batch: int, images: int,
-                         workers: int, log) -> dict:
+def measure_segmentation(settings, arch: str, res: int, net, device, precision: str, forward_batch: int,
+                         images: int, workers: int, log) -> dict:
     """Item 3: quickshift's time per image at ``res``, the pool's throughput, and whether it keeps up with LIME."""
-    from xcv_batch.model import Preprocessing
-
-    preprocessing = Preprocessing(round(res * 256 / 224), res, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    preprocessing = describe_weights(arch, "none", res)[0]  # the model's own preset at the segmentation size
     pixels = bench_images(images, preprocessing)
     hwc = list(pixels.permute(0, 2, 3, 1).double().numpy())
     seeds = list(range(images))
@@ -916,16 +912,16 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def method_settings(names: list[str], overrides: list[str]) -> dict:
-    """The seed report's settings (the dataclass defaults), with ``--set`` overrides."""
-    settings = {name: METHOD_SETTINGS[name]() for name in names}
-    for override in overrides:
-        key, _, value = override.partition("=")
-        name, _, field_name = key.partition(".")
-        if name not in settings:
-            raise SystemExit(f"--set {override}: {name} is not among --methods ({', '.join(settings)})")
-        current = getattr(settings[name], field_name)
-        settings[name] = dataclasses.replace(settings[name], **{field_name: type(current)(value)})
-    return settings
+    """The seed report's settings (the dataclass defaults), with ``--set METHOD.KEY=VALUE`` overrides parsed and
+    checked as a job file's ``methods`` section is."""
+    raw = apply_overrides({name: {} for name in names}, overrides)
+    unknown = set(raw) - set(names)
+    if unknown:
+        raise SystemExit(f"--set: {', '.join(sorted(unknown))} not among --methods ({', '.join(names)})")
+    try:
+        return {name: build_dataclass(METHOD_SETTINGS[name], raw[name], f"methods.{name}") for name in names}
+    except ConfigError as err:
+        raise SystemExit(f"--set: {err}") from err
 
 
 def main(argv=None) -> int:
@@ -1049,7 +1045,7 @@ def main(argv=None) -> int:
 
     if args.segmentation_res > 0 and "lime" in settings and time.perf_counter() < deadline:
         report["segmentation"] = measure_segmentation(
-            settings["lime"], args.segmentation_res, reference, device, args.precision,
+            settings["lime"], args.arch, args.segmentation_res, reference, device, args.precision,
             methods["lime"].forward_batch, args.segmentation_images, segmentation.segmentation_workers(), log,
         )
 

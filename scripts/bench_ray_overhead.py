@@ -19,11 +19,11 @@ import sys
 import tempfile
 import time
 
-from xcv_batch.config import dump_job, load_job
+from xcv_batch.config import load_job
 from xcv_batch.data import list_images
 from xcv_batch.driver import plan_shards
 from xcv_batch.driver.actors import RayExecutor
-from xcv_batch.driver.run import store_attributes
+from xcv_batch.driver.run import prepare_store
 from xcv_batch.driver.session import RaySession
 from xcv_batch.progress import RunProgress
 from xcv_batch.store import RunStore
@@ -37,8 +37,7 @@ def one_pass(job_file: str, overrides: list[str], in_flight: int, out: str) -> d
     started = time.monotonic()
     with RayExecutor(job, max_workers=len(shards), stream=sys.stderr) as executor:
         startup = time.monotonic() - started
-        store.prepare(dump_job(job), job.fingerprint(), [r.image_id for r in records], job.model.resolution,
-                      list(job.methods), store_attributes(job), resume=False)
+        prepare_store(job, store, records, resume=False)
         with RunProgress(total=len(records), stream=sys.stderr, interval_s=3600) as progress:
             run_started = time.monotonic()
             reports = executor.run(shards, store, progress)

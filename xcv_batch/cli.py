@@ -148,14 +148,16 @@ def _stop(args) -> int:
 def _summarize(args) -> int:
     from rich.console import Console
 
+    from .results import open_results
     from .summarize import render_table, summarize, write_summary
 
-    summary = summarize(args.out, n_boot=args.bootstrap)
+    results = open_results(args.out)  # shared by the summary and the report: every file is read once
+    summary = summarize(results, n_boot=args.bootstrap)
     paths = write_summary(args.out, summary)
     if not args.no_report:
         from .report import write_report
 
-        paths.append(write_report(args.out, summary))
+        paths.append(write_report(results, summary))
     Console(width=max(Console().width, 120)).print(render_table(summary))  # piped output defaults to 80
     for path in paths:
         print(f"wrote {path}")

@@ -8,7 +8,7 @@ line at the bottom of this file.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Literal
+from typing import Iterable, Literal, Mapping
 
 Direction = Literal["lower", "higher"]
 
@@ -22,10 +22,11 @@ class MetricInfo:
     label: str
     unit: str = ""
 
-    @property
-    def title(self) -> str:
-        """The label with its unit, for table headers and axes."""
-        return f"{self.label} ({self.unit})" if self.unit else self.label
+
+
+def metric_title(info: Mapping) -> str:
+    """A metric's label with its unit, for table headers and axes; ``info`` is a summary's entry for the metric."""
+    return f"{info['label']} ({info['unit']})" if info["unit"] else info["label"]
 
 
 _METRICS: dict[str, MetricInfo] = {}

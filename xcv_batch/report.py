@@ -19,6 +19,7 @@ from matplotlib.figure import Figure
 from . import stats
 from .panel import panel_figure
 from .results import Results, method_label, open_results
+from .metrics_info import metric_title
 from .summarize import fmt, fmt_ci, fmt_rank, friedman_sentence, ordered_methods, status_line
 
 # Points per method in the scatter: enough to show the spread, few enough to keep the PNG (and the HTML) small.
@@ -66,8 +67,7 @@ def distribution_figure(rows: pd.DataFrame, summary: dict) -> Figure | None:
         ax.set_xticks(range(1, len(shown) + 1), [label for _, label in shown], rotation=30, ha="right", fontsize=8)
         if _log_scale_helps(values):
             ax.set_yscale("log")
-        unit = f" ({info['unit']})" if info["unit"] else ""
-        ax.set_title(f"{info['label']}{unit}, {info['direction']} is better", fontsize=10)
+        ax.set_title(f"{metric_title(info)}, {info['direction']} is better", fontsize=10)
     figure.tight_layout()
     return figure
 
@@ -106,8 +106,7 @@ def tradeoff_figure(rows: pd.DataFrame, summary: dict, x_metric: str = "attr_sec
         ax.scatter(on_front[:, 0], on_front[:, 1], s=260, facecolor="none", edgecolor="black", zorder=4)
         if (points[:, 0] > 0).all() and points[:, 0].max() / points[:, 0].min() > 20:
             ax.set_xscale("log")
-    ax.set_xlabel(f"{x_info['label']}" + (f" ({x_info['unit']})" if x_info["unit"] else "")
-                  + f", {x_info['direction']} is better")
+    ax.set_xlabel(f"{metric_title(x_info)}, {x_info['direction']} is better")
     ax.set_ylabel(f"{y_info['label']}, {y_info['direction']} is better")
     ax.legend(fontsize=8)
     ax.set_title("Per image (dots) and median (large); ringed: not beaten on both axes", fontsize=10)
@@ -203,7 +202,7 @@ def _table(header: list[str], body: list[list[str]]) -> str:
 def _ranking_table(summary: dict) -> str:
     metrics = summary["metrics"]
     header = ["Method", "n ok", "n failed", "Mean rank [95% CI]", "Win rate"]
-    header += [f"{i['label']}" + (f" ({i['unit']})" if i["unit"] else "") + " median [95% CI]" for i in metrics.values()]
+    header += [f"{metric_title(info)} median [95% CI]" for info in metrics.values()]
     header += [f"{i['label']} rank" for i in metrics.values()]
     body = []
     for name in ordered_methods(summary):
@@ -280,8 +279,8 @@ def render_report(results: Results, summary: dict, gallery: int = 4) -> str:
     return "\n".join(p for p in parts if p)
 
 
-def write_report(out: str, summary: dict, gallery: int = 4) -> str:
-    """Write ``OUT/report.html``; returns its path."""
+def write_report(out: "str | Results", summary: dict, gallery: int = 4) -> str:
+    """Write ``OUT/report.html`` (``out`` a path or its open Results); returns its path."""
     results = open_results(out)
     path = f"{results.out}/report.html"
     with fsspec.open(path, "w", encoding="utf-8") as f:

@@ -56,9 +56,10 @@ def method_label(name: str) -> str:
     return METHOD_LABELS.get(name, name)
 
 
-def open_results(out: str) -> "Results":
-    """Open the output directory ``out`` for reading; nothing is read until asked for."""
-    return Results(out)
+def open_results(out: "str | Results") -> "Results":
+    """Open the output directory ``out`` for reading; nothing is read until asked for. An open ``Results`` is
+    returned as it is, so callers that share one read every file once."""
+    return out if isinstance(out, Results) else Results(out)
 
 
 class Results:
@@ -171,8 +172,9 @@ class Results:
 
     def image_rows(self, image_id: str) -> pd.DataFrame:
         """The rows of one image, one per method."""
-        rows = self.rows()
-        return rows[rows["image_id"].astype(str) == str(image_id)]
+        if self._rows is None:
+            self._rows = self._read_rows()
+        return self._rows[self._rows["image_id"].astype(str) == str(image_id)].copy()
 
     # --- arrays ---------------------------------------------------------------------------------------------------
 

@@ -249,8 +249,8 @@ def pareto_front(points: np.ndarray, directions: Sequence[str]) -> np.ndarray:
     signs = np.array([-1.0 if d == "higher" else 1.0 for d in directions])
     costs = points * signs  # lower is better on every axis now
     on_front = np.isfinite(costs).all(axis=1)
+    others = costs[on_front]  # points with a value on every axis: the only ones that can dominate
     for i in np.flatnonzero(on_front):
-        others = costs[np.isfinite(costs).all(axis=1)]
         dominated = np.any(np.all(others <= costs[i], axis=1) & np.any(others < costs[i], axis=1))
         on_front[i] = not dominated
     return on_front

@@ -21,9 +21,10 @@ import pandas as pd
 from rich.table import Table
 
 from . import stats
+from .config import SensitivityConfig
 from .methods.settings import METHOD_SETTINGS
-from .metrics_info import metric_info, metrics_in
-from .results import method_label, open_results
+from .metrics_info import metric_info, metric_title, metrics_in
+from .results import Results, method_label, open_results
 
 SUMMARY_SCHEMA = 1
 
@@ -35,15 +36,16 @@ SEED_TABLE_I = {
     "guided_gradcam": {"sensitivity_max": 0.1255, "attr_seconds": 0.299},
     "lime": {"sensitivity_max": 0.0400, "attr_seconds": 85.97},
 }
-SEED_SENSITIVITY = {"n_perturb_samples": 10, "perturb_radius": 0.02}
+SEED_SENSITIVITY = asdict(SensitivityConfig())  # the job defaults are the seed's settings
 SEED_RESOLUTION = 224
 
 
 # --- the summary object ---------------------------------------------------------------------------------------------
 
 
-def summarize(out: str, n_boot: int = 2000, seed: int = 0) -> dict:
-    """The summary of the output directory ``out`` (finished or not); JSON-able, see :func:`summarize_rows`."""
+def summarize(out: "str | Results", n_boot: int = 2000, seed: int = 0) -> dict:
+    """The summary of the output directory ``out`` (a path, or its open Results; finished or not); JSON-able, see
+    :func:`summarize_rows`."""
     results = open_results(out)
     rows = results.rows()
     summary = summarize_rows(rows, methods=results.methods, n_boot=n_boot, seed=seed)
@@ -65,7 +67,7 @@ def summarize(out: str, n_boot: int = 2000, seed: int = 0) -> dict:
         "n_missing_rows": missing,
         "seed_settings": {"matches": not differences, "differences": differences},
     }
-    return _jsonable({**summary, **run})
+    return {**summary, **_jsonable(run)}  # summarize_rows' part is plain already
 
 
 def summarize_rows(rows: pd.DataFrame, methods: Sequence[str] | None = None, n_boot: int = 2000, seed: int = 0,
@@ -304,8 +306,7 @@ def render_table(summary: dict) -> Table:
     table.add_column("Mean rank\n[95% CI]", justify="right", no_wrap=True)
     table.add_column("Win\nrate", justify="right")
     for info in summary["metrics"].values():
-        unit = f" ({info['unit']})" if info["unit"] else ""
-        table.add_column(f"{info['label']}{unit}\nmedian [95% CI]", justify="right", no_wrap=True)
+        table.add_column(f"{metric_title(info)}\nmedian [95% CI]", justify="right", no_wrap=True)
     for name in ordered_methods(summary):
         entry = summary["methods"][name]
         rank = fmt_rank(entry["mean_rank"], entry["mean_rank_ci95"]).replace(" [", "\n[")
@@ -336,8 +337,7 @@ def render_markdown(summary: dict) -> str:
     with_seed = _with_seed(summary)
     header = ["Method", "n ok", "n failed", "Mean rank [95% CI]", "Win rate"]
     for metric, info in summary["metrics"].items():
-        unit = f" ({info['unit']})" if info["unit"] else ""
-        header.append(f"{info['label']}{unit} median [95% CI]")
+        header.append(f"{metric_title(info)} median [95% CI]")
         if with_seed and metric in SEED_TABLE_I["occlusion"]:
             header.append(f"{info['label']} seed (Table I)")
     lines += [_md_row(header), _md_row(["---"] * len(header))]

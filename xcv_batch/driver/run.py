@@ -147,6 +147,19 @@ def _progress_interval() -> float:
         return 10.0
 
 
+def prepare_store(job: Job, store: RunStore, records: list, resume: bool) -> None:
+    """Lay out OUT for ``job`` over ``records`` (or check, on resume, that OUT holds this job and these images)."""
+    store.prepare(
+        dump_job(job),
+        job.fingerprint(),
+        [r.image_id for r in records],
+        job.model.resolution,
+        list(job.methods),
+        store_attributes(job),
+        resume=resume,
+    )
+
+
 def run_job(job: Job, resume: bool = False, executor: Executor | None = None) -> RunReport:
     started = time.perf_counter()
     records = list_images(job.data.source, job.data.limit)
@@ -155,15 +168,7 @@ def run_job(job: Job, resume: bool = False, executor: Executor | None = None) ->
     shards = plan_shards(records, job.compute.shard_size, done)
     executor = executor or choose_executor(job, len(shards))
     with executor:
-        store.prepare(
-            dump_job(job),
-            job.fingerprint(),
-            [r.image_id for r in records],
-            job.model.resolution,
-            list(job.methods),
-            store_attributes(job),
-            resume=resume,
-        )
+        prepare_store(job, store, records, resume)
         with RunProgress(total=len(records), already_done=len(done), interval_s=_progress_interval()) as progress:
             reports = executor.run(shards, store, progress) if shards else []
     return RunReport(
