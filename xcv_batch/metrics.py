@@ -53,7 +53,8 @@ def sensitivity_max(
 
     ``seeds`` are the method's seeds of the inputs (for stochastic methods), ``attributions`` the maps already
     computed with them, ``noise_seeds`` one seed per input for the perturbations. The B·n perturbed copies are
-    explained in one call, or ``batch_images`` at a time (a bound on the copies held at once, for huge batches).
+    explained in one call, or ``batch_images`` copies per call: that bounds what an explanation call holds (its maps
+    and the method's own buffers); the B·n perturbed inputs themselves are drawn up front, B·n images of memory.
     """
     n = n_perturb_samples
     perturbed = uniform_perturbations(inputs, noise_seeds, n, perturb_radius)
