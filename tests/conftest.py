@@ -30,20 +30,20 @@ def ray_session():
     """One local Ray for the whole test run, started on first use; yields its GCS address (for RAY_ADDRESS).
 
     2 CPUs and 2 fake GPUs (``num_gpus`` works on a CPU machine, NOTES): jobs with ``compute.device: cpu`` and
-    ``workers: auto`` drive the one-actor-per-GPU path here, ``workers: 2`` the CPU-worker path.
+    ``workers: auto`` drive the one-actor-per-GPU path here, ``workers: 2`` the CPU-worker path. Started like a run's
+    local Ray (loopback only, in a folder of its own).
     """
     import ray
 
-    ray.init(
-        address="local",
-        num_cpus=2,
-        num_gpus=2,
-        include_dashboard=False,
-        object_store_memory=128 * 1024**2,
-        logging_level=logging.WARNING,
-    )
-    yield ray.get_runtime_context().gcs_address
-    ray.shutdown()
+    from xcv_batch.driver.session import SINGLE_MACHINE_ENV, start_local_ray, stop_local_ray
+
+    folder = start_local_ray(num_cpus=2, num_gpus=2, object_store_memory=128 * 1024**2, logging_level=logging.WARNING)
+    with pytest.MonkeyPatch.context() as patch:
+        # A test's subprocess that joins by RAY_ADDRESS must be in Ray's single-machine mode too: otherwise Ray swaps
+        # the address's 127.0.0.1 for this machine's network address, where this Ray does not listen.
+        patch.setenv(SINGLE_MACHINE_ENV, "0")
+        yield ray.get_runtime_context().gcs_address
+    stop_local_ray(folder)
 
 
 @pytest.fixture(scope="session")

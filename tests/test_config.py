@@ -33,7 +33,10 @@ def test_sensitivity_null_turns_it_off():
         ({"methods": {"lime": {"num_samples": "many"}}}, "methods.lime.num_samples", "integer"),
         ({"methods": {"lime": {"segmentation": "felzenszwalb"}}}, "methods.lime.segmentation", "'quickshift'"),
         ({"methods": {"ig_smoothgrad": {"nt_type": "sg"}}}, "methods.ig_smoothgrad.nt_type", "'smoothgrad_sq'"),
-        ({"methods": {"lime": {}}, "model": {"resolution": 8}}, "model.resolution", "≥ 16"),
+        ({"methods": {"lime": {}}, "model": {"resolution": 8}}, "model.resolution", "16 … 2048"),
+        ({"methods": {"lime": {}}, "model": {"resolution": 100000}}, "model.resolution", "16 … 2048"),
+        ({"methods": {"lime": {}}, "seed": 2**70}, "seed", "0 … 2**63"),
+        ({"methods": {"lime": {}}, "seed": -1}, "seed", "0 … 2**63"),
         ({"methods": {"lime": {}}, "model": {"depth": 3}}, "model.depth", "unknown key"),
         ({"methods": {"lime": {}}, "colour": "red"}, "colour", "unknown key"),
         ({"methods": {"lime": {}}, "target": "best"}, "target", "'predicted' or 'label'"),
@@ -88,3 +91,71 @@ def test_shipped_jobs_are_valid():
     assert seed.methods["occlusion"] == OcclusionSettings()
     assert seed.methods["lime"] == LimeSettings()
     assert seed.model.resolution == 224
+
+
+BILLION_LAUGHS = """\
+a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]
+b: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]
+c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]
+d: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c]
+e: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d]
+f: &f [*e, *e, *e, *e, *e, *e, *e, *e, *e]
+g: &g [*f, *f, *f, *f, *f, *f, *f, *f, *f]
+h: &h [*g, *g, *g, *g, *g, *g, *g, *g, *g]
+i: &i [*h, *h, *h, *h, *h, *h, *h, *h, *h]
+methods: {occlusion: {}}
+"""
+
+
+@pytest.mark.timeout(20)
+def test_yaml_aliases_are_refused_before_anything_expands(tmp_path, capsys):
+    path = tmp_path / "laughs.yaml"
+    path.write_text(BILLION_LAUGHS)
+    with pytest.raises(ConfigError) as info:
+        load_job(str(path), ["data.limit=2"])
+    assert "aliases (*a) are not allowed" in info.value.message and "line 2" in info.value.message
+    # the same one line from every verb that reads a job file, before any connection is tried
+    from xcv_batch import cli
+
+    for verb in (["run", str(path)], ["submit", str(path), "--address", "http://127.0.0.1:1"],
+                 ["status", str(path), "--address", "http://127.0.0.1:1"],
+                 ["logs", str(path), "--address", "http://127.0.0.1:1"],
+                 ["stop", str(path), "--address", "http://127.0.0.1:1"]):
+        assert cli.main(verb) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and "aliases (*a) are not allowed" in err, verb
+    # in a --set value too; anchors without aliases stay allowed
+    ok = tmp_path / "anchored.yaml"
+    ok.write_text("methods: {occlusion: &o {window: 8, stride: 4}}\n")
+    assert load_job(str(ok)).methods["occlusion"].window == 8
+    with pytest.raises(ConfigError, match="aliases"):
+        load_job(str(ok), ["methods.lime=[&x {}, *x]"])
+
+
+def test_a_job_file_that_is_not_text_or_is_huge_is_one_error(tmp_path):
+    binary = tmp_path / "job.yaml"
+    binary.write_bytes(b"\xff\xfe\x00binary")
+    with pytest.raises(ConfigError, match="not a text file"):
+        load_job(str(binary))
+    huge = tmp_path / "huge.yaml"
+    huge.write_text("methods: {occlusion: {}}\n" + "# padding\n" * 200_000)
+    with pytest.raises(ConfigError, match="at most 1048576 bytes"):
+        load_job(str(huge))
+
+
+def test_the_fingerprint_follows_the_weights_file_content_not_its_path(tmp_path):
+    import os
+
+    import torch
+
+    path = tmp_path / "weights.pt"
+    torch.save({"w": torch.zeros(3)}, path)
+    raw = {"model": {"weights": str(path)}, "methods": {"occlusion": {}}}
+    first = job_from_mapping(raw).fingerprint()
+    os.utime(path, ns=(1, 1))  # touched, same bytes: same fingerprint
+    assert job_from_mapping(raw).fingerprint() == first
+    torch.save({"w": torch.ones(3)}, path)  # replaced under the same path
+    assert job_from_mapping(raw).fingerprint() != first
+    # a weights name is not a file: the fingerprint does not change form
+    named = job_from_mapping({"model": {"weights": "IMAGENET1K_V1"}, "methods": {"occlusion": {}}})
+    assert "weights_sha256" not in named.to_dict()["model"]

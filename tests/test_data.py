@@ -129,6 +129,22 @@ def test_glob_ids_are_relative_to_the_pattern_prefix(folder, monkeypatch):
     assert [r.image_id for r in list_images("*.png")] == ["a.png", "broken.png"]
 
 
+@pytest.mark.timeout(30)
+def test_symlink_loops_are_not_followed_and_each_file_is_listed_once(tmp_path):
+    root = tmp_path / "loops"
+    (root / "a" / "b").mkdir(parents=True)
+    for name in ("x.png", "a/y.png", "a/b/z.png"):
+        Image.new("RGB", (4, 4)).save(root / name)
+    os.symlink(root, root / "a" / "up")  # two loops: globbing ** through them never ends
+    os.symlink(root / "a", root / "a" / "b" / "back")
+    os.symlink(root / "x.png", root / "a" / "x-again.png")  # one file under two names
+    expected = ["a/b/z.png", "a/y.png", "x.png"]
+    assert [r.image_id for r in list_images(str(root / "**" / "*.png"))] == expected
+    assert [r.image_id for r in list_images(str(root / "**"))] == expected
+    assert [r.image_id for r in list_images(str(root))] == expected
+    assert [r.image_id for r in list_images(str(root / "a" / "*" / "*.png"))] == ["b/z.png"]
+
+
 def test_single_image_file_is_a_source(folder):
     assert list_images(str(folder / "sub" / "B.JPG")) == [ImageRecord("B.JPG", str(folder / "sub" / "B.JPG"))]
 

@@ -97,7 +97,7 @@ def test_infidelity_is_invariant_to_scaling_batching_and_batch_mates(classifier,
     reference = infidelity(net, inputs, targets, attributions, [1, 2, 3], forward_batch=64, **common)
     for forward_batch in (1, 4):
         torch.testing.assert_close(infidelity(net, inputs, targets, attributions, [1, 2, 3],
-                                              forward_batch=forward_batch, **common), reference, rtol=1e-4, atol=0)
+                                              forward_batch=forward_batch, **common), reference, rtol=1e-3, atol=0)
     torch.testing.assert_close(infidelity(net, inputs, targets, 7.5 * attributions, [1, 2, 3], **common),
                                reference, rtol=1e-4, atol=0)
     alone = infidelity(net, inputs[2:], targets[2:], attributions[2:], [3], **common)

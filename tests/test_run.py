@@ -195,7 +195,7 @@ def test_cli_runs_and_reports_bad_jobs_in_one_line(image_folder, tmp_path, capsy
     assert "done: 2 images" in capsys.readouterr().out
     assert len(rows_of(out)) == 2
 
-    assert cli.main(["run", path, "--out", out, "--set", "methods.guided_gradcam.layer=layer9"]) == 2
+    assert cli.main(["run", path, "--out", out + "-2", "--set", "methods.guided_gradcam.layer=layer9"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "methods.guided_gradcam.layer" in err and "layer4" in err
 

@@ -1,8 +1,9 @@
 """``submit`` / ``status`` / ``logs`` / ``stop`` against a real Ray head with its job server on 127.0.0.1.
 
 The head is ``ray start --head --block`` in its own process group (its own temp dir, so no other ``ray.init()`` on
-this machine attaches to it), killed as a group at the end. The job's working dir holds only the job file: the
-package travels as a ``py_module``, as it does from any directory that is not a checkout.
+this machine attaches to it), killed as a group at the end. The job's working dir holds only the job file and the
+package travels as a ``py_module`` (what exactly is uploaded is checked against a fake job server in
+test_submit_upload.py); the job reads its images from an absolute path, which this one-node cluster shares.
 """
 
 from __future__ import annotations
@@ -84,6 +85,7 @@ def first_submit(ray_head, workdir):
 def test_submit_runs_the_job_on_the_cluster_and_follows_it(first_submit, workdir):
     code, printed = first_submit
     assert code == 0
+    assert "uploading 1 file, " in printed and " (job.yaml) + package xcv_batch (" in printed  # the staged upload
     assert "submitted xcv-submit-test-" in printed
     assert "done: 2 images (2 processed), 0 failed" in printed  # the job's own log, followed
     assert printed.rstrip().splitlines()[-1].endswith("SUCCEEDED")
@@ -124,10 +126,10 @@ def test_a_failing_job_gives_its_exit_code_and_a_new_submit_resumes_under_a_new_
 
     # the failed id is not reused: the next submit is ID-2, resuming, and --no-wait returns at once
     assert cli.main(["submit", "missing.yaml", "--address", ray_head, "--out", out, "--no-wait"]) == 0
-    printed = capsys.readouterr().out
-    first_line = printed.splitlines()[0]
-    assert first_line.startswith("submitted xcv-missing-") and "-2: python -m xcv_batch run" in first_line
-    assert first_line.endswith("--resume")
+    uploading, submitted = capsys.readouterr().out.splitlines()[:2]
+    assert uploading.startswith("uploading 1 file, ") and "(missing.yaml) + package xcv_batch (" in uploading
+    assert submitted.startswith("submitted xcv-missing-") and "-2: python -m xcv_batch run" in submitted
+    assert submitted.endswith("--resume")
     assert cli.main(["logs", "missing.yaml", "--address", ray_head, "--out", out, "--follow"]) == 2
 
 

@@ -54,13 +54,18 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", action="store_true", help="finish an interrupted run in the same OUT")
 
     submit = verbs.add_parser("submit", help="send the same run to a Ray cluster (Ray Jobs API)")
-    submit.add_argument("job", help="job file (YAML) under the current directory, which is uploaded with it")
+    submit.add_argument("job", help="job file (YAML) under the current directory; it is uploaded, the rest of the "
+                        "directory is not")
     _add_address(submit)
     submit.add_argument("--out", help="output s3:// prefix (or a path the cluster's workers share)")
     submit.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a job key (repeatable), as for run")
     submit.add_argument("--resume", action="store_true", help="finish an interrupted run in the same OUT")
     submit.add_argument("--no-wait", action="store_true", help="return once submitted instead of following the logs")
+    submit.add_argument("--include", dest="includes", action="append", default=[], metavar="PATH",
+                        help="also upload this file or folder under the current directory, e.g. a local "
+                        "data.source (repeatable); hidden paths (.ssh, .env …) are refused; inside a folder, hidden "
+                        "files, __pycache__, results, Zarr/Parquet stores and links leading outside are left out")
 
     for name, text in (("status", "show a submitted job's state"), ("logs", "print a submitted job's logs"),
                        ("stop", "stop a submitted job (committed shards are kept)")):
@@ -114,6 +119,8 @@ def _run(args) -> int:
 
     job = load_job(args.job, overrides=args.overrides, output=args.out)
     report = run_job(job, resume=args.resume)
+    for reason in report.recomputed.values():
+        print(f"warning: {reason}", file=sys.stderr)
     print(report.final_line())
     return 0
 
@@ -122,7 +129,7 @@ def _submit(args) -> int:
     from .driver.jobs import submit
 
     return submit(args.job, args.address, overrides=args.overrides, out=args.out, resume=args.resume,
-                  wait=not args.no_wait)
+                  wait=not args.no_wait, includes=args.includes)
 
 
 def _status(args) -> int:
@@ -196,6 +203,11 @@ _VERBS = {"run": _run, "submit": _submit, "status": _status, "logs": _logs, "sto
           "summarize": _summarize, "show": _show, "synth": _synth, "train": _train}
 
 
+def one_line(message: str) -> str:
+    """A message folded onto one line: the promise of this CLI, even when a library's text spans several."""
+    return " ".join(part.strip() for part in message.splitlines() if part.strip())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -205,7 +217,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _VERBS[args.verb](args)
     except XcvError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {one_line(str(err))}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("interrupted: committed shards are kept; finish with --resume", file=sys.stderr)

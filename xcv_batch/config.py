@@ -7,6 +7,7 @@ The rest of the code receives typed pieces of the job and does not re-check them
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -19,6 +20,10 @@ import yaml
 
 from .errors import ConfigError
 from .methods.settings import METHOD_SETTINGS
+from .yaml_io import AliasRefused, load_yaml
+
+#: Job files are a few hundred bytes; a bound keeps a stray data file from being parsed as one.
+MAX_JOB_FILE_BYTES = 1024**2
 
 
 @dataclass(frozen=True)
@@ -33,6 +38,14 @@ class DataConfig:
             raise ConfigError("limit", f"must be ≥ 1 or null, got {self.limit}")
 
 
+MIN_RESOLUTION = 16
+#: A 2048 px input is 48 MiB per copy as float32 and a CPU forward batch holds 64 copies (3 GiB) before any
+#: activation; classifiers are trained at 224–600 px, so beyond this a resolution is a typo, not a plan.
+MAX_RESOLUTION = 2048
+#: Seeds go to torch.manual_seed (at most 2**64 − 1) and into the per-image seed derivation; negative ones are typos.
+MAX_SEED = 2**63 - 1
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     arch: str = "resnet18"
@@ -41,8 +54,8 @@ class ModelConfig:
     categories: Optional[str] = None  # a text file with one class name a line, for weights without metadata
 
     def check(self) -> None:
-        if self.resolution < 16:
-            raise ConfigError("resolution", f"must be ≥ 16 pixels, got {self.resolution}")
+        if not MIN_RESOLUTION <= self.resolution <= MAX_RESOLUTION:
+            raise ConfigError("resolution", f"must be {MIN_RESOLUTION} … {MAX_RESOLUTION} pixels, got {self.resolution}")
 
 
 @dataclass(frozen=True)
@@ -170,6 +183,10 @@ class Job:
     compute: ComputeConfig = field(default_factory=ComputeConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
 
+    def check(self) -> None:
+        if not 0 <= self.seed <= MAX_SEED:
+            raise ConfigError("seed", f"must be 0 … 2**63 − 1, got {self.seed}")
+
     def to_dict(self) -> dict:
         return {
             "name": self.name,
@@ -195,8 +212,29 @@ class Job:
         # Batching, sharding and workers do not change results; the device, precision and execution do (rounding).
         c = self.compute
         d["compute"] = {"device": c.device, "precision": c.precision, "fast_execution": c.fast_execution}
+        # A weights file can be replaced under the same path: its content decides the results, not its name.
+        digest = weights_file_digest(self.model.weights)
+        if digest is not None:
+            d["model"]["weights_sha256"] = digest
         text = json.dumps(d, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def weights_file_digest(weights: str) -> str | None:
+    """SHA-256 of a local weights file (None for a weights name or ``none``); hashed once per file version."""
+    if weights.lower() == "none" or not os.path.isfile(weights):
+        return None
+    stat = os.stat(weights)
+    return _file_digest(os.path.abspath(weights), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=8)
+def _file_digest(path: str, size: int, mtime_ns: int) -> str:  # size and mtime key the cache, not the hash
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 # --------------------------------------------------------------------------------------------------- validation
@@ -327,7 +365,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not all(parts):
         raise ConfigError("--set", f"bad key {key!r}: use dotted job keys such as methods.occlusion.window")
     try:
-        parsed = yaml.safe_load(value) if value.strip() else ""
+        parsed = load_yaml(value) if value.strip() else ""
+    except AliasRefused as err:
+        raise ConfigError(key.strip(), err.problem) from None
     except yaml.YAMLError:
         parsed = value
     return parts, parsed
@@ -352,13 +392,18 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
 def read_job_file(path: str) -> dict:
     if not os.path.isfile(path):
         raise ConfigError("", f"job file {path} does not exist")
+    size = os.path.getsize(path)
+    if size > MAX_JOB_FILE_BYTES:
+        raise ConfigError("", f"{path} is {size} bytes; a job file is at most {MAX_JOB_FILE_BYTES} bytes")
     try:
         with open(path, encoding="utf-8") as fh:
-            raw = yaml.safe_load(fh)
+            raw = load_yaml(fh)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
         raise ConfigError("", f"{path} is not valid YAML{where}: {getattr(err, 'problem', err)}") from None
+    except UnicodeDecodeError:
+        raise ConfigError("", f"{path} is not a text file (a job file is UTF-8 YAML)") from None
     return raw if raw is not None else {}
 
 

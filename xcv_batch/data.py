@@ -18,6 +18,7 @@ Local paths go through ``os``/``open`` and never need fsspec; URLs (anything wit
 
 from __future__ import annotations
 
+import fnmatch
 import glob as globlib
 import importlib.util
 import io
@@ -266,6 +267,46 @@ def _as_label(value: object, manifest: str, where: str) -> int | None:
     )
 
 
+def _unique_files(paths: list[str]) -> list[str]:
+    """``paths`` without the repeats of a file reached under several names (the first name is kept)."""
+    seen: set[str] = set()
+    unique = []
+    for path in paths:
+        resolved = os.path.realpath(path)
+        if resolved not in seen:
+            seen.add(resolved)
+            unique.append(path)
+    return unique
+
+
+def _part_matches(pattern: str, name: str) -> bool:
+    if name.startswith(".") and not pattern.startswith("."):
+        return False
+    return fnmatch.fnmatchcase(name, pattern)
+
+
+def _glob_match(parts: list[str], names: list[str]) -> bool:
+    """Whether the path ``names`` (its components) matches the pattern ``parts``, ``**`` matching any folders."""
+    if not parts:
+        return not names
+    if parts[0] == "**":
+        return _glob_match(parts[1:], names) or (
+            bool(names) and not names[0].startswith(".") and _glob_match(parts, names[1:]))
+    return bool(names) and _part_matches(parts[0], names[0]) and _glob_match(parts[1:], names[1:])
+
+
+def _may_match_below(parts: list[str], folders: list[str]) -> bool:
+    """Whether a file inside the folder path ``folders`` could match ``parts`` (so the walk must enter it)."""
+    if not folders:
+        return bool(parts)
+    if not parts:
+        return False
+    if parts[0] == "**":
+        return _may_match_below(parts[1:], folders) or (
+            not folders[0].startswith(".") and _may_match_below(parts, folders[1:]))
+    return _part_matches(parts[0], folders[0]) and _may_match_below(parts[1:], folders[1:])
+
+
 class _LocalFiles:
     """What listing needs from a filesystem, for local paths: os and glob only."""
 
@@ -276,15 +317,26 @@ class _LocalFiles:
         return os.path.isdir(path)
 
     def find(self, root: str) -> list[str]:
+        """Every non-hidden file under ``root``. Symlinked folders are not entered (a link loop would list the same
+        files forever); a file reached under two names is listed once."""
         found = []
-        for folder, subfolders, names in os.walk(root):
-            subfolders[:] = [name for name in subfolders if not name.startswith(".")]
-            found.extend(os.path.join(folder, name) for name in names if not name.startswith("."))
-        return found
+        for folder, subfolders, names in os.walk(root):  # os.walk does not follow folder links
+            subfolders[:] = sorted(name for name in subfolders if not name.startswith("."))
+            found.extend(os.path.join(folder, name) for name in sorted(names) if not name.startswith("."))
+        return _unique_files(found)
 
     def glob(self, pattern: str) -> list[str]:
+        """The files matching ``pattern`` (``**`` spans folders), found with :meth:`find`'s walk, so symlinked
+        folders are not entered either; hidden names match only a pattern part that starts with '.'."""
         # Not isfile(): a dangling symlink is listed like any unreadable file and fails in load_image.
-        return [path for path in globlib.glob(pattern, recursive=True) if not os.path.isdir(path)]
+        root = _glob_prefix(pattern) or "."
+        parts = [part for part in os.path.relpath(pattern, root).split(os.sep)]
+        found = []
+        for folder, subfolders, names in os.walk(root):
+            relative = [] if folder == root else os.path.relpath(folder, root).split(os.sep)
+            subfolders[:] = sorted(name for name in subfolders if _may_match_below(parts, [*relative, name]))
+            found.extend(os.path.join(folder, name) for name in sorted(names) if _glob_match(parts, [*relative, name]))
+        return _unique_files(found)
 
     def open(self, path: str):
         try:

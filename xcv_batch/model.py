@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pickle
 import urllib.error
 from dataclasses import dataclass
 from typing import Iterator, Sequence
@@ -128,6 +129,7 @@ class Classifier:
     target_layer_name: str
     guided: GuidedBackpropSwitch
     weights: str
+    target_layer_shape: tuple[int, ...] = ()  # of one image, from the start-up forward
 
     @property
     def target_layer(self) -> nn.Module:
@@ -193,8 +195,12 @@ def _last_linear_name(net: nn.Module) -> str | None:
 def _load_state_dict(path: str) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises several types for a bad or unsafe file
-        raise ModelError(f"model.weights: cannot load state_dict from {path}: {err}") from err
+    except pickle.UnpicklingError as err:
+        # torch's text advises weights_only=False, i.e. running the file's code: never do that for a job file.
+        raise ModelError(f"model.weights: {path} holds pickled Python objects (a whole saved model?), not a "
+                         "state_dict; save model.state_dict() with torch.save and point at that file") from err
+    except Exception as err:  # torch raises several types for a truncated or foreign file
+        raise ModelError(f"model.weights: cannot load state_dict from {path}: {_first_sentence(err)}") from err
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -204,6 +210,49 @@ def _load_state_dict(path: str) -> dict:
         if state and all(k.startswith(prefix) for k in state):
             state = {k[len(prefix):]: v for k, v in state.items()}
     return state
+
+
+def _first_sentence(err: BaseException) -> str:
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    first = lines[0] if lines else type(err).__name__
+    return first.split(". ")[0][:300]
+
+
+def check_forward(net: nn.Module, arch: str, resolution: int, layer_name: str) -> tuple[int, ...]:
+    """One forward of a blank input at the job's resolution, before any image: an architecture that cannot take
+    the resolution fails here with one line. Returns the shape of ``layer_name``'s output (Grad-CAM's maps)."""
+    seen: list[tuple[int, ...]] = []
+    layer = dict(net.named_modules())[layer_name]
+    hook = layer.register_forward_hook(lambda module, args, out: seen.append(tuple(getattr(out, "shape", ()))))
+    device = next(net.parameters()).device
+    try:
+        with torch.no_grad():
+            logits = net(torch.zeros((1, 3, resolution, resolution), device=device))
+    except Exception as err:  # noqa: BLE001 - any failure here means the model cannot run this job
+        raise ModelError(f"model.arch: {arch} cannot take {resolution} px inputs ({_first_sentence(err)}); "
+                         "change model.resolution") from err
+    finally:
+        hook.remove()
+    if not isinstance(logits, torch.Tensor) or logits.ndim != 2:
+        raise ModelError(f"model.arch: {arch} returns {type(logits).__name__} {tuple(getattr(logits, 'shape', ()))}"
+                         ", not (batch, classes) logits")
+    return seen[0] if seen else ()
+
+
+def _load_exactly(net: nn.Module, state: dict, context: str) -> None:
+    """``load_state_dict`` that must use every key and fill every parameter; one line saying what does not fit."""
+    try:
+        result = net.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # a tensor of another shape
+        mismatch = next((line.strip() for line in str(err).splitlines() if "size mismatch" in line), "")
+        raise ModelError(f"{context}: {mismatch or _first_sentence(err)}") from err
+    problems = []
+    if result.missing_keys:
+        problems.append(f"{len(result.missing_keys)} parameters missing (e.g. {result.missing_keys[0]})")
+    if result.unexpected_keys:
+        problems.append(f"{len(result.unexpected_keys)} unexpected (e.g. {result.unexpected_keys[0]})")
+    if problems:
+        raise ModelError(f"{context}: {', '.join(problems)}")
 
 
 def _build_net(arch: str, weights_spec: str, seed: int) -> tuple[nn.Module, object, str]:
@@ -239,12 +288,7 @@ def _build_net(arch: str, weights_spec: str, seed: int) -> tuple[nn.Module, obje
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             net = builder(weights=None, **kwargs)
-        try:
-            net.load_state_dict(state, strict=True)
-        except RuntimeError as err:
-            first = str(err).strip().splitlines()
-            detail = " ".join(line.strip() for line in first[:3])
-            raise ModelError(f"model.weights: {weights_spec} does not fit {arch}: {detail[:400]}") from err
+        _load_exactly(net, state, f"model.weights: {weights_spec} does not fit {arch}")
         return net, default_weights, os.path.abspath(weights_spec)
 
     names = ", ".join(["DEFAULT", *enum.__members__]) if enum is not None else "(none published)"
@@ -324,6 +368,7 @@ def build_classifier(
         candidates = ", ".join(layer_candidates(net))
         raise ConfigError("methods.guided_gradcam.layer", f"'{target_layer}' is not a layer of {arch}; one of: {candidates}")
 
+    layer_shape = check_forward(net, arch, resolution, layer_name)
     head = _last_linear_name(net)
     num_classes = int(dict(net.named_modules())[head].out_features) if head else -1
     if categories is None and tv_weights is not None and weights.lower() != "none" and not os.path.exists(weights):
@@ -341,4 +386,5 @@ def build_classifier(
         target_layer_name=layer_name,
         guided=switch,
         weights=weights_desc,
+        target_layer_shape=layer_shape,
     )

@@ -27,9 +27,10 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as pads
-import yaml
 
 from .errors import ConfigError, OutputError
+from .layout import written_chunks
+from .yaml_io import load_yaml
 
 #: Display names, as the seed report wrote them.
 METHOD_LABELS = {
@@ -45,6 +46,7 @@ ROW_COLUMNS = {
     "image_id": "object", "image_path": "object", "index": "int64", "method": "object", "target": "int64",
     "target_name": "object", "target_prob": "float64", "label": "Int64", "sensitivity_max": "float64",
     "attr_seconds": "float64", "sensitivity_seconds": "float64", "status": "object", "error": "object",
+    "note": "object",
 }
 
 # Used only when an output directory predates the ``preprocessing`` attribute.
@@ -87,7 +89,7 @@ class Results:
         if not self._fs.exists(path):
             return {}
         with self._fs.open(path, "r") as f:
-            job = yaml.safe_load(f)
+            job = load_yaml(f)
         return job if isinstance(job, dict) else {}
 
     @cached_property
@@ -164,11 +166,43 @@ class Results:
             return pd.DataFrame({name: pd.Series(dtype=dtype) for name, dtype in ROW_COLUMNS.items()})
         where = dict(filesystem=self._fs, format="parquet", partitioning="hive",
                      partition_base_dir=f"{self._root}/metrics")
-        dataset = pads.dataset(files, **where)
-        # Shards written before a metric existed lack its column; unify so every row has every column (null there).
-        schema = pa.unify_schemas([dataset.schema] + [frag.physical_schema for frag in dataset.get_fragments()],
-                                  promote_options="permissive")
-        return pads.dataset(files, schema=schema, **where).to_table().to_pandas()
+        try:
+            dataset = pads.dataset(files, **where)
+            # Shards written before a metric existed lack its column; unify so every row has every column (null
+            # there).
+            schema = pa.unify_schemas([dataset.schema] + [frag.physical_schema for frag in dataset.get_fragments()],
+                                      promote_options="permissive")
+            rows = pads.dataset(files, schema=schema, **where).to_table().to_pandas()
+        except (pa.ArrowException, OSError) as err:
+            raise self._unreadable(files, err) from None
+        return self._without_missing_maps(rows)
+
+    def _unreadable(self, files: list[str], err: Exception) -> OutputError:
+        """The error naming the first metrics file that Parquet cannot read."""
+        import pyarrow.parquet as pq
+
+        for path in files:
+            try:
+                with self._fs.open(path, "rb") as fh:
+                    pq.read_metadata(fh)
+            except (pa.ArrowException, OSError) as file_err:
+                name = path[len(self._root) + 1:]
+                return OutputError(f"{self.out}/{name} is not readable Parquet ({str(file_err).splitlines()[0]}); "
+                                   "run the job again with --resume to recompute its shard")
+        return OutputError(f"{self.out}/metrics cannot be read as Parquet: {str(err).splitlines()[0]}")
+
+    def _without_missing_maps(self, rows: pd.DataFrame) -> pd.DataFrame:
+        """Rows say ``ok`` only where the map was written: an ok row whose Zarr chunk is missing (deleted, lost)
+        becomes an error row saying so. Only the chunk folders are listed; no map is read."""
+        if self._group is None or rows.empty:
+            return rows
+        rows = rows.copy()
+        for method in rows["method"].astype(str).unique():
+            written = written_chunks(self._fs, self._root, method)
+            lost = (rows["method"] == method) & (rows["status"] == "ok") & ~rows["index"].isin(written)
+            rows.loc[lost, "status"] = "error"
+            rows.loc[lost, "error"] = "map missing from attributions.zarr (run the job again with --resume)"
+        return rows
 
     def image_rows(self, image_id: str) -> pd.DataFrame:
         """The rows of one image, one per method."""

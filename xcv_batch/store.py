@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
 import fsspec
@@ -24,10 +25,9 @@ import yaml
 import zarr
 
 from .errors import OutputError
+from .layout import JOB_FILE, METRICS_DIR, REJECTED_DIR, ZARR_NAME, written_chunks
+from .yaml_io import load_yaml
 
-ZARR_NAME = "attributions.zarr"
-METRICS_DIR = "metrics"
-JOB_FILE = "job.yaml"
 
 #: Parquet columns, in order (CONTRACT). Extra metric columns may follow.
 ROW_SCHEMA = pa.schema(
@@ -45,9 +45,25 @@ ROW_SCHEMA = pa.schema(
         ("sensitivity_seconds", pa.float64()),
         ("status", pa.string()),
         ("error", pa.string()),
+        ("note", pa.string()),  # why an ok row has a missing value (e.g. sensitivity of an all-zero map)
         ("shard", pa.string()),
     ]
 )
+
+
+class UnreadableShard(OutputError):
+    """A committed Parquet file that cannot be read (truncated, not Parquet)."""
+
+
+@dataclass
+class CommitCheck:
+    """What ``--resume`` found in OUT: the images of whole committed shards, and the shards set aside, with why."""
+
+    done: set[int] = field(default_factory=set)
+    rejected: dict[str, str] = field(default_factory=dict)  # file name → reason
+
+    def reject(self, name: str, reason: str) -> None:
+        self.rejected[name] = reason
 
 
 def shard_file_name(first_index: int, last_index: int) -> str:
@@ -77,12 +93,54 @@ class RunStore:
         path = self._path(JOB_FILE)
         if not self.fs.exists(path):
             return None
-        with self.fs.open(path, "r") as fh:
-            data = yaml.safe_load(fh) or {}
-        return data.get("fingerprint")
+        try:
+            with self.fs.open(path, "r") as fh:
+                data = load_yaml(fh) or {}
+        except (yaml.YAMLError, UnicodeDecodeError) as err:
+            raise OutputError(f"{self.out}/{JOB_FILE} is not a job file this tool wrote ({_first_line(err)})") from None
+        return data.get("fingerprint") if isinstance(data, dict) else None
 
     def has_results(self) -> bool:
         return bool(self.committed_files()) or self.fs.exists(self._path(JOB_FILE))
+
+    def check_target(self, fingerprint: str, resume: bool) -> None:
+        """Before any work: OUT can be written, and holds no other run (or, on resume, this job's run)."""
+        self._check_writable()
+        if resume and self.fs.exists(self._path(JOB_FILE)):
+            found = self.existing_fingerprint()
+            if found != fingerprint:
+                raise OutputError(
+                    f"{self.out} holds results of a different job (fingerprint {found}, this job {fingerprint}); "
+                    "resume only with the same settings, or choose another --out"
+                )
+        elif not resume and self.has_results():
+            raise OutputError(f"{self.out} already holds a run; pass --resume to finish it, or choose another --out")
+
+    def _check_writable(self) -> None:
+        """Write and remove a probe file in OUT; folders made only for the probe are removed again, so a run that
+        stops before its first image leaves nothing behind."""
+        if self.fs.exists(self.root) and not self.fs.isdir(self.root):
+            raise OutputError(f"--out {self.out} is a file, not a folder")
+        first_missing = self._first_missing_folder()
+        probe = self._path(f".write-probe-{uuid.uuid4().hex}")
+        try:
+            self.fs.makedirs(self.root, exist_ok=True)
+            self.fs.pipe_file(probe, b"")
+            self.fs.rm(probe)
+        except OSError as err:
+            raise OutputError(f"cannot write to {self.out}: {_first_line(err)}") from None
+        finally:
+            if first_missing is not None and self.fs.exists(first_missing):
+                self.fs.rm(first_missing, recursive=True)
+
+    def _first_missing_folder(self) -> str | None:
+        """The outermost folder of OUT's path that does not exist yet (None when OUT exists or is not local)."""
+        if not isinstance(self.fs, LocalFileSystem) or self.fs.exists(self.root):
+            return None
+        path = self.root
+        while not self.fs.exists(os.path.dirname(path)) and os.path.dirname(path) != path:
+            path = os.path.dirname(path)
+        return path
 
     def prepare(
         self,
@@ -94,25 +152,27 @@ class RunStore:
         attrs: dict,
         resume: bool,
     ) -> None:
-        """Lay out OUT for a run, or check that a resumed run matches what is there."""
+        """Lay out OUT for a run, or check that a resumed run matches what is there (:meth:`check_target` first)."""
         if resume and self.fs.exists(self._path(JOB_FILE)):
-            found = self.existing_fingerprint()
-            if found != fingerprint:
-                raise OutputError(
-                    f"{self.out} holds results of a different job (fingerprint {found}, this job {fingerprint}); "
-                    "resume only with the same settings, or choose another --out"
-                )
-            group = self._open_group("r")
-            if list(group.attrs.get("image_ids", [])) != list(image_ids):
-                raise OutputError(
-                    f"{self.out} was made from a different image list ({len(group.attrs.get('image_ids', []))} "
-                    f"images, now {len(image_ids)}); the source changed since — use another --out"
-                )
+            if self.fs.exists(self._path(ZARR_NAME)):
+                group = self._open_group("r")
+                if list(group.attrs.get("image_ids", [])) != list(image_ids):
+                    raise OutputError(
+                        f"{self.out} was made from a different image list ({len(group.attrs.get('image_ids', []))} "
+                        f"images, now {len(image_ids)}); the source changed since — use another --out"
+                    )
+                return
+            # The maps are gone: verify_committed has set every shard with maps aside; lay the arrays out again.
+            self._create_arrays(fingerprint, image_ids, resolution, methods, attrs)
             return
-        if not resume and self.has_results():
-            raise OutputError(f"{self.out} already holds a run; pass --resume to finish it, or choose another --out")
-
         self.fs.makedirs(self._path(METRICS_DIR), exist_ok=True)
+        self._create_arrays(fingerprint, image_ids, resolution, methods, attrs)
+        # job.yaml last: its presence says the layout is complete.
+        with self.fs.open(self._path(JOB_FILE), "w") as fh:
+            fh.write(job_yaml)
+
+    def _create_arrays(self, fingerprint: str, image_ids: Sequence[str], resolution: int, methods: Sequence[str],
+                       attrs: dict) -> None:
         group = self._open_group("w")
         n = len(image_ids)
         for name in ("inputs", *methods):
@@ -124,9 +184,6 @@ class RunStore:
                 fill_value=float("nan"),
             )
         group.attrs.update({"image_ids": list(image_ids), "fingerprint": fingerprint, **attrs})
-        # job.yaml last: its presence says the layout is complete.
-        with self.fs.open(self._path(JOB_FILE), "w") as fh:
-            fh.write(job_yaml)
 
     def committed_files(self) -> list[str]:
         directory = self._path(METRICS_DIR)
@@ -141,16 +198,58 @@ class RunStore:
     def committed_indices(self) -> set[int]:
         done: set[int] = set()
         for name in self.committed_files():
-            with self.fs.open(self._path(METRICS_DIR, name), "rb") as fh:
-                done.update(pq.read_table(fh, columns=["index"]).column("index").to_pylist())
+            done.update(self.read_committed(name, ["index"]).column("index").to_pylist())
         return done
+
+    def read_committed(self, name: str, columns: Sequence[str]) -> pa.Table:
+        """Columns of one committed Parquet file; an unreadable file is an OutputError naming it."""
+        path = self._path(METRICS_DIR, name)
+        try:
+            with self.fs.open(path, "rb") as fh:
+                return pq.read_table(fh, columns=list(columns))
+        except (pa.ArrowException, OSError) as err:
+            raise UnreadableShard(f"{self.out}/{METRICS_DIR}/{name} is not readable Parquet ({_first_line(err)}); "
+                                  "run again with --resume to recompute its shard") from None
+
+    def verify_committed(self, methods: Sequence[str]) -> "CommitCheck":
+        """For ``--resume``: the images of committed shards that are whole — every file readable, every ok row's map
+        and input chunk present. A shard that fails either check is moved to ``metrics/_rejected/`` (kept, but no
+        longer committed) so that its images run again."""
+        written = {name: written_chunks(self.fs, self.root, name) for name in ("inputs", *methods)}
+        check = CommitCheck()
+        for name in self.committed_files():
+            try:
+                table = self.read_committed(name, ["index", "method", "status"])
+            except UnreadableShard as err:
+                check.reject(name, str(err))
+                continue
+            missing = [
+                (index, method)
+                for index, method, status in zip(*(table.column(c).to_pylist() for c in ("index", "method", "status")))
+                if status == "ok" and (index not in written.get(method, ()) or index not in written["inputs"])
+            ]
+            if missing:
+                index, method = missing[0]
+                check.reject(name, f"{self.out}/{METRICS_DIR}/{name} commits {len(missing)} maps that are missing "
+                                   f"from {ZARR_NAME} (first: {method} of image {index}); recomputing its shard")
+                continue
+            check.done.update(table.column("index").to_pylist())
+        for name in check.rejected:
+            self._set_aside(name)
+        return check
+
+    def _set_aside(self, name: str) -> None:
+        target = self._path(METRICS_DIR, REJECTED_DIR, name)
+        self.fs.makedirs(self._path(METRICS_DIR, REJECTED_DIR), exist_ok=True)
+        if self.fs.exists(target):
+            self.fs.rm(target)
+        self.fs.mv(self._path(METRICS_DIR, name), target)
 
     def failed_image_ids(self) -> set[str]:
         """Images with an error row in a committed shard (only those two columns of each file are read)."""
         failed: set[str] = set()
         for name in self.committed_files():
-            with self.fs.open(self._path(METRICS_DIR, name), "rb") as fh:
-                table = pq.read_table(fh, columns=["image_id", "status"])
+            table = self.read_committed(name, ["image_id", "status"])
             statuses = table.column("status").to_pylist()
             failed.update(i for i, status in zip(table.column("image_id").to_pylist(), statuses) if status == "error")
         return failed
@@ -172,6 +271,8 @@ class RunStore:
                 os.replace(temporary, final)  # atomic on a POSIX file system
             else:
                 self.fs.mv(temporary, final)  # object stores: the copy lands whole or not at all
+        except OSError as err:
+            raise OutputError(f"cannot commit {self.out}/{METRICS_DIR}/{name}: {_first_line(err)}") from None
         finally:
             if self.fs.exists(temporary):
                 self.fs.rm(temporary)
@@ -189,7 +290,10 @@ class ShardWriter:
         array = self._arrays.get(name)
         if array is None:
             array = self._arrays[name] = self.group[name]
-        array[index] = np.ascontiguousarray(values, dtype=np.float32)
+        try:
+            array[index] = np.ascontiguousarray(values, dtype=np.float32)
+        except OSError as err:
+            raise OutputError(f"cannot write {name} of image {index} to {ZARR_NAME}: {_first_line(err)}") from None
 
 
 def rows_to_table(rows: list[dict]) -> pa.Table:
@@ -200,3 +304,8 @@ def rows_to_table(rows: list[dict]) -> pa.Table:
         schema = schema.append(pa.field(name, pa.float64()))
     columns = {name: [row.get(name) for row in rows] for name in schema.names}
     return pa.table(columns, schema=schema)
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__

@@ -6,6 +6,7 @@ No Ray here: the driver runs a ShardWorker in-process or wraps it in an actor; b
 from __future__ import annotations
 
 import itertools
+import math
 import logging
 import time
 import traceback
@@ -19,7 +20,7 @@ from . import device as dev
 from .config import Job
 from .cores import usable_cores
 from .data import ImageRecord, decode_many, load_mask
-from .errors import ImageError
+from .errors import ConfigError, ImageError
 from .methods import build_method
 from .methods.base import target_outputs
 from .metrics import sensitivity_max
@@ -108,6 +109,12 @@ class ShardWorker:
             target_layer=ggc.layer if ggc is not None else "auto",
             categories=read_categories(job.model.categories),
         )
+        if ggc is not None and len(self.classifier.target_layer_shape) != 4:
+            raise ConfigError(
+                "methods.guided_gradcam.layer",
+                f"{self.classifier.target_layer_name} gives {self.classifier.target_layer_shape}, not the "
+                "(batch, channels, height, width) maps Grad-CAM weighs; name a convolutional block",
+            )
         #: the model every pass runs on: the fast copy unless ``compute.fast_execution`` is off
         self.executed = self._execution(self.classifier)
         self.forward_batch = CPU_FORWARD_BATCH if compute.forward_batch == "auto" else compute.forward_batch
@@ -187,8 +194,11 @@ class ShardWorker:
 
     def _with_mask(self, item: _Prepared) -> _Prepared:
         """Check the image has what the job needs (a label, a mask) and load its ground-truth mask."""
-        if self.job.target == "label" and item.record.label is None:
+        label, n_classes = item.record.label, self.classifier.num_classes
+        if self.job.target == "label" and label is None:
             item.error = "target is 'label' but this image has no label in the manifest"
+        elif self.job.target == "label" and n_classes > 0 and not 0 <= label < n_classes:
+            item.error = f"label {label} is not a class of this model (0 … {n_classes - 1})"
         elif item.record.mask_path and self.quality.wants_masks:
             try:
                 item.mask = load_mask(item.record.mask_path, self.classifier.preprocessing)
@@ -206,31 +216,28 @@ class ShardWorker:
                 rows.extend(error_rows(item.index, item.record, self.methods, item.error))
         if pixels is None:
             return rows
-
-        device = self.classifier.device
         inputs = self.classifier.preprocessing.normalize(pixels.wait())
-        if device.type == "cuda":
+        if self.classifier.device.type == "cuda":
             inputs = inputs.contiguous(memory_format=torch.channels_last)
-        with torch.no_grad(), dev.autocast(device, self.job.compute.precision):
-            probabilities = torch.softmax(self.executed.net(inputs).float(), dim=1)
-        if self.job.target == "label":
-            targets = torch.tensor([item.record.label for item in good], dtype=torch.long, device=device)
-        else:
-            targets = probabilities.argmax(dim=1)
-        target_probs = target_outputs(probabilities, targets).cpu().tolist()
-        targets_list = targets.cpu().tolist()
-        inputs_cpu = inputs.float().cpu().numpy()
-        for item, x in zip(good, inputs_cpu):
-            writer.write("inputs", item.index, x)
+        return rows + self._explain_images(good, inputs, writer)
 
-        base = [
-            image_columns(item.index, item.record, target, self.classifier.category(target), prob)
-            for item, target, prob in zip(good, targets_list, target_probs)
-        ]
+    def _explain_images(self, good: list[_Prepared], inputs: torch.Tensor, writer) -> list[dict]:
+        """Rows of usable images: the batch's forward, then every method. If the forward itself fails, each image
+        is tried alone, so one image that breaks it fails only itself."""
+        try:
+            targets, base = self._classify(good, inputs)
+        except Exception:  # noqa: BLE001 - isolate the culprit below, then report it per image
+            if len(good) == 1:
+                message = f"forward pass failed: {traceback.format_exc(limit=1).strip().splitlines()[-1]}"
+                return error_rows(good[0].index, good[0].record, self.methods, message)
+            return [row for i in range(len(good)) for row in self._explain_images(good[i: i + 1], inputs[i: i + 1], writer)]
+        for item, x in zip(good, inputs.float().cpu().numpy()):
+            writer.write("inputs", item.index, x)
         masks = None
         if all(item.mask is not None for item in good):
-            masks = torch.stack([item.mask for item in good]).to(device)
+            masks = torch.stack([item.mask for item in good]).to(inputs.device)
         image_ids = [item.record.image_id for item in good]
+        rows = []
         for name, method in self.methods.items():
             outcome = self._run_method(name, method, inputs, targets, image_ids, masks)
             for i, item in enumerate(good):
@@ -241,6 +248,21 @@ class ShardWorker:
                 writer.write(name, item.index, result.attribution)
                 rows.append(method_row(base[i], name, **result.columns))
         return rows
+
+    def _classify(self, good: list[_Prepared], inputs: torch.Tensor) -> tuple[torch.Tensor, list[dict]]:
+        """The targets of the images and the columns their rows share (target, its name and probability)."""
+        with torch.no_grad(), dev.autocast(inputs.device, self.job.compute.precision):
+            probabilities = torch.softmax(self.executed.net(inputs).float(), dim=1)
+        if self.job.target == "label":
+            targets = torch.tensor([item.record.label for item in good], dtype=torch.long, device=inputs.device)
+        else:
+            targets = probabilities.argmax(dim=1)
+        target_probs = target_outputs(probabilities, targets).cpu().tolist()
+        base = [
+            image_columns(item.index, item.record, target, self.classifier.category(target), prob)
+            for item, target, prob in zip(good, targets.cpu().tolist(), target_probs)
+        ]
+        return targets, base
 
     def _run_method(self, name, method, inputs, targets, image_ids: Sequence[str], masks) -> list:
         """Per image: an _Explained, or an error message.
@@ -291,23 +313,41 @@ class ShardWorker:
             dev.synchronize(inputs.device)
             sensitivity_seconds = (time.perf_counter() - started) / n
             sensitivities = values.cpu().tolist()
+        zero_maps = (attributions.reshape(n, -1) == 0).all(dim=1).cpu().tolist()
         quality = self.quality.evaluate(name, inputs, targets, seeds, image_ids, attributions, masks)
         maps = attributions.cpu().numpy()
-        return [
-            _Explained(
-                maps[i],
-                {
-                    "attr_seconds": attr_seconds,
-                    "sensitivity_max": sensitivities[i],
-                    "sensitivity_seconds": sensitivity_seconds,
-                    **{column: values[i] for column, values in quality.items()},
-                },
-            )
-            for i in range(n)
-        ]
+        explained = []
+        for i in range(n):
+            columns = {
+                "attr_seconds": attr_seconds,
+                "sensitivity_max": sensitivities[i],
+                "sensitivity_seconds": sensitivity_seconds,
+                **{column: values[i] for column, values in quality.items()},
+            }
+            explained.append(_Explained(maps[i], with_missing_values_explained(columns, zero_maps[i])))
+        return explained
 
 
 # ------------------------------------------------------------------------------------------------------ rows
+
+
+def with_missing_values_explained(columns: dict, zero_map: bool) -> dict:
+    """``columns`` with every undefined value as NaN and a ``note`` saying why, so no ok row holds a silent NaN.
+
+    An all-zero map has no relative sensitivity (‖Φ(x+δ) − Φ(x)‖ / ‖Φ(x)‖ divides by zero; Captum's convention of
+    dividing by 1 instead would make the map that says nothing the "most stable" one).
+    """
+    notes = []
+    if zero_map and columns.get("sensitivity_max") is not None:
+        columns["sensitivity_max"] = float("nan")
+        notes.append("sensitivity_max undefined: the map is all zero")
+    for column, value in columns.items():
+        if isinstance(value, float) and not math.isfinite(value) and not (zero_map and column == "sensitivity_max"):
+            columns[column] = float("nan")
+            notes.append(f"{column} not finite: the perturbed or masked inputs overflowed the model")
+    if notes:
+        columns["note"] = "; ".join(notes)
+    return columns
 
 
 def image_columns(index: int, record: ImageRecord, target: int | None = None, target_name: str | None = None,
@@ -335,6 +375,7 @@ def method_row(image: dict, method: str, error: str | None = None, **columns) ->
         **columns,
         "status": "error" if error else "ok",
         "error": error,
+        "note": columns.get("note"),
     }
 
 

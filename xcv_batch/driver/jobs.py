@@ -1,11 +1,11 @@
 """``submit`` / ``status`` / ``logs`` / ``stop``: the same ``run`` as a Ray Job on a cluster, via the Ray Jobs API.
 
-The job file is validated here first (a bad key fails on the laptop, not on the cluster). The current directory is
-uploaded as the job's ``working_dir`` (so the job file, and this package when run from a checkout, travel with it);
-the package itself is added as a ``py_module`` when it lies elsewhere, so the cluster runs the code that was
-validated. The submission id is derived from the job's fingerprint and output, so repeating a ``submit``
-re-attaches to the job instead of starting a twin; after a failed or stopped job it starts ``ID-2`` (``-3`` …)
-with ``--resume``, which finishes the committed shards' rest.
+The job file is validated here first (a bad key fails on the laptop, not on the cluster). The job's ``working_dir``
+is a staging copy of the job file and the paths named with ``--include``, nothing else from the current directory
+(``upload.py`` says what is refused and left out); the package travels as a ``py_module`` of its ``.py`` files, so
+the cluster runs the code that was validated. The submission id is derived from the job's fingerprint and output,
+so repeating a ``submit`` re-attaches to the job instead of starting a twin; after a failed or stopped job it starts
+``ID-2`` (``-3`` …) with ``--resume``, which finishes the committed shards' rest.
 """
 
 from __future__ import annotations
@@ -23,10 +23,8 @@ from typing import Sequence, TextIO
 
 from ..config import Job, load_job
 from ..errors import ConfigError, XcvError
+from .upload import NEVER_UPLOADED, Staged, UploadPlan, describe, plan_upload, staged
 
-#: Never uploaded: results, caches and environments (gitignore syntax, relative to the working dir).
-EXCLUDES = [".git", ".venv", "venv", "results", "**/__pycache__", "*.egg-info", ".pytest_cache", ".benchmarks",
-            "build", "*.zarr", "*.parquet"]
 #: Non-secret S3 settings the job needs as much as this shell; credentials belong to the cluster (instance roles,
 #: or the nodes' environment), not in a runtime_env that the dashboard shows to everyone.
 FORWARDED_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION")
@@ -117,13 +115,10 @@ def _entrypoint(job_file: str, job: Job, overrides: Sequence[str], resume: bool)
     return shlex.join(args)
 
 
-def _runtime_env(working_dir: str) -> dict:
-    import xcv_batch
-
-    env: dict = {"working_dir": working_dir, "excludes": list(EXCLUDES)}
-    package = os.path.dirname(os.path.abspath(xcv_batch.__file__))
-    if os.path.commonpath([package, working_dir]) != working_dir:
-        env["py_modules"] = [package]
+def _runtime_env(upload: Staged) -> dict:
+    # the staging dirs hold only planned files; the excludes are a second guard in Ray's own packaging
+    env: dict = {"working_dir": upload.working_dir, "py_modules": [upload.package_dir],
+                 "excludes": list(NEVER_UPLOADED)}
     forwarded = {name: os.environ[name] for name in FORWARDED_ENV if os.environ.get(name)}
     if forwarded:
         env["env_vars"] = forwarded
@@ -131,17 +126,16 @@ def _runtime_env(working_dir: str) -> dict:
 
 
 def submit(job_file: str, address: str | None, overrides: Sequence[str] = (), out: str | None = None,
-           resume: bool = False, wait: bool = True, stream: TextIO | None = None) -> int:
-    """Submit (or re-attach to) the job; with ``wait``, follow its logs and return its exit code, else 0."""
+           resume: bool = False, wait: bool = True, stream: TextIO | None = None,
+           includes: Sequence[str] = ()) -> int:
+    """Submit (or re-attach to) the job; with ``wait``, follow its logs and return its exit code, else 0.
+
+    Uploaded: the job file, the ``includes`` (files or folders under the current directory) and the package.
+    """
     stream = stream or sys.stdout
     job = load_job(job_file, overrides=list(overrides), output=out)
-    working_dir = os.getcwd()
-    relative = os.path.relpath(os.path.abspath(job_file), working_dir)
-    if relative.startswith(".."):
-        raise ConfigError("JOB", f"{job_file} must lie under the current directory, which is uploaded with the job")
-    if "://" not in job.output.path:
-        print(f"note: OUT {job.output.path} is a path on the cluster's nodes, which share no disk: with more than one "
-              "node give --out s3://…", file=sys.stderr)
+    plan = plan_upload(job_file, includes)  # every path refused here, before any request
+    _note_what_stays_behind(job, plan)
     client = connect(address)
     address = client.get_address()
     statuses = {info.submission_id: _status_name(info.status) for info in _call(address, client.list_jobs)}
@@ -149,8 +143,10 @@ def submit(job_file: str, address: str | None, overrides: Sequence[str] = (), ou
     chosen = _choose_submission(base_id, statuses)
     if chosen.new:
         # after a failed or stopped attempt, its committed shards are kept: finish them
-        entrypoint = _entrypoint(relative, job, overrides, resume or chosen.id != base_id)
-        _submit_with_retry(client, address, entrypoint, chosen.id, _runtime_env(working_dir))
+        entrypoint = _entrypoint(plan.job_file, job, overrides, resume or chosen.id != base_id)
+        print(describe(plan), file=stream, flush=True)
+        with staged(plan) as upload:
+            _submit_with_retry(client, address, entrypoint, chosen.id, _runtime_env(upload))
         print(f"submitted {chosen.id}: {entrypoint}", file=stream, flush=True)
     else:
         print(f"re-attached to {chosen.id} ({statuses[chosen.id]})", file=stream, flush=True)
@@ -158,6 +154,23 @@ def submit(job_file: str, address: str | None, overrides: Sequence[str] = (), ou
         print(f"follow it with: python -m xcv_batch logs {chosen.id} --address {address} --follow", file=stream)
         return 0
     return follow(client, address, chosen.id, stream)
+
+
+def _note_what_stays_behind(job: Job, plan: UploadPlan) -> None:
+    """Warn about paths the job reads that will not exist on the cluster as they do here."""
+    if "://" not in job.output.path:
+        print(f"note: OUT {job.output.path} is a path on the cluster's nodes, which share no disk: with more than one "
+              "node give --out s3://…", file=sys.stderr)
+    for key, path in (("data.source", job.data.source), ("model.weights", job.model.weights),
+                      ("model.categories", job.model.categories)):
+        if path and not os.path.isabs(path) and os.path.exists(path) and not _uploaded(path, plan):
+            print(f"note: {key} {path} is not uploaded; the cluster reads its own {path} (add --include {path} to "
+                  "send it)", file=sys.stderr)
+
+
+def _uploaded(path: str, plan: UploadPlan) -> bool:
+    relative = os.path.relpath(os.path.abspath(path), plan.root)
+    return any(named == os.curdir or relative == named or relative.startswith(named + os.sep) for named in plan.named)
 
 
 def _submit_with_retry(client, address: str, entrypoint: str, chosen: str, runtime_env: dict) -> None:
@@ -212,11 +225,18 @@ def _describe(submission: str, info) -> str:
 # ----------------------------------------------------------------------------------------- status / logs / stop
 
 
-def resolve(client, address: str, target: str, overrides: Sequence[str] = (), out: str | None = None) -> str:
-    """A submission id, or a job file (with the same --set/--out as at submit) → its latest submission's id."""
+def _target_job(target: str, overrides: Sequence[str], out: str | None) -> Job | None:
+    """The job a job-file ``target`` names (checked before any connection); None when ``target`` is an id."""
     if not (os.path.isfile(target) and target.endswith((".yaml", ".yml"))):
+        return None
+    return load_job(target, overrides=list(overrides), output=out)
+
+
+def resolve(client, address: str, target: str, job: Job | None) -> str:
+    """A submission id, or a job file's ``job`` → its latest submission's id."""
+    if job is None:
         return target
-    base = submission_id(load_job(target, overrides=list(overrides), output=out))
+    base = submission_id(job)
     ids = [info.submission_id for info in _call(address, client.list_jobs)]
     ours = [i for i in ids if i == base or re.fullmatch(re.escape(base) + r"-\d+", i or "")]
     if not ours:
@@ -225,10 +245,12 @@ def resolve(client, address: str, target: str, overrides: Sequence[str] = (), ou
 
 
 def _connect_to_submission(address: str | None, target: str, overrides: Sequence[str], out: str | None):
-    """(client, the cluster's address, the submission id ``target`` names): what status, logs and stop start from."""
+    """(client, the cluster's address, the submission id ``target`` names): what status, logs and stop start from.
+    A job file is read and validated first, so a bad one fails here without a request."""
+    job = _target_job(target, overrides, out)
     client = connect(address)
     address = client.get_address()
-    return client, address, resolve(client, address, target, overrides, out)
+    return client, address, resolve(client, address, target, job)
 
 
 def status(target: str, address: str | None, overrides: Sequence[str] = (), out: str | None = None) -> str:

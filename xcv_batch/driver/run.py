@@ -12,10 +12,11 @@ from dataclasses import dataclass, field
 from typing import Protocol, Sequence
 
 from ..config import Job, dump_job
+from ..errors import ConfigError
 from ..data import ImageRecord, list_images
 from ..model import describe_weights, read_categories
 from ..progress import RunProgress
-from ..store import RunStore
+from ..store import CommitCheck, RunStore
 from ..worker import Shard, ShardReport
 from .placement import local_resources, plan_workers
 
@@ -33,12 +34,14 @@ class RunReport:
     seconds: float
     shards: list[ShardReport] = field(default_factory=list)
     retries: int = 0  # shard attempts lost to dead, hung or failing workers
+    recomputed: dict[str, str] = field(default_factory=dict)  # committed files --resume found broken → why
 
     def final_line(self) -> str:
         resumed = f", {self.n_skipped} already done" if self.n_skipped else ""
         retried = f", {self.retries} retries" if self.retries else ""
+        redone = f", {len(self.recomputed)} broken shards recomputed" if self.recomputed else ""
         return (
-            f"done: {self.n_images} images ({self.n_processed} processed{resumed}), "
+            f"done: {self.n_images} images ({self.n_processed} processed{resumed}{redone}), "
             f"{self.n_failed} failed{retried}, in {self.seconds:.1f} s → {self.out}"
         )
 
@@ -161,23 +164,34 @@ def prepare_store(job: Job, store: RunStore, records: list, resume: bool) -> Non
 
 
 def run_job(job: Job, resume: bool = False, executor: Executor | None = None) -> RunReport:
+    """Check everything that can be checked before the model is built, then run the shards not yet committed."""
     started = time.perf_counter()
     records = list_images(job.data.source, job.data.limit)
+    _check_labels(job, records)
     store = RunStore(job.output.path)
-    done = store.committed_indices() if resume else set()
-    shards = plan_shards(records, job.compute.shard_size, done)
+    store.check_target(job.fingerprint(), resume)
+    check = store.verify_committed(list(job.methods)) if resume else CommitCheck()
+    shards = plan_shards(records, job.compute.shard_size, check.done)
     executor = executor or choose_executor(job, len(shards))
     with executor:
         prepare_store(job, store, records, resume)
-        with RunProgress(total=len(records), already_done=len(done), interval_s=_progress_interval()) as progress:
+        with RunProgress(total=len(records), already_done=len(check.done), interval_s=_progress_interval()) as progress:
             reports = executor.run(shards, store, progress) if shards else []
     return RunReport(
         out=job.output.path,
         n_images=len(records),
-        n_skipped=len(done),
+        n_skipped=len(check.done),
         n_processed=sum(len(s) for s in shards),
         n_failed=len(store.failed_image_ids()),
         seconds=time.perf_counter() - started,
         shards=reports,
         retries=progress.retries,
+        recomputed=dict(check.rejected),
     )
+
+
+def _check_labels(job: Job, records: Sequence[ImageRecord]) -> None:
+    """``target: label`` needs labels: a source without any is a job error, not one error row per image."""
+    if job.target == "label" and records and all(record.label is None for record in records):
+        raise ConfigError("target", f"is 'label' but no image of {job.data.source} has a label "
+                                    "(give a .csv/.parquet manifest with a label column)")
