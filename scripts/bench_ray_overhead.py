@@ -25,6 +25,7 @@ from xcv_batch.driver import plan_shards
 from xcv_batch.driver.actors import RayExecutor
 from xcv_batch.driver.run import prepare_store
 from xcv_batch.driver.session import RaySession
+from xcv_batch.plan import method_passes
 from xcv_batch.progress import RunProgress
 from xcv_batch.store import RunStore
 
@@ -32,13 +33,13 @@ from xcv_batch.store import RunStore
 def one_pass(job_file: str, overrides: list[str], in_flight: int, out: str) -> dict:
     job = load_job(job_file, overrides=[*overrides, f"compute.max_in_flight={in_flight}"], output=out)
     records = list_images(job.data.source, job.data.limit)
-    shards = plan_shards(records, job.compute.shard_size)
+    shards = plan_shards(records, job.compute.shard_size, images_per_object=job.output.images_per_object)
     store = RunStore(out)
     started = time.monotonic()
     with RayExecutor(job, max_workers=len(shards), stream=sys.stderr) as executor:
         startup = time.monotonic() - started
         prepare_store(job, store, records, resume=False)
-        with RunProgress(total=len(records), stream=sys.stderr, interval_s=3600) as progress:
+        with RunProgress(len(records), method_passes(job), stream=sys.stderr, interval_s=3600) as progress:
             run_started = time.monotonic()
             reports = executor.run(shards, store, progress)
             wall = time.monotonic() - run_started

@@ -13,7 +13,9 @@ from matplotlib.image import imread
 
 from test_summarize import FIVE, seed_job, seed_like_rows, table, write_out  # pytest puts tests/ on sys.path
 from xcv_batch.errors import ConfigError
-from xcv_batch.panel import display_map, panel_figure, render_panel
+from captum.attr import visualization as captum_visualization
+
+from xcv_batch.panel import display_map, is_signed, overlay, panel_figure, render_panel
 from xcv_batch.report import cliques, gallery_images, write_report
 from xcv_batch.results import open_results
 from xcv_batch.summarize import summarize
@@ -72,9 +74,10 @@ def test_report_is_self_contained_and_has_what_it_promises(run_with_a_failure):
     assert links and not any(re.match(r"\s*(https?:)?//", v) for v in links)
     assert not any(tag in ("script", "link", "iframe") for tag, _ in parsed.attributes)
 
-    # One <img> per figure: distributions, trade-off, a CD diagram per metric (2), 4 gallery panels; all real PNGs.
+    # One <img> per figure: distributions, quality vs cost, a CD diagram per quality metric (1: sensitivity; time is
+    # a cost), 4 gallery panels; no agreement heat map with one metric; all real PNGs.
     images = [attrs for tag, attrs in parsed.attributes if tag == "img"]
-    assert len(images) == 1 + 1 + 2 + 4
+    assert len(images) == 1 + 1 + 1 + 4
     for attrs in images:
         assert attrs["src"].startswith("data:image/png;base64,")
         assert base64.b64decode(attrs["src"].split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
@@ -94,14 +97,24 @@ def test_report_is_self_contained_and_has_what_it_promises(run_with_a_failure):
     assert "8 of 8 images (complete)" in text
     assert "abc123" in text and "n_perturb_samples: 10" in text
 
+    # The header says what was explained, and warns that these weights are random.
+    assert "<strong>Model</strong> resnet18, <strong>weights</strong> none, <strong>resolution</strong> 224 px" in text
+    assert "the model&#x27;s predicted class" in text and "8 of 8 images (complete), 1 with failures" in text
+    assert 'class="warning">Random weights' in text
+    # Which metrics entered the rank, and the cost beside it, not in it.
+    assert "quality metrics only: Max-Sensitivity ×1" in text
+    cost = next(t for t in parsed.tables if t[0][:2] == ["Method", "s / image"])
+    assert len(cost) == 1 + 5 and "Cost: s / image" in ranking[0]
 
 def test_report_of_a_partial_run_without_sensitivity(tmp_path):
     rows = table({m: [None] * 3 for m in FIVE}, {m: [1.0 + i, 2.0 + i, 3.0 + i] for i, m in enumerate(FIVE)})
     out = write_out(tmp_path / "out", rows, n_images=5, job=seed_job(sensitivity=None))
     text = open(write_report(str(out), summarize(str(out), n_boot=50), gallery=2)).read()
     assert "3 of 5 images (partial" in text
-    # No sensitivity: no trade-off plot; distributions, one CD diagram, 2 gallery panels (the first images).
-    assert text.count("<img ") == 1 + 1 + 2
+    # No sensitivity, so no quality metric: no distributions, quality-vs-cost or CD figure; 2 gallery panels (the
+    # first images); the cost is still reported.
+    assert text.count("<img ") == 2
+    assert "nothing is ranked" in text and "<th>s / image</th>" in text
     assert "img0: first images" in text and "img1: first images" in text
     assert "No failed images." in text
 
@@ -109,8 +122,31 @@ def test_report_of_a_partial_run_without_sensitivity(tmp_path):
 def test_gallery_picks_the_most_and_least_stable_images():
     rows = table({"a": [0.5, 0.1, 0.9, 0.3], "b": [0.5, 0.2, 0.7, 0.3]})  # means 0.5, 0.15, 0.8, 0.3
     picked = gallery_images(rows, 3)
-    assert [i for i, _ in picked] == ["img1", "img3", "img2"]
-    assert picked[0][1] == "most stable (mean sensitivity 0.15)" and picked[2][1].startswith("least stable")
+    assert [i for i, _ in picked] == ["img1", "img3", "img2"]  # the 2 lowest, then the highest
+    assert picked[0][1] == "most stable — rank 1 of 4 by mean Max-Sensitivity (0.15)"
+    assert picked[1][1] == "rank 2 of 4 by mean Max-Sensitivity (0.3)"
+    assert picked[2][1].startswith("least stable — rank 4 of 4 ")
+
+
+@pytest.mark.parametrize("n_images", [1, 2, 3, 20])
+def test_gallery_labels_are_right_for_any_number_of_images(n_images):
+    means = np.random.default_rng(n_images).permutation(np.linspace(0.3, 8.8, n_images))
+    rows = table({"a": list(means * 0.5), "b": list(means * 1.5)})  # mean over methods = means
+    picked = gallery_images(rows, 4)
+    order = np.argsort(means, kind="stable")
+    expected = list(order) if n_images <= 4 else [*order[:2], *order[-2:]]
+    assert [i for i, _ in picked] == [f"img{i}" for i in expected]  # distinct images, most stable first
+    labels = [why for _, why in picked]
+    assert not any("most" in why and "least" in why for why in labels)
+    if n_images == 1:
+        assert labels == [f"the only image with a sensitivity ({means[0]:.3g})"]
+        return
+    assert [why.startswith("most stable") for why in labels].count(True) == 1 and labels[0].startswith("most")
+    assert [why.startswith("least stable") for why in labels].count(True) == 1 and labels[-1].startswith("least")
+    ranks = [1, 2, 3][:n_images] if n_images <= 4 else [1, 2, n_images - 1, n_images]
+    ranks[-1] = n_images
+    for why, rank, index in zip(labels, ranks, expected):
+        assert f"rank {rank} of {n_images} by mean Max-Sensitivity ({means[index]:.3g})" in why
 
 
 def test_cd_cliques_join_methods_closer_than_cd():
@@ -123,15 +159,16 @@ def test_panel_has_one_axes_per_method_plus_the_image_with_titles(run_with_a_fai
     out, rows = run_with_a_failure
     results = open_results(str(out))
     figure = panel_figure(results, "img5")
-    axes = figure.axes
+    axes = [ax for ax in figure.axes if ax.get_label() != "<colorbar>"]
     assert len(axes) == 1 + len(FIVE)
     titles = [ax.get_title() for ax in axes]
-    assert titles[0] == "img5\ntarget cock (0.90)"
+    assert titles[0] == "img5\ntarget cock (#7), p 0.90"  # the class's name and index
     occlusion = rows[(rows.method == "occlusion") & (rows["index"] == 5)].sensitivity_max.item()
-    assert titles[1] == f"Occlusion\ncock (0.90)\nsensitivity {occlusion:.3g}"
+    assert titles[1] == f"Occlusion\nsensitivity {occlusion:.3g}"
     assert titles[5].startswith("LIME\nfailed: LIME <quickshift>")
-    # The failed method shows the image only; the others add their overlay.
+    # The failed method shows the image only; the others add their overlay and a colour bar.
     assert [len(ax.images) for ax in axes] == [1, 2, 2, 2, 2, 1]
+    assert len(figure.axes) - len(axes) == 4
     with pytest.raises(ConfigError, match="no image 'img99'"):
         panel_figure(results, "img99")
 
@@ -141,18 +178,54 @@ def test_render_panel_writes_a_non_blank_png_one_panel_wide_per_method(run_with_
     path = render_panel(open_results(str(out)), "img2", str(tmp_path / "panel.png"))
     pixels = imread(path)
     height, width = pixels.shape[:2]
-    assert width == pytest.approx(6 * 2.7 * 100, abs=2) and height == pytest.approx(2.7 * 1.45 * 100, abs=2)
+    assert width == pytest.approx(6 * 2.7 * 100, abs=2) and height == pytest.approx(2.7 * 1.7 * 100, abs=2)
     rgb = pixels[..., :3]
     assert rgb.std() > 0.1
-    # The overlay's hot colour (jet's dark red) is there.
-    assert ((rgb[..., 0] > 0.5) & (rgb[..., 1] < 0.2) & (rgb[..., 2] < 0.2)).sum() > 100
+    # These maps are positive (channels blob, −blob, blob sum to +blob): red on the diverging and magnitude maps.
+    assert ((rgb[..., 0] > rgb[..., 1] + 0.3) & (rgb[..., 0] > rgb[..., 2] + 0.3)).sum() > 100
 
 
-def test_display_map_is_normalised_for_display_only():
+def test_the_output_file_extension_picks_the_format(run_with_a_failure, tmp_path):
+    results = open_results(str(run_with_a_failure[0]))
+    magic = {"jpg": b"\xff\xd8\xff", "jpeg": b"\xff\xd8\xff", "png": b"\x89PNG", "pdf": b"%PDF", "svg": b"<?xml"}
+    for suffix, start in magic.items():
+        path = render_panel(results, "img1", str(tmp_path / f"panel.{suffix}"))
+        assert open(path, "rb").read(len(start)) == start, suffix
+    for name, words in (("panel.xyz", "has '.xyz'"), ("panel", "has no extension")):
+        with pytest.raises(ConfigError, match=words):
+            render_panel(results, "img1", str(tmp_path / name))
+        assert not (tmp_path / name).exists()
+
+
+def test_display_map_is_signed_clipped_as_captum_and_normalised_for_display_only():
     attribution = np.zeros((3, 4, 4), dtype=np.float32)
     attribution[0, 0, 0], attribution[1, 1, 1] = -2.0, 1.0
     shown = display_map(attribution)
-    # Σ|attr| is 2 and 1 at two pixels, 0 at 14; its 99.5th percentile (linear) is 1 + 0.925 · (2 − 1) = 1.925.
-    assert shown[0, 0] == 1.0 and shown[1, 1] == pytest.approx(1 / 1.925) and shown[2, 2] == 0.0
-    assert display_map(np.full((3, 2, 2), np.nan)) is None
+    # Channel sum: −2 and 1 at two pixels, 0 elsewhere; Σ|·| = 3, 98 % of it is reached only with the 2: scale 2.
+    assert shown.signed and shown.scale == 2.0
+    assert shown.values[0, 0] == -1.0 and shown.values[1, 1] == 0.5 and shown.values[2, 2] == 0.0
     assert attribution[0, 0, 0] == -2.0  # the input stays raw
+    assert display_map(np.full((3, 2, 2), np.nan)) is None
+    # Positive, blue-free for a magnitude; blue for negative and red for positive on a signed map.
+    rgba = overlay(shown)
+    assert rgba[0, 0, 2] > rgba[0, 0, 0] and rgba[1, 1, 0] > rgba[1, 1, 2]
+    assert not display_map(np.abs(attribution)).signed
+    # A signed method stays on the diverging map on an image where its map happens to be positive.
+    assert display_map(np.abs(attribution), signed=True).signed
+    assert [is_signed(m) for m in ("occlusion", "integrated_gradients", "guided_gradcam", "lime")] == [True] * 4
+    assert is_signed("ig_smoothgrad", {"nt_type": "smoothgrad"}) and not is_signed("ig_smoothgrad", {})
+    assert is_signed("made_up") is None
+
+
+def test_display_map_equals_captums_normalisation():
+    rng = np.random.default_rng(0)
+    attribution = rng.standard_cauchy((3, 16, 16)).astype(np.float32)  # heavy tails: clipping matters
+    expected = captum_visualization._normalize_attr(attribution.sum(axis=0).astype(np.float64), "all", 2)
+    np.testing.assert_allclose(display_map(attribution).values, expected, rtol=1e-6, atol=1e-6)
+
+
+def test_lime_tiles_do_not_all_saturate():
+    tiles = np.repeat(np.repeat(np.array([[4.0, 3.0], [2.0, 1.0]]), 2, axis=0), 2, axis=1)  # four 2×2 superpixels
+    shown = display_map(np.stack([tiles, np.zeros_like(tiles), np.zeros_like(tiles)]))
+    # Σ|·| = 40: 98 % of it is reached only within the top tile, so only that tile is at full colour.
+    assert shown.scale == 4.0 and sorted(np.unique(shown.values)) == [0.25, 0.5, 0.75, 1.0]

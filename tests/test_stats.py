@@ -168,3 +168,42 @@ def test_pareto_front_lower_and_higher():
     points = np.array([[1.0, 5.0], [2.0, 2.0], [3.0, 3.0], [5.0, 1.0], [np.nan, 0.0]])
     np.testing.assert_array_equal(stats.pareto_front(points, ["lower", "lower"]), [True, True, False, True, False])
     np.testing.assert_array_equal(stats.pareto_front(points[:4], ["lower", "higher"]), [True, False, False, False])
+
+
+# --- agreement between metrics --------------------------------------------------------------------------------------
+
+
+def test_kendall_tau_rows_equal_scipy_tau_b_with_ties_and_nan_where_undefined():
+    rng = np.random.default_rng(2)
+    a = np.round(rng.random((40, 5)), 1)  # one decimal: many ties
+    b = np.round(rng.random((40, 5)), 1)
+    a[3] = 0.5  # a ties every method: τ undefined
+    b[7, 2] = np.nan  # incomplete
+    taus = stats.kendall_tau_rows(a, b)
+    for i in range(40):
+        if i in (3, 7):
+            assert np.isnan(taus[i])
+        else:
+            assert taus[i] == pytest.approx(scipy_stats.kendalltau(a[i], b[i]).statistic, abs=1e-12)
+
+
+def test_kendalls_w_rows_equal_the_friedman_statistic_over_metrics():
+    # Friedman's χ² over m blocks (the metrics) ranking k treatments (the methods) is m(k − 1)·W, tie-corrected.
+    rng = np.random.default_rng(3)
+    n, m, k = 20, 3, 5
+    values = np.round(rng.random((n, m, k)), 1)
+    ranks = np.stack([stats.rank_rows(values[:, j], "lower") for j in range(m)], axis=1)
+    w = stats.kendalls_w_rows(ranks)
+    for i in range(n):
+        chi2 = scipy_stats.friedmanchisquare(*ranks[i].T).statistic
+        assert w[i] == pytest.approx(chi2 / (m * (k - 1)), abs=1e-12)
+    # By hand: two metrics, ranks (1, 2, 3) and (1, 3, 2): rank sums (2, 5, 5), S = 6, W = 12·6 / (4·24) = 0.75.
+    assert stats.kendalls_w_rows(np.array([[[1, 2, 3], [1, 3, 2]]], dtype=float))[0] == pytest.approx(0.75)
+    assert np.isnan(stats.kendalls_w_rows(np.array([[[2, 2, 2], [2, 2, 2]]], dtype=float))[0])  # all tied
+
+
+def test_mean_ci_is_the_mean_of_finite_values_with_a_bootstrap_interval():
+    values = np.array([0.0, 1.0, np.nan, 2.0, 3.0])
+    mean, (lo, hi), n = stats.mean_ci(values, 500, np.random.default_rng(0))
+    assert (mean, n) == (1.5, 4) and 0.0 <= lo < 1.5 < hi <= 3.0
+    assert stats.mean_ci(np.array([np.nan]), 10, np.random.default_rng(0))[2] == 0

@@ -24,8 +24,10 @@ from xcv_batch import metrics_info
 from xcv_batch.errors import ConfigError, OutputError
 from xcv_batch.methods.settings import METHOD_SETTINGS
 from xcv_batch.results import open_results
-from xcv_batch.summarize import (SEED_TABLE_I, render_markdown, render_table, summarize, summarize_rows,
-                                 write_summary)
+from scipy import stats as scipy_stats
+
+from xcv_batch.summarize import (SEED_TABLE_I, agreement_sentence, parse_rank_on, render_markdown, render_table,
+                                 summarize, summarize_rows, write_summary)
 
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 FIVE = list(METHOD_SETTINGS)
@@ -118,7 +120,10 @@ def test_one_method_always_best_has_mean_rank_one_and_win_rate_one():
     summary = summarize_rows(table(values, seconds), n_boot=200)
     a = summary["methods"]["a"]
     assert a["mean_rank"] == 1.0 and a["win_rate"] == 1.0 and a["mean_rank_ci95"] == [1.0, 1.0]
-    assert a["ranks"]["sensitivity_max"]["mean_rank"] == 1.0 and a["ranks"]["attr_seconds"]["win_rate"] == 1.0
+    assert a["ranks"]["sensitivity_max"]["mean_rank"] == 1.0 and a["ranks"]["sensitivity_max"]["win_rate"] == 1.0
+    # Time is a cost beside the rank: no rank, no test, a throughput instead.
+    assert "attr_seconds" not in a["ranks"] and "attr_seconds" not in summary["tests"]
+    assert summary["cost"]["methods"]["a"]["seconds_per_image"] == pytest.approx(0.1)
     # b and c split ranks 2 and 3 between them.
     assert summary["methods"]["b"]["mean_rank"] + summary["methods"]["c"]["mean_rank"] == pytest.approx(5.0)
     assert summary["methods"]["b"]["win_rate"] == 0.0
@@ -133,9 +138,9 @@ def test_ties_share_the_average_rank_and_the_win():
     assert ranks["a"]["mean_rank"] == 2.0
     assert ranks["b"]["mean_rank"] == ranks["c"]["mean_rank"] == 2.0
     assert ranks["a"]["win_rate"] == 0.5 and ranks["b"]["win_rate"] == 0.25 and ranks["c"]["win_rate"] == 0.25
-    # Equal times everywhere: everyone ranks 2 on time, nobody wins alone.
-    assert all(summary["methods"][m]["ranks"]["attr_seconds"]["mean_rank"] == 2.0 for m in values)
-    assert summary["tests"]["attr_seconds"]["friedman"]["skipped"] == "every image ties every method"
+    # Sensitivity is the only quality metric: the overall rank is its rank.
+    assert all(summary["methods"][m]["mean_rank"] == 2.0 for m in values)
+    assert list(summary["tests"]) == ["sensitivity_max"]
 
 
 def test_missing_values_and_error_rows_are_counted_and_left_out_of_ranks():
@@ -150,9 +155,9 @@ def test_missing_values_and_error_rows_are_counted_and_left_out_of_ranks():
     assert (methods["b"]["n_ok"], methods["b"]["n_error"]) == (4, 0)
     assert methods["b"]["sensitivity_max"]["n"] == 3 and methods["b"]["sensitivity_max"]["n_missing"] == 1
     assert methods["b"]["sensitivity_max"]["median"] == pytest.approx(0.2)
-    # Sensitivity ranks only images 0 and 1 (2 lacks b, 3 lacks c); time ranks images 0, 1, 2.
+    # Sensitivity ranks only images 0 and 1 (2 lacks b, 3 lacks c); the cost counts every ok row with a time.
     assert summary["tests"]["sensitivity_max"]["n_images"] == 2
-    assert summary["tests"]["attr_seconds"]["n_images"] == 3
+    assert [summary["cost"]["methods"][m]["n_images"] for m in "abc"] == [4, 4, 3]
     assert methods["c"]["ranks"]["sensitivity_max"]["mean_rank"] == 3.0
     assert summary["failures"] == [{"image_id": "img3", "method": "c", "error": "CUDA out of memory on img3"}]
     assert summary["n_failed_images"] == 1 and summary["n_images"] == 4
@@ -163,16 +168,19 @@ def test_a_method_without_any_value_is_not_ranked_but_reported():
     summary = summarize_rows(table(values), n_boot=100)
     assert summary["metrics"]["sensitivity_max"]["methods"] == ["a", "b"]
     assert summary["methods"]["c"]["mean_rank"] is None and summary["methods"]["c"]["n_error"] == 3
-    # a wins sensitivity (rank 1) and ties b on time (1.5): overall (1 + 1.5) / 2
-    assert summary["methods"]["a"]["mean_rank"] == 1.25
+    # a wins sensitivity, the only quality metric; the tie on time does not enter the rank
+    assert summary["methods"]["a"]["mean_rank"] == 1.0
     assert "at least 3 methods" in summary["tests"]["sensitivity_max"]["friedman"]["skipped"]
     assert summary["tests"]["sensitivity_max"]["pairwise"][0]["better"] == "a"
 
 
 def test_sensitivity_off_is_not_ranked():
     summary = summarize_rows(table({"a": [None, None], "b": [None, None]}, {"a": [1.0, 2.0], "b": [3.0, 4.0]}), n_boot=50)
-    assert list(summary["metrics"]) == ["attr_seconds"]
+    assert list(summary["metrics"]) == [] and summary["rank_on"]["weights"] == {}
     assert summary["metrics_skipped"] == {"sensitivity_max": "no method has a value"}
+    assert summary["methods"]["a"]["mean_rank"] is None
+    # The cost is still there: (1 + 2) / 2 and (3 + 4) / 2 seconds per image.
+    assert [summary["cost"]["methods"][m]["seconds_per_image"] for m in "ab"] == [1.5, 3.5]
 
 
 def test_registered_metrics_are_ranked_in_their_direction_and_unknown_columns_ignored():
@@ -180,7 +188,7 @@ def test_registered_metrics_are_ranked_in_their_direction_and_unknown_columns_ig
     rows["insertion_auc"] = [0.9, 0.8, 0.5, 0.4, 0.1, 0.2]  # a highest → best (higher is better)
     rows["made_up_score"] = 1.0
     summary = summarize_rows(rows, n_boot=50)
-    assert list(summary["metrics"]) == ["sensitivity_max", "attr_seconds", "insertion_auc"]
+    assert list(summary["metrics"]) == ["sensitivity_max", "insertion_auc"]
     assert summary["methods"]["a"]["ranks"]["insertion_auc"]["mean_rank"] == 1.0
     assert summary["methods"]["a"]["insertion_auc"]["direction"] == "higher"
     assert "made_up_score" not in summary["methods"]["a"] and "target_prob" not in summary["metrics"]
@@ -244,6 +252,169 @@ def test_duplicate_rows_keep_the_ok_one():
     stale = row("img0", "a", None, None, status="error", error="worker died")
     summary = summarize_rows(pd.concat([pd.DataFrame([stale]), rows], ignore_index=True), n_boot=20)
     assert summary["methods"]["a"]["n_ok"] == 1 and summary["methods"]["a"]["n_error"] == 0
+
+
+# --- quality apart from cost: the metrics and weights of the rank ---------------------------------------------------
+
+
+def two_metric_rows() -> pd.DataFrame:
+    """Sensitivity ranks (a, b, c): image0 1 2 3, image1 3 1 2; deletion ranks: image0 3 2 1, image1 1 3 2."""
+    rows = table({"a": [0.1, 0.3], "b": [0.2, 0.1], "c": [0.3, 0.2]}, {"a": [0.01] * 2, "b": [5.0] * 2, "c": [9.0] * 2})
+    rows["deletion_auc"] = [0.3, 0.1, 0.2, 0.3, 0.1, 0.2]  # a, a, b, b, c, c
+    return rows
+
+
+def test_the_rank_ignores_cost_by_default():
+    # a is 500× faster than b and c but the least stable on every image: it must rank last.
+    values = {"a": [0.9, 0.8, 0.7], "b": [0.1, 0.2, 0.1], "c": [0.2, 0.1, 0.2]}
+    summary = summarize_rows(table(values, {"a": [0.01] * 3, "b": [5.0] * 3, "c": [5.0] * 3}), n_boot=50)
+    assert summary["methods"]["a"]["mean_rank"] == 3.0 and summary["rank_on"] == {
+        "weights": {"sensitivity_max": 1.0}, "chosen": False}
+    assert "Max-Sensitivity ×1" in render_markdown(summary) and "never averaged in" in render_markdown(summary)
+
+
+def test_rank_on_weights_the_per_metric_mean_ranks():
+    rows = two_metric_rows()
+    # Per metric, mean ranks: sensitivity a 2, b 1.5, c 2.5; deletion a 2, b 2.5, c 1.5.
+    default = summarize_rows(rows, n_boot=50)  # two families, one metric each: weight 1 each
+    assert [default["methods"][m]["mean_rank"] for m in "abc"] == [2.0, 2.0, 2.0]
+    chosen = summarize_rows(rows, n_boot=50, rank_on={"sensitivity_max": 1, "deletion_auc": 2})
+    assert [chosen["methods"][m]["mean_rank"] for m in "abc"] == pytest.approx([6 / 3, 6.5 / 3, 5.5 / 3])
+    # Wins: sensitivity a, b (one image each); deletion c, a → weighted (1 · w_s + 2 · w_d) / 3.
+    assert [chosen["methods"][m]["win_rate"] for m in "abc"] == pytest.approx([1.5 / 3, 0.5 / 3, 1 / 3])
+    assert chosen["rank_on"] == {"weights": {"sensitivity_max": 1.0, "deletion_auc": 2.0}, "chosen": True}
+    only = summarize_rows(rows, n_boot=50, rank_on={"sensitivity_max": 1})
+    assert [only["methods"][m]["mean_rank"] for m in "abc"] == [2.0, 1.5, 2.5]
+    assert only["metrics"]["deletion_auc"]["weight"] == 0.0 and "deletion_auc" in only["tests"]  # still reported
+    assert "(not in rank)" in str(render_table(only).columns[6].header)
+
+
+def test_default_weights_give_each_metric_family_one_vote():
+    rows = two_metric_rows()
+    for column, values in (("pointing_game", [1, 0, 0, 1, 0, 1]), ("relevance_mass", [0.5, 0.2, 0.3, 0.4, 0.1, 0.9]),
+                           ("relevance_rank", [0.5, 0.2, 0.3, 0.4, 0.1, 0.9])):
+        rows[column] = values
+    summary = summarize_rows(rows, n_boot=20)
+    assert summary["rank_on"]["weights"] == pytest.approx({"sensitivity_max": 1.0, "deletion_auc": 1.0,
+                                                           "pointing_game": 1 / 3, "relevance_mass": 1 / 3,
+                                                           "relevance_rank": 1 / 3})
+
+
+def test_rank_on_refuses_costs_unknown_metrics_and_bad_weights():
+    rows = two_metric_rows()
+    with pytest.raises(ConfigError, match="--rank-on: attr_seconds is a cost"):
+        summarize_rows(rows, n_boot=10, rank_on={"attr_seconds": 1})
+    with pytest.raises(ConfigError, match="insertion_auc is not a quality metric of this run"):
+        summarize_rows(rows, n_boot=10, rank_on={"insertion_auc": 1})
+    assert parse_rank_on("sensitivity_max, deletion_auc:2.5") == {"sensitivity_max": 1.0, "deletion_auc": 2.5}
+    for text, words in (("sensitivity_max:0", "must be > 0"), ("a:x", "must be a number"), ("a,a", "named twice"),
+                        (" , ", "name at least one")):
+        with pytest.raises(ConfigError, match=words):
+            parse_rank_on(text)
+
+
+# --- agreement between the metrics ----------------------------------------------------------------------------------
+
+
+def agreement_rows() -> pd.DataFrame:
+    """Oriented orders of (a, b, c): image0 same order on both metrics, image1 reversed, image2 ranks 1 2 3 vs 1 3 2."""
+    rows = table({"a": [0.1, 0.1, 0.1], "b": [0.2, 0.2, 0.2], "c": [0.3, 0.3, 0.3]})
+    insertion = {"a": [0.9, 0.7, 0.9], "b": [0.8, 0.8, 0.7], "c": [0.7, 0.9, 0.8]}  # higher is better
+    rows["insertion_auc"] = [v for m in "abc" for v in insertion[m]]
+    return rows
+
+
+def test_agreement_is_the_mean_per_image_kendall_tau_and_w_by_hand():
+    summary = summarize_rows(agreement_rows(), n_boot=200)
+    agreement = summary["agreement"]
+    (pair,) = agreement["pairs"]
+    # τ per image: 1, −1, (2 concordant − 1 discordant) / 3; the mean 1/9.
+    assert (pair["a"], pair["b"], pair["n_images"]) == ("sensitivity_max", "insertion_auc", 3)
+    assert pair["tau"] == pytest.approx(1 / 9)
+    by_scipy = [scipy_stats.kendalltau([0.1, 0.2, 0.3], [-x for x in ins]).statistic
+                for ins in ([0.9, 0.8, 0.7], [0.7, 0.8, 0.9], [0.9, 0.7, 0.8])]
+    assert pair["tau"] == pytest.approx(np.mean(by_scipy))
+    assert pair["ci95"][0] <= 1 / 9 <= pair["ci95"][1]
+    assert agreement["matrix"] == [[1.0, pytest.approx(1 / 9)], [pytest.approx(1 / 9), 1.0]]
+    # W for two metrics: per image 1, 0 and 12·S/(m²(k³ − k)) with rank sums (2, 5, 5), S = 6 → 0.75.
+    assert agreement["kendalls_w"]["value"] == pytest.approx((1 + 0 + 0.75) / 3)
+    assert agreement["disagreeing"] == [["sensitivity_max", "insertion_auc"]]
+    sentence = agreement_sentence(summary)
+    assert sentence.startswith("The metrics disagree on the order of the methods: 1 of 1 pairs")
+    assert "Max-Sensitivity vs Insertion AUC τ = 0.11" in sentence and "0.3" in sentence and "65%" in sentence
+
+
+def test_agreement_on_random_tables_equals_scipy_kendalltau_per_image():
+    rng = np.random.default_rng(4)
+    n, methods = 8, ["a", "b", "c", "d"]  # few images: scipy's Wilcoxon with ties permutes all 2^n signs
+    sens = np.round(rng.random((n, 4)), 1)  # rounded: ties on some images
+    deletion = np.round(rng.random((n, 4)), 1)
+    rows = table({m: list(sens[:, j]) for j, m in enumerate(methods)})
+    rows["deletion_auc"] = [deletion[i, j] for j in range(4) for i in range(n)]
+    expected = [scipy_stats.kendalltau(sens[i], deletion[i]).statistic for i in range(n)]
+    expected = [t for t in expected if np.isfinite(t)]
+    (pair,) = summarize_rows(rows, n_boot=50)["agreement"]["pairs"]
+    assert pair["n_images"] == len(expected) and pair["tau"] == pytest.approx(np.mean(expected))
+
+
+def test_metrics_that_agree_say_so():
+    rows = agreement_rows()
+    rows["insertion_auc"] = [0.9] * 3 + [0.8] * 3 + [0.7] * 3  # a best, c worst, as sensitivity says
+    summary = summarize_rows(rows, n_boot=50)
+    assert summary["agreement"]["pairs"][0]["tau"] == 1.0 and summary["agreement"]["disagreeing"] == []
+    assert agreement_sentence(summary).startswith("The ranked metrics agree")
+    assert agreement_sentence(summarize_rows(table({"a": [0.1], "b": [0.2]}), n_boot=10)) is None  # one metric
+
+
+# --- cost and diagnostics -------------------------------------------------------------------------------------------
+
+
+def test_cost_is_throughput_from_the_rows_and_the_job():
+    rows = table({"occlusion": [0.1, 0.2, 0.3], "lime": [0.3, 0.2, 0.1]},
+                 {"occlusion": [0.5, 0.5, 1.0], "lime": [1.0, 1.0, 1.0]})
+    job = seed_job(**{"model.resolution": 32, "compute": {"batch_size": 4},
+                      "methods": {"occlusion": {"window": 8, "stride": 4}, "lime": {}, "integrated_gradients": {}}})
+    cost = summarize_rows(rows, n_boot=10, job=job)["cost"]
+    occlusion = cost["methods"]["occlusion"]
+    # 2 s for 3 images; windows: ceil((32 − 8) / 4) + 1 = 7 a side, 49 + the clean image = 50 forwards.
+    assert occlusion["seconds_per_image"] == pytest.approx(2 / 3) and occlusion["images_per_second"] == 1.5
+    assert (occlusion["passes_per_image"], occlusion["passes"]) == (50, "50 forward")
+    assert occlusion["forward_equivalents_per_second"] == pytest.approx(75.0)
+    assert cost["methods"]["lime"]["passes_per_image"] == 1000  # lime's default num_samples
+    # IG's 200 default steps, each a forward and a backward (two forwards' work): 600 forward-equivalents.
+    ig = summarize_rows(table({"integrated_gradients": [0.1]}, {"integrated_gradients": [2.0]}), n_boot=10, job=job)
+    assert ig["cost"]["methods"]["integrated_gradients"]["forward_equivalents_per_image"] == 600
+    assert ig["cost"]["methods"]["integrated_gradients"]["forward_equivalents_per_second"] == 300
+    # Share of the summed seconds (attribution + sensitivity, 10× here): (2 + 20) / (2 + 20 + 3 + 30).
+    assert occlusion["share_of_run"] == pytest.approx(22 / 55) and cost["batch_size"] == 4
+
+
+def test_ig_completeness_gap_is_a_diagnostic_with_its_images_above_tolerance():
+    rows = table({"integrated_gradients": [0.1, 0.2, 0.3], "lime": [0.3, 0.2, 0.1]})
+    rows["ig_completeness_gap"] = [0.01, 0.2, None, None, None, None]
+    summary = summarize_rows(rows, n_boot=10)
+    assert "ig_completeness_gap" not in summary["metrics"]
+    gap = summary["diagnostics"]["ig_completeness_gap"]
+    assert (gap["n"], gap["n_above"], gap["tolerance"]) == (2, 1, 0.05)
+    assert gap["median"] == pytest.approx(0.105) and gap["above"] == [{"image_id": "img1", "value": 0.2}]
+    assert "1 of 2 images above the tolerance 0.05" in render_markdown(summary)
+    with pytest.raises(ConfigError, match="diagnostic of Integrated Gradients"):
+        summarize_rows(rows, n_boot=10, rank_on={"ig_completeness_gap": 1})
+
+
+def test_cli_summarize_takes_rank_on_and_says_what_entered_the_rank(tmp_path, capsys):
+    from xcv_batch import cli
+
+    rows = seed_like_rows(4)
+    rows["deletion_auc"] = np.linspace(0.1, 0.9, len(rows))
+    out = write_out(tmp_path / "out", rows, n_images=4)
+    assert cli.main(["summarize", str(out), "--no-report", "--bootstrap", "50", "--rank-on", "deletion_auc"]) == 0
+    printed = capsys.readouterr().out
+    assert "Deletion AUC ×1 (weights chosen with --rank-on)" in printed and "never averaged in" in printed
+    assert json.loads((out / "summary.json").read_text())["rank_on"]["weights"] == {"deletion_auc": 1.0}
+    assert cli.main(["summarize", str(out), "--no-report", "--rank-on", "attr_seconds"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "attr_seconds is a cost" in err
 
 
 # --- the reading API ------------------------------------------------------------------------------------------------
@@ -316,7 +487,9 @@ def test_summarize_complete_run_and_round_trip(tmp_path):
     out = write_out(tmp_path / "out", seed_like_rows(6), n_images=6)
     summary = summarize(str(out), n_boot=200)
     assert summary["complete"] is True and summary["n_images"] == summary["n_expected"] == 6
-    assert summary["methods"]["lime"]["mean_rank"] == pytest.approx((1 + 5) / 2)  # best sensitivity, slowest
+    # LIME has the best sensitivity and is the slowest: its slowness is reported, not averaged into its rank.
+    assert summary["methods"]["lime"]["mean_rank"] == 1.0
+    assert max(summary["cost"]["methods"], key=lambda m: summary["cost"]["methods"][m]["seconds_per_image"]) == "lime"
     assert summary["seed_settings"] == {"matches": True, "differences": []}
     paths = write_summary(str(out), summary)
     assert paths == [f"{out}/summary.json", f"{out}/summary.md"]
@@ -358,16 +531,17 @@ def test_summary_md_leaves_out_the_seed_values_when_settings_differ(tmp_path):
     lines = markdown.splitlines()
     table_i = lines[lines.index("## Table I") + 2:lines.index("## Mean rank per metric (1 = best)")]
     assert [line.split("|")[1].strip() for line in table_i if line.startswith("| ")][2:] == [
-        "Guided Grad-CAM", "Occlusion", "LIME", "Integrated Gradients", "IG + SmoothGrad"]  # best first
+        "LIME", "Guided Grad-CAM", "Occlusion", "IG + SmoothGrad", "Integrated Gradients"]  # best first
     assert all(line.count("|") == 8 for line in table_i if line.startswith("| "))  # 7 columns: no seed ones
 
 
 def test_render_table_has_a_row_per_method_best_first():
     summary = summarize_rows(seed_like_rows(4), n_boot=50)
     rich_table = render_table(summary)
-    # Table I order, sensitivity ranks 3 5 4 2 1, time ranks 3 2 4 1 5 → means 3, 3.5, 4, 1.5, 3 (ties keep run order)
-    assert list(rich_table.columns[0].cells) == ["Guided Grad-CAM", "Occlusion", "LIME", "Integrated Gradients",
-                                                 "IG + SmoothGrad"]
-    assert list(rich_table.columns[3].cells) == ["1.50\n[1.50, 1.50]", "3.00\n[3.00, 3.00]", "3.00\n[3.00, 3.00]",
-                                                 "3.50\n[3.50, 3.50]", "4.00\n[4.00, 4.00]"]
+    # Table I order, sensitivity ranks 3 5 4 2 1 (time, a cost, is not ranked)
+    assert list(rich_table.columns[0].cells) == ["LIME", "Guided Grad-CAM", "Occlusion", "IG + SmoothGrad",
+                                                 "Integrated Gradients"]
+    assert list(rich_table.columns[3].cells) == [f"{r}.00\n[{r}.00, {r}.00]" for r in range(1, 6)]
+    # Seconds per image sit in the last column, apart from the rank: LIME's Table I time is 85.97 s.
+    assert list(rich_table.columns[-1].cells)[0] == f"{summary['cost']['methods']['lime']['seconds_per_image']:.3g}"
     assert list(rich_table.columns[1].cells) == ["4"] * 5

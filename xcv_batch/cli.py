@@ -52,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a job key, e.g. --set methods.occlusion.window=8 (repeatable)")
     run.add_argument("--resume", action="store_true", help="finish an interrupted run in the same OUT")
+    run.add_argument("--dry-run", action="store_true",
+                     help="check the job, source and OUT, then print the plan (images, shards, workers, passes per "
+                     "image and method) and a time estimate from a short probe of the model; nothing is written")
 
     submit = verbs.add_parser("submit", help="send the same run to a Ray cluster (Ray Jobs API)")
     submit.add_argument("job", help="job file (YAML) under the current directory; it is uploaded, the rest of the "
@@ -82,11 +85,15 @@ def build_parser() -> argparse.ArgumentParser:
     summarize.add_argument("out", help="a run's output directory")
     summarize.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples for the CIs")
     summarize.add_argument("--no-report", action="store_true", help="skip report.html")
+    summarize.add_argument("--rank-on", metavar="METRIC[:WEIGHT],…",
+                           help="the quality metrics (and weights, default 1) of the overall rank, e.g. "
+                                "sensitivity_max:1,deletion_auc:2; default: every metric family present weighs 1")
 
     show = verbs.add_parser("show", help="plot one image and each method's map")
     show.add_argument("out", help="a run's output directory")
     show.add_argument("--image", required=True, help="image id (as in the Parquet rows)")
-    show.add_argument("--output", required=True, help="PNG file to write")
+    show.add_argument("--output", required=True, help="file to write; its extension picks the format (.png, .jpg, "
+                                                      ".pdf, .svg …)")
 
     synth = verbs.add_parser("synth", help="generate the known-answer dataset (objects with masks on clutter)")
     synth.add_argument("out_dir", help="folder for images, masks, manifest.csv, train.csv, test.csv, categories.txt")
@@ -114,10 +121,16 @@ def _add_address(parser: argparse.ArgumentParser) -> None:
 
 
 def _run(args) -> int:
-    from .config import load_job
-    from .driver import run_job
+    from .config import load_job  # light: the job is checked before the driver's imports
 
     job = load_job(args.job, overrides=args.overrides, output=args.out)
+    if args.dry_run:
+        from .driver.dry_run import plan_run
+
+        print(plan_run(job, resume=args.resume).describe())
+        return 0
+    from .driver import run_job  # light too: torch and Ray come once the source and OUT have been checked
+
     report = run_job(job, resume=args.resume)
     for reason in report.recomputed.values():
         print(f"warning: {reason}", file=sys.stderr)
@@ -156,16 +169,24 @@ def _summarize(args) -> int:
     from rich.console import Console
 
     from .results import open_results
-    from .summarize import render_table, summarize, write_summary
+    from .summarize import parse_rank_on, render_table, summarize, summary_notes, write_summary
 
+    rank_on = parse_rank_on(args.rank_on) if args.rank_on is not None else None
     results = open_results(args.out)  # shared by the summary and the report: every file is read once
-    summary = summarize(results, n_boot=args.bootstrap)
+    summary = summarize(results, n_boot=args.bootstrap, rank_on=rank_on)
     paths = write_summary(args.out, summary)
     if not args.no_report:
         from .report import write_report
 
         paths.append(write_report(results, summary))
-    Console(width=max(Console().width, 120)).print(render_table(summary))  # piped output defaults to 80
+    table = render_table(summary)
+    # Piped output defaults to 80 columns; a table with many metrics needs more, and a wrapped line beats a
+    # column squeezed out of sight.
+    needed = Console(width=1000).measure(table).maximum
+    console = Console(width=max(Console().width, 120, needed))
+    console.print(table)
+    for note in summary_notes(summary):
+        console.print(note, highlight=False, markup=False)
     for path in paths:
         print(f"wrote {path}")
     return 0

@@ -118,6 +118,17 @@ class RandomisationConfig:
 
 
 @dataclass(frozen=True)
+class ComplexityConfig:
+    """Sparseness (Gini index of |Σ_c a| over pixels) and effective complexity (pixels above ``eps`` × the largest)."""
+
+    eps: float = 1e-5  # Quantus EffectiveComplexity's default, relative to the map's largest pixel relevance
+
+    def check(self) -> None:
+        if not 0 <= self.eps < 1:
+            raise ConfigError("eps", f"must be in [0, 1), got {self.eps}")
+
+
+@dataclass(frozen=True)
 class MetricsConfig:
     """Quality metrics beyond Max-Sensitivity; each is off unless named (``infidelity: {}`` takes the defaults)."""
 
@@ -126,6 +137,7 @@ class MetricsConfig:
     deletion: Optional[CausalCurveConfig] = None
     insertion: Optional[InsertionConfig] = None
     randomisation: Optional[RandomisationConfig] = None
+    complexity: Optional[ComplexityConfig] = None  # sparseness (Gini) and effective complexity
 
 
 @dataclass(frozen=True)
@@ -168,6 +180,14 @@ class ComputeConfig:
 @dataclass(frozen=True)
 class OutputConfig:
     path: str = "results/run"
+    # Images stored together in one Zarr object (the sharding codec), per array: 1 is one object per image; more
+    # means N/K objects, which object stores list, copy and bill far more cheaply. Not in the fingerprint: the maps
+    # are the same either way.
+    images_per_object: int = 1
+
+    def check(self) -> None:
+        if self.images_per_object < 1:
+            raise ConfigError("images_per_object", f"must be ≥ 1, got {self.images_per_object}")
 
 
 @dataclass(frozen=True)
@@ -186,6 +206,11 @@ class Job:
     def check(self) -> None:
         if not 0 <= self.seed <= MAX_SEED:
             raise ConfigError("seed", f"must be 0 … 2**63 − 1, got {self.seed}")
+        per_object, shard_size = self.output.images_per_object, self.compute.shard_size
+        if shard_size % per_object:
+            # Shards run concurrently; two shards writing parts of one object would overwrite each other's images.
+            raise ConfigError("output.images_per_object", f"must divide compute.shard_size ({shard_size}) so that "
+                                                          f"every shard writes whole objects, got {per_object}")
 
     def to_dict(self) -> dict:
         return {
@@ -206,18 +231,25 @@ class Job:
 
         ``--resume`` compares it: a different fingerprint means the OUT holds another job's results.
         """
+        text = json.dumps(self.fingerprint_fields(), sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def fingerprint_fields(self) -> dict:
+        """What :meth:`fingerprint` hashes (also compared key by key when ``--resume`` refuses an OUT)."""
         d = self.to_dict()
         d.pop("output")
         d.pop("name")
         # Batching, sharding and workers do not change results; the device, precision and execution do (rounding).
         c = self.compute
         d["compute"] = {"device": c.device, "precision": c.precision, "fast_execution": c.fast_execution}
+        # A metric added after runs existed, while off, leaves the hash as it was: their --resume still matches.
+        if d["metrics"].get("complexity") is None:
+            d["metrics"].pop("complexity", None)
         # A weights file can be replaced under the same path: its content decides the results, not its name.
         digest = weights_file_digest(self.model.weights)
         if digest is not None:
             d["model"]["weights_sha256"] = digest
-        text = json.dumps(d, sort_keys=True, default=str)
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
+        return d
 
 
 def weights_file_digest(weights: str) -> str | None:
@@ -348,6 +380,7 @@ def job_from_mapping(raw: Any) -> Job:
         raise ConfigError("", "a job file must be a YAML mapping (name, seed, data, model, methods, …)")
     raw = dict(raw)
     raw.pop("fingerprint", None)  # present in an OUT/job.yaml, which may be re-run
+    raw.pop("weights_sha256", None)  # likewise: the weights file's content when that run started
     methods = _build_methods(raw.pop("methods", None))
     # sensitivity: absent → the defaults, null → off, a mapping → those settings (the generic Optional handling)
     return dataclasses.replace(build_dataclass(Job, raw, ""), methods=methods)
@@ -429,7 +462,10 @@ def load_job(path: str, overrides: list[str] | None = None, output: str | None =
 
 
 def dump_job(job: Job) -> str:
-    """The resolved job as YAML, with its fingerprint, for OUT/job.yaml."""
+    """The resolved job as YAML, with its fingerprint (and a weights file's SHA-256), for OUT/job.yaml."""
     d = job.to_dict()
     d["fingerprint"] = job.fingerprint()
+    digest = weights_file_digest(job.model.weights)
+    if digest is not None:  # kept so that a refused --resume can say the weights file changed
+        d["weights_sha256"] = digest
     return yaml.safe_dump(d, sort_keys=False)

@@ -31,7 +31,7 @@ LOCALISATION_COLUMNS = {"pointing_game": "higher", "relevance_mass": "higher", "
 
 _LABELS = {"pointing_game": "Pointing game", "relevance_mass": "Relevance mass", "relevance_rank": "Relevance rank"}
 for _name, _direction in LOCALISATION_COLUMNS.items():
-    register_metric(_name, _direction, _LABELS[_name])
+    register_metric(_name, _direction, _LABELS[_name], family="localisation")
 
 
 def positive_relevance(attributions: torch.Tensor) -> torch.Tensor:

@@ -153,6 +153,12 @@ def classification_archs() -> list[str]:
     return sorted(torchvision.models.list_models(module=torchvision.models))
 
 
+def check_arch(arch: str) -> None:
+    """``arch`` names a torchvision classifier (listing them builds nothing: the driver asks before starting workers)."""
+    if arch not in classification_archs():
+        raise ConfigError("model.arch", f"'{arch}' is not a torchvision classifier (e.g. resnet18, resnet50, vgg19)")
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -353,8 +359,7 @@ def build_classifier(
     target_layer: str = "auto",
     categories: Sequence[str] | None = None,
 ) -> Classifier:
-    if arch not in classification_archs():
-        raise ConfigError("model.arch", f"'{arch}' is not a torchvision classifier (e.g. resnet18, resnet50, vgg19)")
+    check_arch(arch)
     device = torch.device(device)
     net, tv_weights, weights_desc = _build_net(arch, weights, seed)
     net.eval()

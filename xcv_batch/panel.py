@@ -1,53 +1,123 @@
 """Fig. 1-style panels: an image and each method's map over it, for ``show`` and the report's gallery.
 
-The maps are normalised here for display only (the stored maps stay raw): Σ|attr| over channels, divided by its
-99.5th percentile so that one hot pixel does not wash the rest of the map out.
+The maps are scaled here for display only (the stored maps stay raw), as Captum's ``visualize_image_attr`` does:
+the channels are summed, and the map is divided by the value below which 98 % of its Σ|·| lies and clipped to
+[−1, 1], so a few hot pixels do not wash out the rest (a per-pixel percentile would instead saturate whole LIME
+superpixels). A **signed** method's map — Occlusion, IG, LIME, Guided Grad-CAM, IG + SmoothGrad with ``nt_type:
+smoothgrad`` — is drawn with a diverging colour map centred at 0 (blue against the class, red for it), on every image
+alike even when one map happens to be all positive; IG + SmoothGrad's ``smoothgrad_sq`` and ``vargrad`` are never
+negative and are drawn as a magnitude, white to red. A method the panel does not know is signed when its map has a
+negative value. Each map has a colour bar in the map's own units.
 """
 
 from __future__ import annotations
 
+import os
 import textwrap
+from dataclasses import dataclass
 
 import fsspec
 import numpy as np
 import pandas as pd
 from matplotlib import colormaps
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
 from matplotlib.figure import Figure  # no pyplot: no global figure state, no GUI backend (Agg renders savefig)
 
+from .errors import ConfigError
 from .results import Results, method_label
 
 _PANEL_INCHES = 2.7
+#: Share of a map's Σ|·| above the clipping value (Captum's ``outlier_perc`` default).
+OUTLIER_PERCENT = 2.0
+SIGNED_CMAP, MAGNITUDE_CMAP = "bwr", "Reds"
+#: Methods whose maps can take both signs whatever their settings.
+SIGNED_METHODS = ("occlusion", "integrated_gradients", "guided_gradcam", "lime")
 
 
-def display_map(attribution: np.ndarray) -> np.ndarray | None:
-    """Σ|attr| over channels scaled to [0, 1] by its 99.5th percentile; None for a map never written (all NaN)."""
-    magnitude = np.abs(np.asarray(attribution, dtype=np.float64)).sum(axis=0)
-    if not np.isfinite(magnitude).any():
+def is_signed(method: str, settings: dict | None = None) -> bool | None:
+    """Whether a method's maps are signed, from the method and its settings; None when unknown (decide by content)."""
+    if method in SIGNED_METHODS:
+        return True
+    if method == "ig_smoothgrad":
+        # smoothgrad averages signed maps; smoothgrad_sq and vargrad average squares
+        return (settings or {}).get("nt_type", "smoothgrad_sq") == "smoothgrad"
+    return None
+
+
+@dataclass(frozen=True)
+class DisplayMap:
+    """A map ready to draw: ``values`` (H, W) in [−1, 1] (signed) or [0, 1]; ``scale`` the raw value shown as ±1."""
+
+    values: np.ndarray
+    scale: float
+    signed: bool
+
+
+def clipping_value(magnitude: np.ndarray, outlier_percent: float = OUTLIER_PERCENT) -> float:
+    """The smallest value v such that the values ≤ v hold at least (100 − outlier_percent) % of the total."""
+    ordered = np.sort(np.asarray(magnitude, dtype=np.float64).ravel())
+    cumulative = np.cumsum(ordered)
+    if cumulative[-1] <= 0:
+        return 0.0
+    return float(ordered[np.argmax(cumulative >= cumulative[-1] * 0.01 * (100.0 - outlier_percent))])
+
+
+def display_map(attribution: np.ndarray, signed: bool | None = None) -> DisplayMap | None:
+    """The channel-summed map scaled by its clipping value; None for a map never written (all NaN). ``signed``: how
+    to draw it (None: signed when it has a negative value)."""
+    summed = np.asarray(attribution, dtype=np.float64).sum(axis=0)
+    if not np.isfinite(summed).any():
         return None
-    magnitude = np.nan_to_num(magnitude, nan=0.0)
-    scale = np.percentile(magnitude, 99.5)
-    if scale <= 0:
-        scale = magnitude.max()
-    return np.clip(magnitude / scale, 0.0, 1.0) if scale > 0 else magnitude
+    summed = np.nan_to_num(summed, nan=0.0)
+    if signed is None:
+        signed = bool((summed < 0).any())
+    scale = clipping_value(np.abs(summed))
+    values = np.clip(summed / scale, -1.0, 1.0) if scale > 0 else np.zeros_like(summed)
+    return DisplayMap(values, scale, signed)
 
 
-def overlay(heat: np.ndarray, cmap: str = "jet") -> np.ndarray:
-    """RGBA heatmap whose opacity grows with the value, so the image shows through where the map is cold."""
-    rgba = colormaps[cmap](heat)
-    rgba[..., 3] = 0.15 + 0.7 * heat
+def overlay(shown: DisplayMap) -> np.ndarray:
+    """RGBA heatmap whose opacity grows with |value|, so the image shows through where the map is near 0."""
+    if shown.signed:
+        rgba = colormaps[SIGNED_CMAP]((shown.values + 1.0) / 2.0)
+    else:
+        rgba = colormaps[MAGNITUDE_CMAP](shown.values)
+    rgba[..., 3] = 0.15 + 0.7 * np.abs(shown.values)
     return rgba
 
 
-def _target_text(row: pd.Series, categories: list | None) -> str:
-    name = row.get("target_name")
+def _colour_bar(figure: Figure, ax, shown: DisplayMap) -> None:
+    """A horizontal colour bar in the map's raw units (channel sum), its ends the clipping value."""
+    scale = shown.scale if shown.scale > 0 else 1.0
+    norm = Normalize(-scale, scale) if shown.signed else Normalize(0.0, scale)
+    cmap = colormaps[SIGNED_CMAP if shown.signed else MAGNITUDE_CMAP]
+    bar = figure.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=ax, orientation="horizontal", fraction=0.06,
+                          pad=0.04)
+    # Three ticks at most (the ends are the clipping value): default ticks crowd a 2.7-inch bar.
+    bar.set_ticks([-scale, 0.0, scale] if shown.signed else [0.0, scale], labels=None)
+    bar.ax.set_xticklabels([f"{t:.2g}" for t in bar.get_ticks()])
+    bar.ax.tick_params(labelsize=7)
+    bar.set_label(("signed" if shown.signed else "magnitude") + ", Σ channels, clipped", fontsize=7)
+
+
+def class_text(index, categories: list | None, name=None) -> str:
+    """``name (#index)`` when the class has a name, else ``class index``."""
+    if index is None or pd.isna(index):
+        return "–"
+    index = int(index)
     if name is None or pd.isna(name):
-        target = int(row["target"]) if pd.notna(row.get("target")) else None
-        name = categories[target] if categories and target is not None and 0 <= target < len(categories) else target
+        name = categories[index] if categories and 0 <= index < len(categories) else None
+    return f"{name} (#{index})" if name else f"class {index}"
+
+
+def _target_text(row: pd.Series, categories: list | None) -> str:
+    text = class_text(row.get("target"), categories, row.get("target_name"))
     prob = row.get("target_prob")
     if prob is None or pd.isna(prob):
-        return f"{name}"
+        return text
     # A random-init model spreads ~1/1000 over ImageNet's classes: two decimals would print 0.00.
-    return f"{name} ({prob:.2f})" if prob >= 0.01 else f"{name} ({prob:.1e})"
+    return f"{text}, p {prob:.2f}" if prob >= 0.01 else f"{text}, p {prob:.1e}"
 
 
 def panel_figure(results: Results, image_id: str) -> Figure:
@@ -59,14 +129,14 @@ def panel_figure(results: Results, image_id: str) -> Figure:
     methods = list(results.methods)
     categories = results.categories
 
-    figure = Figure(figsize=(_PANEL_INCHES * (len(methods) + 1), _PANEL_INCHES * 1.45), dpi=100)
+    figure = Figure(figsize=(_PANEL_INCHES * (len(methods) + 1), _PANEL_INCHES * 1.7), dpi=100)
     axes = figure.subplots(1, len(methods) + 1, squeeze=False)[0]
-    first = next(iter(by_method.values()), None)
+    first = next((r for r in by_method.values() if pd.notna(r.get("target"))), None)
     title = [str(image_id)]
     if first is not None:
-        title.append(f"target {_target_text(first, categories)}")
+        title.append(textwrap.fill(f"target {_target_text(first, categories)}", 34))
         if pd.notna(first.get("label")):
-            title.append(f"label {int(first['label'])}")
+            title.append(f"label {class_text(first['label'], categories)}")
     axes[0].imshow(image)
     axes[0].set_title("\n".join(title), fontsize=9)
 
@@ -74,17 +144,19 @@ def panel_figure(results: Results, image_id: str) -> Figure:
     for ax, method in zip(axes[1:], methods):
         ax.imshow(gray, cmap="gray", vmin=0, vmax=1)
         row = by_method.get(method)
-        heat = display_map(results.attribution(image_id, method))
+        settings = (results.job.get("methods") or {}).get(method)
+        shown = display_map(results.attribution(image_id, method), is_signed(method, settings))
         if row is not None and row["status"] != "ok":
             subtitle = textwrap.fill("failed: " + textwrap.shorten(str(row.get("error")), 60), 30)
         elif row is None:
             subtitle = "not computed yet"
         else:
             sensitivity = row.get("sensitivity_max")
-            subtitle = (f"{_target_text(row, categories)}\nsensitivity "
-                        + (f"{sensitivity:.3g}" if sensitivity is not None and pd.notna(sensitivity) else "–"))
-        if heat is not None:
-            ax.imshow(overlay(heat))
+            subtitle = "sensitivity " + (f"{sensitivity:.3g}" if sensitivity is not None and pd.notna(sensitivity)
+                                         else "–")
+        if shown is not None:
+            ax.imshow(overlay(shown))
+            _colour_bar(figure, ax, shown)
         ax.set_title(f"{method_label(method)}\n{subtitle}", fontsize=9)
     for ax in axes:
         ax.set_xticks([])
@@ -93,9 +165,22 @@ def panel_figure(results: Results, image_id: str) -> Figure:
     return figure
 
 
+def image_format(output_path: str) -> str:
+    """The file format named by the path's extension (``.jpg`` → JPEG), one matplotlib can write; else ConfigError."""
+    suffix = os.path.splitext(str(output_path))[1].lower().lstrip(".")
+    supported = Figure().canvas.get_supported_filetypes()
+    if not suffix or suffix not in supported:
+        named = f"'.{suffix}'" if suffix else "no extension"
+        raise ConfigError("--output", f"{output_path} has {named}; the extension picks the format, one of: "
+                                      f"{', '.join('.' + s for s in sorted(supported))}")
+    return suffix
+
+
 def render_panel(results: Results, image_id: str, output_path: str) -> str:
-    """Write the panel of ``image_id`` as a PNG to ``output_path`` (a local path or URL); returns the path."""
+    """Write the panel of ``image_id`` to ``output_path`` (a local path or URL) in the format its extension names;
+    returns the path."""
+    file_format = image_format(output_path)
     figure = panel_figure(results, image_id)
     with fsspec.open(str(output_path), "wb") as f:
-        figure.savefig(f, format="png")
+        figure.savefig(f, format=file_format)
     return str(output_path)

@@ -1,9 +1,9 @@
 """The quality metrics a job asks for beyond Max-Sensitivity, evaluated per batch of maps.
 
 Each metric group turns one method's maps of a batch into row columns (and a ``<group>_seconds`` cost column, so the
-price of every metric is visible per image). The functions themselves live in faithfulness.py, randomisation.py and
-localisation.py, and their directions are declared in metrics_info.py; this module only decides which run, with
-which seeds, and on which model.
+price of every metric is visible per image). The functions themselves live in faithfulness.py, randomisation.py,
+localisation.py and complexity.py, and their directions are declared in metrics_info.py; this module only decides
+which run, with which seeds, and on which model, and says why a value is missing where it knows.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from typing import Callable, Mapping, Sequence
 
 import torch
 
+from .complexity import complexity_metrics
 from .config import Job
 from .device import synchronize
 from .faithfulness import deletion_auc, infidelity, insertion_auc
@@ -21,6 +22,14 @@ from .methods import build_method
 from .model import Classifier
 from .randomisation import map_similarity, randomised_copy
 from .seeding import derive_seed
+
+#: Why a value is missing, per cause; the worker writes it into the row's ``note``.
+EMPTY_MASK = "undefined: the mask is empty after resize and crop"
+ALL_ZERO_MAP = "undefined: the map is all zero"
+
+#: Per-image reasons for missing values: column → one reason (or None) per image.
+Reasons = dict[str, list[str | None]]
+
 
 class QualityMetrics:
     """The job's quality metrics for one worker.
@@ -64,13 +73,16 @@ class QualityMetrics:
         seeds: Sequence[int],
         image_ids: Sequence[str],
         attributions: torch.Tensor,
-        masks: torch.Tensor | None,
-    ) -> dict[str, list[float | None]]:
-        """Columns for the batch's rows: metric values and ``<group>_seconds`` (batch time ÷ images)."""
+        masks: Sequence[torch.Tensor | None] | None,
+    ) -> tuple[dict[str, list[float | None]], Reasons]:
+        """Columns for the batch's rows — metric values and ``<group>_seconds`` (batch time ÷ images) — and why a
+        value is missing where the cause is known. ``masks``: one (H, W) bool mask or None per image, or None when
+        no image of the batch has one."""
         config = self.job.metrics
         net, n = self.executed.net, len(image_ids)
         batch = self.forward_batch
         columns: dict[str, list[float | None]] = {}
+        reasons: Reasons = {}
 
         def timed(group: str, compute) -> None:
             started = time.perf_counter()
@@ -100,6 +112,27 @@ class QualityMetrics:
             randomised = self.randomised_methods[method_name]
             timed("randomisation", lambda: map_similarity(
                 attributions, randomised.attribute(inputs, targets, seeds).float()))
+        if config.complexity is not None:
+            timed("complexity", lambda: complexity_metrics(attributions, config.complexity.eps))
+            for column in ("sparseness", "effective_complexity"):
+                # NaN only for an all-zero map (see complexity.py)
+                reasons[column] = [ALL_ZERO_MAP if v is None else None for v in columns[column]]
         if masks is not None and self.wants_masks:
-            timed("localisation", lambda: localisation_metrics(attributions, masks))
-        return columns
+            self._localise(timed, columns, reasons, attributions, masks)
+        return columns, reasons
+
+    @staticmethod
+    def _localise(timed, columns: dict, reasons: Reasons, attributions: torch.Tensor,
+                  masks: Sequence[torch.Tensor | None]) -> None:
+        """Localisation of every image that has a mask. An image without one has no localisation (None, as in a run
+        without masks, whatever its batch holds), so it never costs the rest of its batch their values; an empty
+        mask gives NaN and says why."""
+        height, width = attributions.shape[2:]
+        no_mask = torch.zeros((height, width), dtype=torch.bool, device=attributions.device)
+        stacked = torch.stack([no_mask if m is None else m.to(attributions.device) for m in masks])
+        timed("localisation", lambda: localisation_metrics(attributions, stacked))
+        for column in ("pointing_game", "relevance_mass", "relevance_rank", "localisation_seconds"):
+            columns[column] = [None if m is None else v for v, m in zip(columns[column], masks)]
+        why = [EMPTY_MASK if m is not None and not bool(m.any()) else None for m in masks]
+        for column in ("pointing_game", "relevance_mass", "relevance_rank"):
+            reasons[column] = why

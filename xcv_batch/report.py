@@ -1,7 +1,10 @@
 """``OUT/report.html``: one self-contained file (PNGs base64-embedded, inline CSS, nothing fetched).
 
-Sections: status, ranking table, tests, per-method distributions, seconds vs sensitivity with the Pareto front,
-critical-difference diagrams, a gallery of Fig. 1-style panels (most and least stable images), failures, the job.
+Sections: a header (model, weights, resolution, target rule, images, failures; a banner for random weights), the
+ranking table with the metrics that entered the rank, the cost beside it, the metrics' agreement (heat map of
+Kendall's τ), per-method diagnostics (IG's completeness gap), tests, distributions, quality rank vs cost with the
+Pareto front, critical-difference diagrams, a gallery of Fig. 1-style panels (most and least stable images),
+failures, the job.
 """
 
 from __future__ import annotations
@@ -20,10 +23,9 @@ from . import stats
 from .panel import panel_figure
 from .results import Results, method_label, open_results
 from .metrics_info import metric_title
-from .summarize import fmt, fmt_ci, fmt_rank, friedman_sentence, ordered_methods, status_line
+from .summarize import (agreement_rows, agreement_sentence, cost_rows, cost_sentence, diagnostic_sentences, fmt,
+                        fmt_ci, fmt_rank, friedman_sentence, ordered_methods, rank_sentence, status_line)
 
-# Points per method in the scatter: enough to show the spread, few enough to keep the PNG (and the HTML) small.
-_SCATTER_POINTS = 400
 _FAILURES_SHOWN = 200
 
 _CSS = """
@@ -32,6 +34,7 @@ table { border-collapse: collapse; margin: 0.5em 0 1.5em; }
 th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }
 th:first-child, td:first-child { text-align: left; }
 .complete { color: #176117; } .partial { color: #a15c00; }
+.warning { background: #fff1d6; border: 2px solid #d08a00; padding: 0.6em 1em; font-weight: bold; }
 img { max-width: 100%; display: block; margin: 0.5em 0 1.5em; }
 pre { background: #f6f6f6; padding: 1em; overflow-x: auto; }
 """
@@ -72,44 +75,64 @@ def distribution_figure(rows: pd.DataFrame, summary: dict) -> Figure | None:
     return figure
 
 
-def tradeoff_figure(rows: pd.DataFrame, summary: dict, x_metric: str = "attr_seconds",
-                    y_metric: str = "sensitivity_max") -> Figure | None:
-    """Per-image points and per-method medians of two metrics, the medians' Pareto front drawn and ringed."""
-    if x_metric not in summary["metrics"] or y_metric not in summary["metrics"]:
+def cost_quality_figure(summary: dict) -> Figure | None:
+    """Each method's cost (attribution seconds per image) against its quality (overall mean rank, 95 % CI), with
+    the Pareto front of the methods no other beats on both. Cost is a method-level figure: per-image times are
+    batch shares, so no per-image dots."""
+    points, names = [], []
+    for name in ordered_methods(summary):
+        seconds = ((summary.get("cost") or {}).get("methods", {}).get(name) or {}).get("seconds_per_image")
+        rank = summary["methods"][name]["mean_rank"]
+        if seconds is not None and seconds > 0 and rank is not None:
+            points.append((seconds, rank))
+            names.append(name)
+    if not points:
         return None
-    x_info, y_info = summary["metrics"][x_metric], summary["metrics"][y_metric]
     figure = Figure(figsize=(7.5, 5.0), dpi=100)
     ax = figure.subplots()
-    rng = np.random.default_rng(0)
-    ok = rows[rows["status"] == "ok"]
-    medians, names = [], []
     colors = {m: f"C{i}" for i, m in enumerate(summary["methods"])}
-    for method in summary["methods"]:
-        points = ok[ok["method"] == method][[x_metric, y_metric]].apply(pd.to_numeric, errors="coerce").dropna()
-        if points.empty:
-            continue
-        if len(points) > _SCATTER_POINTS:
-            points = points.iloc[rng.choice(len(points), _SCATTER_POINTS, replace=False)]
-        ax.scatter(points[x_metric], points[y_metric], s=6, alpha=0.3, color=colors[method])
-        entry = summary["methods"][method]
-        median = (entry.get(x_metric, {}).get("median"), entry.get(y_metric, {}).get("median"))
-        if None in median:
-            continue
-        medians.append(median)
-        names.append(method)
-        ax.scatter(*median, s=90, color=colors[method], edgecolor="black", zorder=3, label=method_label(method))
-    if medians:
-        points = np.asarray(medians, dtype=float)
-        front = stats.pareto_front(points, [x_info["direction"], y_info["direction"]])
-        on_front = points[front][np.argsort(points[front][:, 0])]
-        ax.plot(on_front[:, 0], on_front[:, 1], "k--", linewidth=1, zorder=2, label="Pareto front (medians)")
-        ax.scatter(on_front[:, 0], on_front[:, 1], s=260, facecolor="none", edgecolor="black", zorder=4)
-        if (points[:, 0] > 0).all() and points[:, 0].max() / points[:, 0].min() > 20:
-            ax.set_xscale("log")
-    ax.set_xlabel(f"{metric_title(x_info)}, {x_info['direction']} is better")
-    ax.set_ylabel(f"{y_info['label']}, {y_info['direction']} is better")
+    for (seconds, rank), name in zip(points, names):
+        lo, hi = summary["methods"][name]["mean_rank_ci95"]
+        errors = [[rank - lo], [hi - rank]] if lo is not None and hi is not None else None
+        ax.errorbar(seconds, rank, yerr=errors, fmt="o", markersize=9, color=colors[name], markeredgecolor="black",
+                    capsize=4, zorder=3, label=method_label(name))
+    array = np.asarray(points, dtype=float)
+    front = stats.pareto_front(array, ["lower", "lower"])
+    on_front = array[front][np.argsort(array[front][:, 0])]
+    ax.plot(on_front[:, 0], on_front[:, 1], "k--", linewidth=1, zorder=2, label="Pareto front")
+    ax.scatter(on_front[:, 0], on_front[:, 1], s=260, facecolor="none", edgecolor="black", zorder=4)
+    if array[:, 0].max() / array[:, 0].min() > 20:
+        ax.set_xscale("log")
+    ax.set_xlabel("attribution seconds per image (cost, not ranked), lower is better")
+    ax.set_ylabel("mean rank over the quality metrics (1 = best)")
     ax.legend(fontsize=8)
-    ax.set_title("Per image (dots) and median (large); ringed: not beaten on both axes", fontsize=10)
+    ax.set_title("Quality vs cost; ringed: not beaten on both", fontsize=10)
+    figure.tight_layout()
+    return figure
+
+
+def agreement_figure(summary: dict) -> Figure | None:
+    """Heat map of the mean Kendall's τ between every pair of ranked metrics (1: same method order on every image,
+    0: unrelated, −1: reversed)."""
+    agreement = summary.get("agreement") or {}
+    names = agreement.get("metrics") or []
+    if len(names) < 2:
+        return None
+    matrix = np.array([[np.nan if v is None else v for v in row] for row in agreement["matrix"]], dtype=float)
+    labels = [summary["metrics"][m]["label"] for m in names]
+    size = 1.6 + 0.75 * len(names)
+    figure = Figure(figsize=(size + 1.8, size), dpi=100)
+    ax = figure.subplots()
+    image = ax.imshow(np.ma.masked_invalid(matrix), cmap="RdBu", vmin=-1, vmax=1)
+    for i in range(len(names)):
+        for j in range(len(names)):
+            text = "–" if np.isnan(matrix[i, j]) else f"{matrix[i, j]:.2f}"
+            dark = not np.isnan(matrix[i, j]) and abs(matrix[i, j]) > 0.6
+            ax.text(j, i, text, ha="center", va="center", fontsize=8, color="white" if dark else "black")
+    ax.set_xticks(range(len(names)), labels, rotation=35, ha="right", fontsize=8)
+    ax.set_yticks(range(len(names)), labels, fontsize=8)
+    figure.colorbar(image, ax=ax, label="mean Kendall's τ over images")
+    ax.set_title("Do the metrics order the methods alike?", fontsize=10)
     figure.tight_layout()
     return figure
 
@@ -166,19 +189,49 @@ def cd_figure(summary: dict, metric: str) -> Figure | None:
 
 
 def gallery_images(rows: pd.DataFrame, count: int) -> list[tuple[str, str]]:
-    """(image id, why) of the most and least stable images by mean Max-Sensitivity over methods (the first images
-    when sensitivity is off)."""
+    """(image id, why) of up to ``count`` images: the ⌈count/2⌉ most and ⌊count/2⌋ least stable by mean
+    Max-Sensitivity over the methods (every image when there are no more than ``count``), most stable first; the
+    first images when sensitivity is off.
+
+    Each label gives the image's rank among all ranked images (1 = lowest mean sensitivity); only rank 1 is called
+    "most stable" and only the last "least stable", so no image is called both and no two are "most stable".
+    """
     ok = rows[rows["status"] == "ok"]
     if count <= 0 or ok.empty:
         return []
-    sensitivity = pd.to_numeric(ok.get("sensitivity_max"), errors="coerce") if "sensitivity_max" in ok else None
-    if sensitivity is None or sensitivity.isna().all():
+    per_image = _mean_sensitivity_per_image(ok)
+    if per_image.empty:
         return [(i, "first images") for i in ok["image_id"].drop_duplicates().head(count)]
-    per_image = sensitivity.groupby(ok["image_id"]).mean().dropna().sort_values(kind="stable")
-    stable = list(per_image.index[: (count + 1) // 2])
-    unstable = [i for i in per_image.index[::-1][: count // 2] if i not in stable]
-    return ([(i, f"most stable (mean sensitivity {per_image[i]:.3g})") for i in stable]
-            + [(i, f"least stable (mean sensitivity {per_image[i]:.3g})") for i in unstable])
+    n = len(per_image)
+    ranks = range(n) if n <= count else [*range((count + 1) // 2), *range(n - count // 2, n)]
+    return [(per_image.index[r], stability_label(r + 1, n, float(per_image.iloc[r]))) for r in ranks]
+
+
+def _mean_sensitivity_per_image(ok: pd.DataFrame) -> pd.Series:
+    """Mean Max-Sensitivity over methods per image, ascending; over the images with a value for every method that
+    has any (a mean over fewer methods mixes scales: IG's values are ten times LIME's), else over what there is."""
+    if "sensitivity_max" not in ok:
+        return pd.Series(dtype=float)
+    values = ok.assign(s=pd.to_numeric(ok["sensitivity_max"], errors="coerce"))
+    wide = values.pivot_table(index="image_id", columns="method", values="s", aggfunc="mean", dropna=False)
+    wide = wide.dropna(axis=1, how="all")
+    if wide.empty:
+        return pd.Series(dtype=float)
+    complete = wide.dropna()
+    per_image = (complete if not complete.empty else wide).mean(axis=1).dropna()
+    return per_image.sort_values(kind="stable")
+
+
+def stability_label(rank: int, n: int, value: float) -> str:
+    """The gallery caption of the image ranked ``rank`` of ``n`` by mean sensitivity."""
+    where = f"rank {rank} of {n} by mean Max-Sensitivity ({value:.3g})"
+    if n == 1:
+        return f"the only image with a sensitivity ({value:.3g})"
+    if rank == 1:
+        return f"most stable — {where}"
+    if rank == n:
+        return f"least stable — {where}"
+    return where
 
 
 # --- HTML -----------------------------------------------------------------------------------------------------------
@@ -202,19 +255,79 @@ def _table(header: list[str], body: list[list[str]]) -> str:
 def _ranking_table(summary: dict) -> str:
     metrics = summary["metrics"]
     header = ["Method", "n ok", "n failed", "Mean rank [95% CI]", "Win rate"]
-    header += [f"{metric_title(info)} median [95% CI]" for info in metrics.values()]
+    header += [f"{metric_title(info)} median [95% CI]" + ("" if info.get("weight") else " (not in rank)")
+               for info in metrics.values()]
     header += [f"{i['label']} rank" for i in metrics.values()]
+    header += ["Cost: s / image"]
     body = []
     for name in ordered_methods(summary):
         entry = summary["methods"][name]
+        cost = (summary.get("cost") or {}).get("methods", {}).get(name) or {}
         body.append(
             [entry["label"], entry["n_ok"], entry["n_error"], fmt_rank(entry["mean_rank"], entry["mean_rank_ci95"]),
              fmt_rank(entry["win_rate"])]
             + [fmt_ci(entry.get(m, {}).get("median"), entry.get(m, {}).get("ci95")) for m in metrics]
             + [fmt_rank(entry["ranks"].get(m, {}).get("mean_rank"), entry["ranks"].get(m, {}).get("mean_rank_ci95"))
                for m in metrics]
+            + [fmt(cost.get("seconds_per_image"), 3)]
         )
     return _table(header, body)
+
+
+def _header(summary: dict) -> str:
+    """What was explained: model, weights, resolution, target rule, images and failures; a banner when the weights
+    are random, since then every map explains noise."""
+    model = summary.get("model") or {}
+    target = {"predicted": "the model's predicted class", "label": "the manifest's label"}.get(
+        summary.get("target"), str(summary.get("target") or "–"))
+    failed = summary.get("n_failed_images", 0)
+    facts = (f"<p><strong>Model</strong> {html.escape(str(model.get('arch') or '–'))}, "
+             f"<strong>weights</strong> {html.escape(str(model.get('weights') or '–'))}, "
+             f"<strong>resolution</strong> {html.escape(str(model.get('resolution') or '–'))} px; "
+             f"<strong>target</strong>: {html.escape(target)}; "
+             f"<strong>images</strong>: {html.escape(status_line(summary))}, {failed} with failures.</p>")
+    if str(model.get("weights") or "").lower() != "none":
+        return facts
+    return (facts + '<p class="warning">Random weights (model.weights: none): this network was never trained. Its '
+            "maps explain random features, so these rankings say nothing about how the methods explain a trained "
+            "classifier.</p>")
+
+
+def _cost_section(summary: dict) -> str:
+    header, body = cost_rows(summary)
+    return f"<p>{html.escape(cost_sentence(summary))}</p>" + _table(header, body)
+
+
+def _agreement_section(summary: dict) -> str:
+    agreement = summary.get("agreement") or {}
+    if len(agreement.get("metrics") or []) < 2:
+        return "<p>One ranked metric: no agreement to measure.</p>"
+    parts = ["<p>Per image, Kendall's τ-b between the method orders two metrics give, averaged over images "
+             "(bootstrap 95 % CI). Kendall's W: concordance of the metrics that entered the rank.</p>"]
+    sentence = agreement_sentence(summary)
+    if sentence:
+        css = ' class="warning"' if agreement.get("disagreeing") else ""
+        parts.append(f"<p{css}>{html.escape(sentence)}</p>")
+    parts.append(_img(agreement_figure(summary), "agreement between metrics: mean Kendall's tau"))
+    header, body = agreement_rows(summary)
+    parts.append(_table(header, body))
+    parts.append(_table(["A", "B", "mean τ [95% CI]", "n images", "both in the rank"], [
+        [summary["metrics"][p["a"]]["label"], summary["metrics"][p["b"]]["label"], fmt_rank(p["tau"], p["ci95"]),
+         p["n_images"], "yes" if p["in_rank"] else "no"] for p in agreement["pairs"]]))
+    return "\n".join(parts)
+
+
+def _diagnostics_section(summary: dict) -> str:
+    diagnostics = summary.get("diagnostics") or {}
+    if not diagnostics:
+        return ""
+    parts = ["<h2>Diagnostics</h2>", "<p>Checks of a method's own output; reported, not ranked.</p>"]
+    for sentence, info in zip(diagnostic_sentences(summary), diagnostics.values()):
+        css = ' class="warning"' if info["n_above"] else ""
+        parts.append(f"<p{css}>{html.escape(sentence)} {html.escape(info['meaning'])}.</p>")
+        if info["above"]:
+            parts.append(_table(["Image", info["label"]], [[a["image_id"], fmt(a["value"], 3)] for a in info["above"]]))
+    return "\n".join(parts)
 
 
 def _tests_section(summary: dict) -> str:
@@ -249,28 +362,37 @@ def render_report(results: Results, summary: dict, gallery: int = 4) -> str:
     rows = results.rows()
     status_class = "complete" if summary.get("complete") else "partial"
     job = results.job
+    title = html.escape(str(summary.get("job_name") or results.out))
     parts = [
         "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
-        f"<title>xcv_batch report: {html.escape(str(summary.get('job_name') or results.out))}</title>",
-        f"<style>{_CSS}</style></head><body>",
-        f"<h1>xcv_batch report: {html.escape(str(summary.get('job_name') or results.out))}</h1>",
+        f"<title>xcv_batch report: {title}</title>", f"<style>{_CSS}</style></head><body>",
+        f"<h1>xcv_batch report: {title}</h1>",
         f'<p class="{status_class}"><strong>{html.escape(status_line(summary))}</strong></p>',
+        _header(summary),
         f"<p>Output: <code>{html.escape(results.out)}</code>. Fingerprint: "
         f"<code>{html.escape(str(summary.get('fingerprint') or results.fingerprint))}</code>. "
         f"CIs: percentile bootstrap over images, {summary['n_boot']} resamples, seed {summary['seed']}.</p>",
         "<h2>Ranking</h2>",
-        "<p>Per image, the methods are ranked on each metric (1 = best, ties share the average rank); the mean rank "
-        "is the mean over metrics; the win rate is the share of images a method ranks first on (ties shared).</p>",
+        "<p>Per image, the methods are ranked on each quality metric (1 = best, ties share the average rank); the "
+        "win rate is the share of images a method ranks first on (ties shared). "
+        f"{html.escape(rank_sentence(summary))}</p>",
         _ranking_table(summary),
+        "<h2>Cost</h2>", _cost_section(summary),
+        "<h2>Metric agreement</h2>", _agreement_section(summary),
+        _diagnostics_section(summary),
         "<h2>Tests</h2>", _tests_section(summary),
         "<h2>Distributions</h2>", _img(distribution_figure(rows, summary), "distributions per method"),
-        "<h2>Time vs sensitivity</h2>", _img(tradeoff_figure(rows, summary), "seconds vs sensitivity, Pareto front"),
+        "<h2>Quality vs cost</h2>", _img(cost_quality_figure(summary), "quality rank vs seconds, Pareto front"),
         "<h2>Critical-difference diagrams</h2>",
         "<p>Methods joined by a bar are not significantly different (Nemenyi, α = 0.05).</p>",
     ]
     parts += [_img(cd_figure(summary, metric), f"critical-difference diagram: {metric}") for metric in summary["metrics"]]
+    picked = gallery_images(rows, gallery)
     parts.append("<h2>Gallery</h2>")
-    for image_id, why in gallery_images(rows, gallery):
+    if picked:
+        parts.append(f"<p>{len(picked)} images: the most stable first, by mean Max-Sensitivity over the methods "
+                     "(lower = more stable); each caption gives the image's rank among all ranked images, rank 1 the lowest.</p>")
+    for image_id, why in picked:
         parts.append(f"<h3>{html.escape(str(image_id))}: {html.escape(why)}</h3>")
         parts.append(_img(panel_figure(results, image_id), f"panel of {image_id}"))
     parts += ["<h2>Failures</h2>", _failures_section(summary),

@@ -29,7 +29,8 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 
 from .errors import ConfigError, OutputError
-from .layout import written_chunks
+from .layout import stored_image_ids, written_chunks
+from .provenance import provenance_from_metadata
 from .yaml_io import load_yaml
 
 #: Display names, as the seed report wrote them.
@@ -98,6 +99,8 @@ class Results:
 
         if not self._fs.exists(f"{self._root}/attributions.zarr"):
             return None
+        # The group's consolidated metadata, when a run wrote it, makes this one read; maps written after it are
+        # found all the same (chunks are not metadata).
         return zarr.open_group(store=f"{self.out}/attributions.zarr", mode="r")
 
     @property
@@ -106,11 +109,17 @@ class Results:
         return dict(self._group.attrs) if self._group is not None else {}
 
     @cached_property
+    def stored_image_ids(self) -> list[str] | None:
+        """The run's image ids in index order as its Zarr group lists them (the ``image`` array; the ``image_ids``
+        attribute of older outputs), or None when there is no group: then nobody knows how many images the run
+        will have."""
+        return stored_image_ids(self._group) if self._group is not None else None
+
+    @cached_property
     def image_ids(self) -> list[str]:
         """Image ids in index order (from the Zarr group; from the rows if there is none)."""
-        ids = self.attrs.get("image_ids")
-        if ids is not None:
-            return [str(i) for i in ids]
+        if self.stored_image_ids is not None:
+            return self.stored_image_ids
         rows = self.rows()
         return rows.sort_values("index").drop_duplicates("image_id")["image_id"].astype(str).tolist()
 
@@ -153,6 +162,23 @@ class Results:
             return []
         files = [p for p in self._fs.find(root) if p.endswith(".parquet")]
         return sorted(p for p in files if not any(part.startswith((".", "_")) for part in p[len(root):].split("/")))
+
+    @cached_property
+    def provenance(self) -> dict[str, dict[str, str]]:
+        """What wrote each metrics file (its path under OUT): job, fingerprint, model, weights (and a weights file's
+        SHA-256), xcv_batch and torch versions, and when its run started, from the file's key-value metadata; empty
+        for a file written before this was recorded. Only the files' footers are read."""
+        import pyarrow.parquet as pq
+
+        found = {}
+        for path in self.metrics_files():
+            try:
+                with self._fs.open(path, "rb") as fh:
+                    metadata = pq.read_metadata(fh).metadata
+            except (pa.ArrowException, OSError) as err:
+                raise self._unreadable([path], err) from None
+            found[path[len(self._root) + 1:]] = provenance_from_metadata(metadata)
+        return found
 
     def rows(self) -> pd.DataFrame:
         """Every metric row of every Parquet file (no deduplication), as pandas."""

@@ -1,4 +1,5 @@
-"""The statistics behind the rankings: ranks, bootstrap CIs, Friedman, Wilcoxon + Holm, Nemenyi CD, Pareto front.
+"""The statistics behind the rankings: ranks, bootstrap CIs, Friedman, Wilcoxon + Holm, Nemenyi CD, metric agreement
+(Kendall's τ and W per image), Pareto front.
 
 Plain numpy/scipy on arrays, no pandas and no file access, so each function can be checked against a hand
 computation. A "table" is an ``(n_images, k_methods)`` array; a row with a missing value is all-NaN after
@@ -238,6 +239,68 @@ def nemenyi_cd(k: int, n: int, alpha: float = ALPHA) -> float | None:
     if alpha != 0.05 or k not in NEMENYI_Q_005 or n < 1:
         return None
     return float(NEMENYI_Q_005[k] * np.sqrt(k * (k + 1) / (6.0 * n)))
+
+
+# --- agreement between metrics ---------------------------------------------------------------------------------------
+
+
+def kendall_tau_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Kendall's τ-b between rows of two tables of oriented scores (lower = better in both), one value per row.
+
+    Each row compares the method orderings two metrics give one image: concordant minus discordant method pairs over
+    √(pairs untied in a · pairs untied in b), which is scipy's ``kendalltau`` (τ-b). A row with a missing value, or
+    where either metric ties every method, has no τ: NaN.
+    """
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    k = a.shape[1]
+    agree = np.zeros(len(a))
+    untied_a = np.zeros(len(a))
+    untied_b = np.zeros(len(a))
+    for i, j in combinations(range(k), 2):
+        sign_a, sign_b = np.sign(a[:, i] - a[:, j]), np.sign(b[:, i] - b[:, j])
+        agree += sign_a * sign_b
+        untied_a += sign_a != 0
+        untied_b += sign_b != 0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        tau = agree / np.sqrt(untied_a * untied_b)
+    complete = complete_rows(np.hstack([a, b])) if k else np.zeros(len(a), dtype=bool)
+    return np.where(complete & (untied_a > 0) & (untied_b > 0), tau, np.nan)
+
+
+def kendalls_w_rows(ranks: np.ndarray) -> np.ndarray:
+    """Kendall's W (coefficient of concordance, tie-corrected) of m metrics ranking k methods, one value per image.
+
+    ``ranks`` is ``(n_images, m_metrics, k_methods)`` of per-image ranks (ties as average ranks). With R_j the sum of
+    method j's ranks over the metrics and S = Σ (R_j − m(k + 1)/2)², W = 12·S / (m²(k³ − k) − m·Σ_metrics Σ_ties
+    (t³ − t)): 1 when every metric orders the methods the same way, 0 when their orders cancel out. NaN for an image
+    with a missing rank or where every metric ties every method.
+    """
+    ranks = np.asarray(ranks, dtype=float)
+    n, m, k = ranks.shape
+    sums = ranks.sum(axis=1)
+    s = ((sums - m * (k + 1) / 2.0) ** 2).sum(axis=1)
+    ties = np.zeros(n)
+    for image in range(n):
+        for metric in range(m):
+            row = ranks[image, metric]
+            if np.isfinite(row).all():
+                _, counts = np.unique(row, return_counts=True)
+                ties[image] += float((counts.astype(float) ** 3 - counts).sum())
+    denominator = m * m * (k ** 3 - k) - m * ties
+    with np.errstate(invalid="ignore", divide="ignore"):
+        w = 12.0 * s / denominator
+    complete = np.isfinite(ranks).all(axis=(1, 2))
+    return np.where(complete & (denominator > 0), w, np.nan)
+
+
+def mean_ci(values: np.ndarray, n_boot: int, rng: np.random.Generator, level: float = 0.95):
+    """Mean of the finite values and its percentile-bootstrap CI: ``(mean, (lo, hi), n)``; NaNs if none."""
+    values = np.asarray(values, dtype=float)
+    values = values[np.isfinite(values)]
+    if len(values) == 0:
+        return float("nan"), (float("nan"), float("nan")), 0
+    (boot,) = bootstrap_means([values[:, None]], n_boot, rng)
+    return float(values.mean()), percentile_ci(boot[:, 0], level), int(len(values))
 
 
 # --- trade-offs -----------------------------------------------------------------------------------------------------

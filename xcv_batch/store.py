@@ -1,8 +1,10 @@
 """Where results go: ``OUT/job.yaml``, ``OUT/attributions.zarr`` and ``OUT/metrics/*.parquet``.
 
 The commit protocol, which makes crashes and retries harmless:
-1. the driver lays out the Zarr group once (arrays of N images, one image per chunk, NaN fill);
-2. a shard writes its images' chunks — whole chunks, so concurrent shards need no lock;
+1. the driver lays out the Zarr group once (arrays of N images, one image per chunk, ``output.images_per_object``
+   images per stored object, NaN fill);
+2. a shard writes its images' objects — whole objects, since shards start at multiples of the images per object, so
+   concurrent shards need no lock;
 3. a shard then writes its Parquet rows to a temporary name and renames it to ``part-FIRST-LAST.parquet``.
 The Parquet file is the commit: an image is done iff a row for it is in a committed file. A shard that dies before
 step 3 left chunks that the retry overwrites byte for byte; a shard that runs twice writes the same file name, so
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import os
 import uuid
+import warnings
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
@@ -25,7 +28,9 @@ import yaml
 import zarr
 
 from .errors import OutputError
-from .layout import JOB_FILE, METRICS_DIR, REJECTED_DIR, ZARR_NAME, written_chunks
+from .layout import (IMAGE_ARRAY, IMAGE_PATH_ARRAY, JOB_FILE, MAP_DIMENSIONS, METRICS_DIR, REJECTED_DIR, ZARR_NAME,
+                     stored_image_ids, written_chunks)
+from .outdir import check_out
 from .yaml_io import load_yaml
 
 
@@ -51,6 +56,10 @@ ROW_SCHEMA = pa.schema(
 )
 
 
+#: Ids and paths per chunk of their 1-D arrays: a million images are 16 chunks, each a few MB at most.
+STRINGS_PER_CHUNK = 65536
+
+
 class UnreadableShard(OutputError):
     """A committed Parquet file that cannot be read (truncated, not Parquet)."""
 
@@ -73,9 +82,11 @@ def shard_file_name(first_index: int, last_index: int) -> str:
 class RunStore:
     """One output directory, local or any fsspec URL (s3://…)."""
 
-    def __init__(self, out: str):
+    def __init__(self, out: str, provenance: dict[str, str] | None = None):
         self.out = out.rstrip("/")
         self.fs, self.root = fsspec.core.url_to_fs(self.out)
+        #: key-value metadata of every Parquet file this store commits (xcv_batch.provenance.run_provenance)
+        self.provenance = dict(provenance or {})
 
     # ------------------------------------------------------------------ paths
     def _path(self, *parts: str) -> str:
@@ -103,44 +114,10 @@ class RunStore:
     def has_results(self) -> bool:
         return bool(self.committed_files()) or self.fs.exists(self._path(JOB_FILE))
 
-    def check_target(self, fingerprint: str, resume: bool) -> None:
-        """Before any work: OUT can be written, and holds no other run (or, on resume, this job's run)."""
-        self._check_writable()
-        if resume and self.fs.exists(self._path(JOB_FILE)):
-            found = self.existing_fingerprint()
-            if found != fingerprint:
-                raise OutputError(
-                    f"{self.out} holds results of a different job (fingerprint {found}, this job {fingerprint}); "
-                    "resume only with the same settings, or choose another --out"
-                )
-        elif not resume and self.has_results():
-            raise OutputError(f"{self.out} already holds a run; pass --resume to finish it, or choose another --out")
-
-    def _check_writable(self) -> None:
-        """Write and remove a probe file in OUT; folders made only for the probe are removed again, so a run that
-        stops before its first image leaves nothing behind."""
-        if self.fs.exists(self.root) and not self.fs.isdir(self.root):
-            raise OutputError(f"--out {self.out} is a file, not a folder")
-        first_missing = self._first_missing_folder()
-        probe = self._path(f".write-probe-{uuid.uuid4().hex}")
-        try:
-            self.fs.makedirs(self.root, exist_ok=True)
-            self.fs.pipe_file(probe, b"")
-            self.fs.rm(probe)
-        except OSError as err:
-            raise OutputError(f"cannot write to {self.out}: {_first_line(err)}") from None
-        finally:
-            if first_missing is not None and self.fs.exists(first_missing):
-                self.fs.rm(first_missing, recursive=True)
-
-    def _first_missing_folder(self) -> str | None:
-        """The outermost folder of OUT's path that does not exist yet (None when OUT exists or is not local)."""
-        if not isinstance(self.fs, LocalFileSystem) or self.fs.exists(self.root):
-            return None
-        path = self.root
-        while not self.fs.exists(os.path.dirname(path)) and os.path.dirname(path) != path:
-            path = os.path.dirname(path)
-        return path
+    def check_target(self, job, resume: bool) -> None:
+        """Before any work: OUT can be written, and holds no other run (or, on resume, this job's run); the checks
+        live in the light :mod:`xcv_batch.outdir`, which the driver calls before importing this module."""
+        check_out(self.out, job, resume)
 
     def prepare(
         self,
@@ -151,39 +128,76 @@ class RunStore:
         methods: Sequence[str],
         attrs: dict,
         resume: bool,
+        image_paths: Sequence[str] | None = None,
+        images_per_object: int = 1,
     ) -> None:
         """Lay out OUT for a run, or check that a resumed run matches what is there (:meth:`check_target` first)."""
+        layout = _Layout(fingerprint, image_ids, image_paths, resolution, methods, attrs, images_per_object)
         if resume and self.fs.exists(self._path(JOB_FILE)):
             if self.fs.exists(self._path(ZARR_NAME)):
-                group = self._open_group("r")
-                if list(group.attrs.get("image_ids", [])) != list(image_ids):
+                stored = stored_image_ids(self._open_group("r")) or []
+                if stored != list(image_ids):
                     raise OutputError(
-                        f"{self.out} was made from a different image list ({len(group.attrs.get('image_ids', []))} "
+                        f"{self.out} was made from a different image list ({len(stored)} "
                         f"images, now {len(image_ids)}); the source changed since — use another --out"
                     )
                 return
             # The maps are gone: verify_committed has set every shard with maps aside; lay the arrays out again.
-            self._create_arrays(fingerprint, image_ids, resolution, methods, attrs)
+            self._create_arrays(layout)
             return
         self.fs.makedirs(self._path(METRICS_DIR), exist_ok=True)
-        self._create_arrays(fingerprint, image_ids, resolution, methods, attrs)
+        self._create_arrays(layout)
         # job.yaml last: its presence says the layout is complete.
         with self.fs.open(self._path(JOB_FILE), "w") as fh:
             fh.write(job_yaml)
 
-    def _create_arrays(self, fingerprint: str, image_ids: Sequence[str], resolution: int, methods: Sequence[str],
-                       attrs: dict) -> None:
+    def _create_arrays(self, layout: "_Layout") -> None:
         group = self._open_group("w")
-        n = len(image_ids)
-        for name in ("inputs", *methods):
+        n, resolution, per_object = len(layout.image_ids), layout.resolution, layout.images_per_object
+        image = (1, 3, resolution, resolution)
+        for name in ("inputs", *layout.methods):
             group.create_array(
                 name,
                 shape=(n, 3, resolution, resolution),
-                chunks=(1, 3, resolution, resolution),  # one image a chunk: shards own whole chunks
+                chunks=image,  # one image a chunk: readers fetch one image, shards own whole chunks
+                # K images an object (Zarr's sharding codec); run shards start at multiples of K, so they own whole
+                # objects. None keeps one object per image.
+                shards=(per_object, *image[1:]) if per_object > 1 else None,
                 dtype="float32",
                 fill_value=float("nan"),
+                dimension_names=MAP_DIMENSIONS,
+                # xarray: image_path is a coordinate (beside the image index), not a data variable
+                attributes={"coordinates": IMAGE_PATH_ARRAY} if layout.image_paths is not None else None,
             )
-        group.attrs.update({"image_ids": list(image_ids), "fingerprint": fingerprint, **attrs})
+        _write_strings(group, IMAGE_ARRAY, layout.image_ids)
+        if layout.image_paths is not None:
+            _write_strings(group, IMAGE_PATH_ARRAY, layout.image_paths)
+        # The ids live in the arrays above, not here: attributes are read on every open and must stay small.
+        group.attrs.update({"fingerprint": layout.fingerprint, **layout.attrs})
+        self.consolidate()
+
+    def consolidate(self) -> None:
+        """Gather every array's metadata into the group's ``zarr.json``, so an open is one read (on S3: one request
+        instead of one per array). The arrays' metadata never changes during a run; chunks are not metadata."""
+        with warnings.catch_warnings():
+            # zarr warns that consolidated metadata is not in the v3 spec yet; zarr, xarray and this package read it.
+            warnings.simplefilter("ignore", category=UserWarning)
+            zarr.consolidate_metadata(self.zarr_url)
+
+    def finish(self) -> None:
+        """After the last shard: consolidate the metadata (also of an OUT laid out before this was done)."""
+        if self.fs.exists(self._path(ZARR_NAME)):
+            self.consolidate()
+
+    def layout_images_per_object(self) -> int | None:
+        """Images per object of the Zarr arrays already in OUT (None when there are none)."""
+        if not self.fs.exists(self._path(ZARR_NAME)):
+            return None
+        group = self._open_group("r")
+        if "inputs" not in group:
+            return None
+        shards = group["inputs"].shards
+        return shards[0] if shards else 1
 
     def committed_files(self) -> list[str]:
         directory = self._path(METRICS_DIR)
@@ -260,7 +274,7 @@ class RunStore:
 
     def commit_rows(self, first_index: int, last_index: int, rows: Iterable[dict]) -> str:
         """Write a shard's rows atomically; returns the committed file name."""
-        table = rows_to_table(list(rows))
+        table = rows_to_table(list(rows), self.provenance)
         name = shard_file_name(first_index, last_index)
         final = self._path(METRICS_DIR, name)
         temporary = self._path(METRICS_DIR, f".{name}.{uuid.uuid4().hex}.tmp")
@@ -280,29 +294,99 @@ class RunStore:
 
 
 class ShardWriter:
-    """Writes whole per-image chunks of the Zarr arrays."""
+    """Writes the images of one shard into the Zarr arrays; call :meth:`flush` before committing the shard's rows.
+
+    With one image an object each image is written as it comes. With K images an object, writing one image would
+    rewrite the whole object (read, merge, write: K times per object), so a sharded array's images are gathered per
+    object and the object is written once, when all its images are in; :meth:`flush` writes what is left (objects
+    with a failed image, or only partly this shard's after a resume), each run of consecutive images in one write,
+    so images that are not this writer's are never touched.
+    """
 
     def __init__(self, group: zarr.Group):
         self.group = group
         self._arrays: dict[str, zarr.Array] = {}
+        self._gathered: dict[tuple[str, int], dict[int, np.ndarray]] = {}  # (array, object) → image index → map
 
     def write(self, name: str, index: int, values: np.ndarray) -> None:
+        array = self._array(name)
+        image = np.ascontiguousarray(values, dtype=np.float32)
+        per_object = array.shards[0] if array.shards else 1
+        if per_object == 1:
+            self._store(name, index, image[None])
+            return
+        obj = index // per_object
+        images = self._gathered.setdefault((name, obj), {})
+        images[index] = image
+        if len(images) == min(per_object, array.shape[0] - obj * per_object):
+            self._write_gathered(name, obj)
+
+    def flush(self) -> None:
+        """Write every image still gathered."""
+        for name, obj in list(self._gathered):
+            self._write_gathered(name, obj)
+
+    def _array(self, name: str) -> zarr.Array:
         array = self._arrays.get(name)
         if array is None:
             array = self._arrays[name] = self.group[name]
+        return array
+
+    def _write_gathered(self, name: str, obj: int) -> None:
+        images = self._gathered.pop((name, obj))
+        for first, block in _consecutive_blocks(images):
+            self._store(name, first, block)
+
+    def _store(self, name: str, first: int, block: np.ndarray) -> None:
         try:
-            array[index] = np.ascontiguousarray(values, dtype=np.float32)
+            self._array(name)[first: first + len(block)] = block
         except OSError as err:
-            raise OutputError(f"cannot write {name} of image {index} to {ZARR_NAME}: {_first_line(err)}") from None
+            raise OutputError(f"cannot write {name} of image {first} to {ZARR_NAME}: {_first_line(err)}") from None
 
 
-def rows_to_table(rows: list[dict]) -> pa.Table:
-    """Rows (dicts) → a table with ROW_SCHEMA first, then any extra numeric columns as float64."""
+def _consecutive_blocks(images: dict[int, np.ndarray]) -> list[tuple[int, np.ndarray]]:
+    """(first index, stacked maps) for each run of consecutive indices."""
+    blocks: list[tuple[int, list[np.ndarray]]] = []
+    previous = None
+    for index in sorted(images):
+        if previous is None or index != previous + 1:
+            blocks.append((index, []))
+        blocks[-1][1].append(images[index])
+        previous = index
+    return [(first, np.stack(maps)) for first, maps in blocks]
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """What the Zarr group is laid out from."""
+
+    fingerprint: str
+    image_ids: Sequence[str]
+    image_paths: Sequence[str] | None
+    resolution: int
+    methods: Sequence[str]
+    attrs: dict
+    images_per_object: int
+
+
+def _write_strings(group: zarr.Group, name: str, values: Sequence[str]) -> None:
+    """A 1-D array of variable-length strings along the ``image`` dimension."""
+    array = group.create_array(name, shape=(len(values),), chunks=(max(1, min(len(values), STRINGS_PER_CHUNK)),),
+                               dtype=str, dimension_names=(MAP_DIMENSIONS[0],))
+    if len(values):
+        array[:] = np.asarray(list(values), dtype=object)
+
+
+def rows_to_table(rows: list[dict], metadata: dict[str, str] | None = None) -> pa.Table:
+    """Rows (dicts) → a table with ROW_SCHEMA first, then any extra numeric columns as float64; ``metadata``
+    becomes the file's key-value metadata (the run's provenance)."""
     extra = sorted({k for row in rows for k in row} - set(ROW_SCHEMA.names))
     schema = ROW_SCHEMA
     for name in extra:
         schema = schema.append(pa.field(name, pa.float64()))
     columns = {name: [row.get(name) for row in rows] for name in schema.names}
+    if metadata:
+        schema = schema.with_metadata({**(schema.metadata or {}), **metadata})
     return pa.table(columns, schema=schema)
 
 

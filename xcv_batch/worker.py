@@ -25,9 +25,11 @@ from .methods import build_method
 from .methods.base import target_outputs
 from .metrics import sensitivity_max
 from .model import Classifier, build_classifier, read_categories, resolve_device
+from .progress import MethodDone, ProgressEvent, ShardTally
 from .quality import QualityMetrics
 from .seeding import derive_seed
 from .segmentation import set_segmentation_workers
+from .shards import Shard, ShardReport  # noqa: F401 - re-exported: the driver's and tests' import path
 from .store import RunStore
 
 log = logging.getLogger(__name__)
@@ -35,36 +37,6 @@ log = logging.getLogger(__name__)
 #: ``forward_batch: auto`` on a CPU: throughput there is within ±6 % from 64 to 256 copies (ResNet-18 at 64 px on
 #: the 2-core EPYC, forward and forward+backward, 1 and 2 threads) and drops below 64, where nothing is gained.
 CPU_FORWARD_BATCH = 64
-
-
-@dataclass(frozen=True)
-class Shard:
-    """Consecutive images of the job's sorted list: the unit of output files, retry and resume."""
-
-    items: tuple[tuple[int, ImageRecord], ...]  # (index in the Zarr arrays, record)
-
-    @property
-    def first_index(self) -> int:
-        return self.items[0][0]
-
-    @property
-    def last_index(self) -> int:
-        return self.items[-1][0]
-
-    @property
-    def name(self) -> str:
-        return f"{self.first_index:08d}-{self.last_index:08d}"
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-
-@dataclass
-class ShardReport:
-    shard: str
-    n_images: int
-    n_failed: int
-    seconds: float
 
 
 @dataclass
@@ -130,6 +102,7 @@ class ShardWorker:
         self.quality = QualityMetrics(
             job, self.classifier, self.methods, self.forward_batch, self.executed, self._execution
         )
+        self._tally = ShardTally(self.methods)  # the running shard's progress (none outside process_shard)
 
     def _execution(self, classifier: Classifier) -> Classifier:
         return dev.attribution_classifier(classifier) if self.job.compute.fast_execution else classifier
@@ -156,23 +129,26 @@ class ShardWorker:
 
     # ------------------------------------------------------------------ one shard
     def process_shard(
-        self, shard: Shard, store: RunStore, progress: Callable[[int, int], None] | None = None
+        self, shard: Shard, store: RunStore, progress: Callable[[ProgressEvent], None] | None = None
     ) -> ShardReport:
-        """Compute, write the maps, then commit the rows. ``progress(images_done, images_failed)`` per batch."""
+        """Compute, write the maps, then commit the rows. ``progress`` receives the events of
+        :mod:`xcv_batch.progress` while the shard runs: per method and batch, and a few times a second in between."""
         started = time.perf_counter()
         writer = store.open_arrays()
         rows: list[dict] = []
         n_failed = 0
+        tally = self._tally = ShardTally(self.methods, progress)
         # The next batch is decoded, stacked and sent to the device while the methods work on this one.
         for batch, pixels in dev.prefetch(self._batches(shard), self._stage):
             batch_rows = self._process_batch(batch, pixels, writer)
             rows.extend(batch_rows)
             failed = len({r["image_id"] for r in batch_rows if r["status"] == "error"})
             n_failed += failed
-            if progress is not None:
-                progress(len(batch), failed)
+            tally.end_batch(len(batch), failed)
+        writer.flush()  # every map is stored before the rows commit it
         store.commit_rows(shard.first_index, shard.last_index, [{**r, "shard": shard.name} for r in rows])
-        return ShardReport(shard.name, len(shard), n_failed, time.perf_counter() - started)
+        return ShardReport(shard.name, len(shard), n_failed, time.perf_counter() - started,
+                           dict(tally.seconds), dict(tally.images))
 
     def _batches(self, shard: Shard) -> Iterator[list[_Prepared]]:
         """Decoded images in batches of ``compute.batch_size``; decoding runs ahead on a thread pool."""
@@ -233,13 +209,17 @@ class ShardWorker:
             return [row for i in range(len(good)) for row in self._explain_images(good[i: i + 1], inputs[i: i + 1], writer)]
         for item, x in zip(good, inputs.float().cpu().numpy()):
             writer.write("inputs", item.index, x)
+        # One mask or None per image: an image without a mask gets no localisation, the others of its batch do.
         masks = None
-        if all(item.mask is not None for item in good):
-            masks = torch.stack([item.mask for item in good]).to(inputs.device)
+        if any(item.mask is not None for item in good):
+            masks = [item.mask.to(inputs.device) if item.mask is not None else None for item in good]
         image_ids = [item.record.image_id for item in good]
         rows = []
         for name, method in self.methods.items():
-            outcome = self._run_method(name, method, inputs, targets, image_ids, masks)
+            started = time.perf_counter()
+            with self._tally.counting_forwards(self.executed.net, name, len(good)):
+                outcome = self._run_method(name, method, inputs, targets, image_ids, masks)
+            self._tally(MethodDone(name, len(good), time.perf_counter() - started))
             for i, item in enumerate(good):
                 result = outcome[i]
                 if isinstance(result, str):
@@ -314,7 +294,10 @@ class ShardWorker:
             sensitivity_seconds = (time.perf_counter() - started) / n
             sensitivities = values.cpu().tolist()
         zero_maps = (attributions.reshape(n, -1) == 0).all(dim=1).cpu().tolist()
-        quality = self.quality.evaluate(name, inputs, targets, seeds, image_ids, attributions, masks)
+        quality, reasons = self.quality.evaluate(name, inputs, targets, seeds, image_ids, attributions, masks)
+        for column, (values, why_nan) in method.diagnostics(inputs, targets, attributions).items():
+            quality[column] = [None if v != v else float(v) for v in values.cpu().tolist()]
+            reasons[column] = [why_nan if v is None else None for v in quality[column]]
         maps = attributions.cpu().numpy()
         explained = []
         for i in range(n):
@@ -324,29 +307,42 @@ class ShardWorker:
                 "sensitivity_seconds": sensitivity_seconds,
                 **{column: values[i] for column, values in quality.items()},
             }
-            explained.append(_Explained(maps[i], with_missing_values_explained(columns, zero_maps[i])))
+            why = {column: per_image[i] for column, per_image in reasons.items() if per_image[i]}
+            explained.append(_Explained(maps[i], with_missing_values_explained(columns, zero_maps[i], why)))
         return explained
 
 
 # ------------------------------------------------------------------------------------------------------ rows
 
 
-def with_missing_values_explained(columns: dict, zero_map: bool) -> dict:
+def with_missing_values_explained(columns: dict, zero_map: bool, reasons: dict[str, str] | None = None) -> dict:
     """``columns`` with every undefined value as NaN and a ``note`` saying why, so no ok row holds a silent NaN.
 
     An all-zero map has no relative sensitivity (‖Φ(x+δ) − Φ(x)‖ / ‖Φ(x)‖ divides by zero; Captum's convention of
-    dividing by 1 instead would make the map that says nothing the "most stable" one).
+    dividing by 1 instead would make the map that says nothing the "most stable" one). ``reasons`` names the cause
+    of a missing value where its producer knows it (no mask for this image, an all-zero map's complexity …); any
+    other value that is not finite came from inputs that overflowed the model. Columns with the same cause share one
+    clause of the note.
     """
-    notes = []
+    reasons = reasons or {}
+    why_missing: dict[str, list[str]] = {}  # cause → its columns, in column order
+
+    def explain(column: str, why: str) -> None:
+        columns[column] = float("nan")
+        why_missing.setdefault(why, []).append(column)
+
     if zero_map and columns.get("sensitivity_max") is not None:
-        columns["sensitivity_max"] = float("nan")
-        notes.append("sensitivity_max undefined: the map is all zero")
-    for column, value in columns.items():
-        if isinstance(value, float) and not math.isfinite(value) and not (zero_map and column == "sensitivity_max"):
-            columns[column] = float("nan")
-            notes.append(f"{column} not finite: the perturbed or masked inputs overflowed the model")
-    if notes:
-        columns["note"] = "; ".join(notes)
+        explain("sensitivity_max", "undefined: the map is all zero")
+    for column, value in list(columns.items()):
+        if column == "sensitivity_max" and zero_map:
+            continue
+        missing = value is None or (isinstance(value, float) and not math.isfinite(value))
+        if missing and reasons.get(column):
+            explain(column, reasons[column])
+        elif isinstance(value, float) and not math.isfinite(value):
+            explain(column, "not finite: the perturbed or masked inputs overflowed the model")
+    if why_missing:
+        columns["note"] = "; ".join(f"{', '.join(names)} {why}" for why, names in why_missing.items())
     return columns
 
 

@@ -2,7 +2,9 @@
 
 The only package of xcv_batch that imports Ray (lazily: an in-process run never loads it).
 
-* :mod:`.run` — :func:`run_job`, :func:`plan_shards`, :class:`RunReport`, and the choice of executor;
+* :mod:`.run` — :func:`run_job`, :func:`plan_shards`, :class:`RunReport`, and the choice of executor (light
+  imports only: the job, source and OUT are checked before torch, zarr or Ray load);
+* :mod:`.dry_run` — ``run --dry-run``: the plan, the passes per image and a time estimate, nothing written;
 * :mod:`.local` — every shard in this process, one after another;
 * :mod:`.placement` — how many workers, with what resources (pure; no Ray);
 * :mod:`.session` — joining or starting Ray for one run (a local one on loopback only);

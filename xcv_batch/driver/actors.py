@@ -33,7 +33,7 @@ from ray.exceptions import ActorUnschedulableError, RayError, RayTaskError, Runt
 from .. import errors
 from ..config import Job
 from ..errors import XcvError
-from ..progress import RunProgress
+from ..progress import ProgressEvent, RunProgress
 from ..store import RunStore, shard_file_name
 from ..worker import Shard, ShardReport, ShardWorker, error_rows
 from .faults import Fault, faults_from_env, progress_hook
@@ -67,10 +67,11 @@ def _xcv_error(kind: str, message: str) -> XcvError | None:
 
 
 class ShardActor:
-    """One worker process: builds the model once, then processes the shards it is sent."""
+    """One worker process: builds the model once, then processes the shards it is sent; its progress events go to
+    the driver's ``inbox`` as they happen (fire and forget: computing never waits for the driver)."""
 
     def __init__(self, job: Job, device: str | None, torch_threads: int | None, out: str,
-                 faults: tuple[Fault, ...] = ()):
+                 faults: tuple[Fault, ...] = (), inbox=None):
         self.failure: StartFailure | None = None
         self.worker: ShardWorker | None = None
         try:
@@ -79,17 +80,64 @@ class ShardActor:
             self.failure = StartFailure(type(err).__name__, str(err), traceback.format_exc())
         self.store = RunStore(out)
         self.faults = faults
+        self.inbox = inbox
 
     def ready(self) -> StartFailure | None:
         return self.failure
 
-    def process(self, shard: Shard, attempt: int) -> ShardReport | StartFailure:
+    def process(self, shard: Shard, attempt: int, provenance: dict | None = None) -> ShardReport | StartFailure:
+        """``provenance``: the run's Parquet metadata, sent with each shard (the driver knows when its run began)."""
         if self.worker is None:
             return self.failure
-        return self.worker.process_shard(shard, self.store, progress=progress_hook(self.faults, shard, attempt))
+        self.store.provenance = dict(provenance or {})
+        sent: list = []
+        report = self.worker.process_shard(shard, self.store, progress=self._progress_sender(shard, attempt, sent))
+        if sent:  # the shard's events are in the inbox before its report reaches the driver (one round trip)
+            try:
+                ray.get(sent[-1], timeout=PUSH_TIMEOUT_S)
+            except RayError:  # progress is best effort: a lost inbox costs lines, never results
+                pass
+        return report
+
+    def _progress_sender(self, shard: Shard, attempt: int, sent: list):
+        fault = progress_hook(self.faults, shard, attempt)
+        inbox, key = self.inbox, (shard.name, attempt)
+
+        def send(event: ProgressEvent) -> None:
+            if inbox is not None:
+                sent[:] = [inbox.push.remote(key, event)]  # a worker's calls run in order: the last one is enough
+            if fault is not None:
+                fault(event)
+
+        return send
 
 
 _RemoteShardActor = ray.remote(ShardActor)
+
+
+class ProgressInbox:
+    """Where the workers' progress events wait until the driver takes them: a list, drained a few times a second.
+
+    An actor rather than a Ray queue: a worker's push is a call it does not wait for, so progress never slows work.
+    """
+
+    def __init__(self) -> None:
+        self._events: list = []
+
+    def push(self, key, event: ProgressEvent) -> None:
+        self._events.append((key, event))
+
+    def drain(self) -> list:
+        events, self._events = self._events, []
+        return events
+
+
+_RemoteProgressInbox = ray.remote(num_cpus=0)(ProgressInbox)
+
+#: Seconds between two drains of the inbox by the driver (it also drains before taking a shard's report).
+DRAIN_EVERY_S = 0.25
+#: How long a worker waits for its last progress event to be taken in before returning a shard's report.
+PUSH_TIMEOUT_S = 10.0
 
 
 # ------------------------------------------------------------------------------------------------- the scheduler
@@ -105,6 +153,11 @@ class _Task:
     def attempt(self) -> int:
         """1 for an image's first try, counting tries inside the shard it was split from."""
         return self.earlier_attempts + len(self.failures) + 1
+
+    @property
+    def key(self) -> tuple[str, int]:
+        """Whose progress this attempt's events are (see RunProgress.record)."""
+        return self.shard.name, self.attempt
 
 
 @dataclass(eq=False)
@@ -152,6 +205,8 @@ class RayExecutor:
         self._reports: list[ShardReport] = []
         self._store: RunStore | None = None  # set while run() runs
         self._progress: RunProgress | None = None
+        self.inbox = None  # the workers' progress events (a ProgressInbox actor), from __enter__ on
+        self._drained_at = 0.0
 
     # ------------------------------------------------------------------ lifecycle
     def __enter__(self) -> "RayExecutor":
@@ -159,6 +214,7 @@ class RayExecutor:
         try:
             self.plan = plan_workers(self.job.compute, self.session.resources(), self.max_workers)
             print(f"workers: {self.plan.describe()} on {self.session.where}", file=self._stream, flush=True)
+            self.inbox = _RemoteProgressInbox.options(max_restarts=0).remote()
             self.slots = [self._start_slot() for _ in range(self.plan.count)]
             self._await_ready()
         except BaseException:
@@ -171,6 +227,9 @@ class RayExecutor:
             self._kill(slot)
         self.slots = []
         self._owner.clear()
+        if self.inbox is not None:
+            self._kill_actor(self.inbox)
+            self.inbox = None
         self.session.__exit__()
 
     def _start_slot(self) -> _Slot:
@@ -181,16 +240,20 @@ class RayExecutor:
         if env:
             options["runtime_env"] = {"env_vars": env}
         actor = _RemoteShardActor.options(**options).remote(
-            self.job, None, plan.torch_threads, self.job.output.path, self.faults
+            self.job, None, plan.torch_threads, self.job.output.path, self.faults, self.inbox
         )
         slot = _Slot(actor, actor.ready.remote())
         self._owner[slot.ready_ref] = slot
         return slot
 
+    @classmethod
+    def _kill(cls, slot: _Slot) -> None:
+        cls._kill_actor(slot.actor)
+
     @staticmethod
-    def _kill(slot: _Slot) -> None:
+    def _kill_actor(actor) -> None:
         try:
-            ray.kill(slot.actor, no_restart=True)
+            ray.kill(actor, no_restart=True)
         except Exception:  # noqa: BLE001 - already gone
             pass
 
@@ -209,6 +272,7 @@ class RayExecutor:
             while self._pending or any(slot.calls for slot in self.slots):
                 self._fill()
                 done, _ = ray.wait(list(self._owner), num_returns=1, timeout=self._wait_timeout())
+                self._drain_progress()
                 for ref in done:
                     self._collect(ref)
                 self._expire_hung()
@@ -220,13 +284,45 @@ class RayExecutor:
         """Deal pending shards round-robin, one deep on every actor before two deep on any."""
         for depth in range(1, self.job.compute.max_in_flight + 1):
             for slot in self.slots:
-                if self._pending and len(slot.calls) < depth:
-                    task = self._pending.popleft()
-                    ref = slot.actor.process.remote(task.shard, task.attempt)
+                task = self._next_task() if len(slot.calls) < depth else None
+                if task is not None:
+                    ref = slot.actor.process.remote(task.shard, task.attempt, self._store.provenance)
                     self._owner[ref] = slot
                     if not slot.calls and slot.started:
                         slot.running_since = time.monotonic()
                     slot.calls.append((ref, task, time.monotonic()))
+
+    def _next_task(self) -> _Task | None:
+        """The first pending task that shares no Zarr object with a task in flight (None if there is none).
+
+        Planned shards own whole objects, but the one-image tasks of a split shard share them when an object holds
+        K > 1 images: each writes its object (read, merge, write), so two at once would lose one's image.
+        """
+        per_object = self.job.output.images_per_object
+        if per_object == 1 or not self._pending:
+            return self._pending.popleft() if self._pending else None
+        busy = {obj for slot in self.slots for _, task, _ in slot.calls for obj in _objects(task.shard, per_object)}
+        for position, task in enumerate(self._pending):
+            if not busy & _objects(task.shard, per_object):
+                del self._pending[position]
+                return task
+        return None
+
+    def _drain_progress(self, now_please: bool = False) -> None:
+        """Pass the workers' events to the progress (at most every DRAIN_EVERY_S unless ``now_please``); progress is
+        best effort: a lost inbox loses lines, never results."""
+        now = time.monotonic()
+        if self._progress is None or self.inbox is None:
+            return
+        if not now_please and now - self._drained_at < DRAIN_EVERY_S:
+            return
+        self._drained_at = now
+        try:
+            events = ray.get(self.inbox.drain.remote(), timeout=10)
+        except RayError:
+            return
+        for key, event in events:
+            self._progress.record(event, key)
 
     def _wait_timeout(self) -> float:
         timeout = self.job.compute.shard_timeout_s
@@ -278,7 +374,8 @@ class RayExecutor:
             ShardTiming(result.shard, submitted, slot.running_since or submitted, time.monotonic(), result.seconds)
         )
         self._advance_clock(slot)
-        self._done(result)
+        self._drain_progress(now_please=True)  # its events first: the report then settles the shard exactly
+        self._done(result, task.key)
 
     def _collect_ready(self, slot: _Slot) -> None:
         try:
@@ -300,10 +397,10 @@ class RayExecutor:
         """The oldest call left starts now: the actor runs its calls one after another."""
         slot.running_since = time.monotonic() if slot.calls else None
 
-    def _done(self, report: ShardReport) -> None:
+    def _done(self, report: ShardReport, key) -> None:
         self._reports.append(report)
         if self._progress is not None:
-            self._progress.advance(report.n_images, report.n_failed)
+            self._progress.settle(key, report)
 
     # ------------------------------------------------------------------ failures
     def _lose_slot(self, slot: _Slot, reason: str) -> None:
@@ -340,9 +437,9 @@ class RayExecutor:
                 return
             if not isinstance(report, ShardReport):
                 return
-            slot.calls.popleft()
+            _, task, _ = slot.calls.popleft()
             self._owner.pop(ref, None)
-            self._done(report)
+            self._done(report, task.key)
 
     @staticmethod
     def _ready_now(slot: _Slot) -> bool:
@@ -357,13 +454,14 @@ class RayExecutor:
     def _failed(self, task: _Task, reason: str) -> None:
         """One lost attempt of ``task``: retry it, split it, or (one image, out of attempts) commit its error rows."""
         if self._progress is not None:
+            self._progress.discard(task.key)  # what the lost attempt reported is undone; a retry reports anew
             self._progress.retry()
         task.failures.append(reason)
         store = self._store
         file = shard_file_name(task.shard.first_index, task.shard.last_index)
         if store is not None and file in store.committed_files():
             # it committed, then its report was lost with the worker: done, and not to be written again
-            self._done(ShardReport(task.shard.name, len(task.shard), 0, 0.0))
+            self._done(ShardReport(task.shard.name, len(task.shard), 0, 0.0), (task.shard.name, "committed"))
             return
         if len(task.failures) < self.job.compute.max_attempts:
             self._pending.appendleft(task)
@@ -372,7 +470,13 @@ class RayExecutor:
                 _Task(Shard((item,)), earlier_attempts=task.attempt - 1) for item in reversed(task.shard.items)
             )
         else:
-            self._done(_commit_failed_image(self.job, store, task.shard, _give_up_message(task.failures)))
+            report = _commit_failed_image(self.job, store, task.shard, _give_up_message(task.failures))
+            self._done(report, (task.shard.name, "given up"))
+
+
+def _objects(shard: Shard, per_object: int) -> set[int]:
+    """The Zarr objects (of every array) that ``shard``'s images lie in."""
+    return {index // per_object for index, _ in shard.items}
 
 
 def _give_up_message(failures: list[str]) -> str:
@@ -398,6 +502,7 @@ def _commit_failed_image(job: Job, store: RunStore, shard: Shard, message: str) 
     empty = np.full((3, resolution, resolution), np.nan, dtype=np.float32)
     for name in ("inputs", *job.methods):
         writer.write(name, index, empty)
+    writer.flush()
     rows = [{**row, "shard": shard.name} for row in error_rows(index, record, job.methods, message)]
     store.commit_rows(index, index, rows)
     return ShardReport(shard.name, 1, 1, 0.0)

@@ -14,7 +14,8 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from ..worker import Shard
+from ..progress import ImagesDone, ProgressEvent
+from ..shards import Shard
 
 ENV = "XCV_TEST_FAULTS"
 
@@ -38,7 +39,7 @@ def faults_from_env() -> tuple[Fault, ...]:
     return tuple(faults)
 
 
-def progress_hook(faults: tuple[Fault, ...], shard: Shard, attempt: int) -> Callable[[int, int], None] | None:
+def progress_hook(faults: tuple[Fault, ...], shard: Shard, attempt: int) -> Callable[[ProgressEvent], None] | None:
     """A ``process_shard`` progress callback that fires the faults meant for this shard and attempt, or None."""
     positions = {record.image_id: position for position, (_, record) in enumerate(shard.items)}
     armed = [(positions[f.image_id], f) for f in faults
@@ -47,9 +48,11 @@ def progress_hook(faults: tuple[Fault, ...], shard: Shard, attempt: int) -> Call
         return None
     done = 0
 
-    def hook(images: int, failed: int) -> None:
+    def hook(event: ProgressEvent) -> None:
         nonlocal done
-        done += images
+        if not isinstance(event, ImagesDone):  # faults fire when a batch is finished
+            return
+        done += event.images
         for position, fault in armed:
             if position < done:
                 if fault.action == "kill":

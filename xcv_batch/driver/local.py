@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import functools
+from typing import TYPE_CHECKING
+
 from ..config import Job
 from ..progress import RunProgress
-from ..store import RunStore
-from ..worker import Shard, ShardReport, ShardWorker
+from ..shards import Shard, ShardReport
+
+if TYPE_CHECKING:
+    from ..store import RunStore
 
 
 class InProcessExecutor:
     def __init__(self, job: Job):
         self.job = job
-        self.worker: ShardWorker | None = None
+        self.worker = None
 
     def __enter__(self) -> "InProcessExecutor":
+        from ..worker import ShardWorker  # torch: imported once the job, source and OUT have been checked
+
         self.worker = ShardWorker(self.job)  # a bad model or weights fails here, before anything is written
         return self
 
@@ -21,4 +28,9 @@ class InProcessExecutor:
         self.worker = None
 
     def run(self, shards: list[Shard], store: RunStore, progress: RunProgress) -> list[ShardReport]:
-        return [self.worker.process_shard(shard, store, progress=progress.advance) for shard in shards]
+        reports = []
+        for shard in shards:
+            report = self.worker.process_shard(shard, store, progress=functools.partial(progress.record, key=shard.name))
+            progress.settle(shard.name, report)
+            reports.append(report)
+        return reports

@@ -1,24 +1,31 @@
 """One run: list the images, choose where shards run, lay out OUT, run the shards, report.
 
 Shards are planned over the images not yet committed, so ``--resume`` after any crash runs exactly the rest.
+Everything that can be answered from the job file, the source and OUT is checked before zarr, torch or Ray are
+imported, so a typo costs a second, not a model load: this module imports only light ones at the top.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Protocol, Sequence
+from typing import TYPE_CHECKING, Protocol, Sequence, TextIO
 
 from ..config import Job, dump_job
-from ..errors import ConfigError
-from ..data import ImageRecord, list_images
-from ..model import describe_weights, read_categories
+from ..errors import ConfigError, OutputError
+from ..outdir import check_out
+from ..plan import method_passes
 from ..progress import RunProgress
-from ..store import CommitCheck, RunStore
-from ..worker import Shard, ShardReport
+from ..provenance import run_provenance
+from ..shards import Shard, ShardReport
+from ..sources import ImageRecord, list_images
 from .placement import local_resources, plan_workers
+
+if TYPE_CHECKING:  # zarr and pyarrow: imported by run_job once the checks have passed
+    from ..store import RunStore
 
 #: Seconds between plain progress lines when stderr is not a terminal (job logs); the tests set 0.
 PROGRESS_INTERVAL_ENV = "XCV_PROGRESS_INTERVAL_S"
@@ -56,26 +63,39 @@ class Executor(Protocol):
     def run(self, shards: list[Shard], store: RunStore, progress: RunProgress) -> list[ShardReport]: ...
 
 
-def plan_shards(records: Sequence[ImageRecord], shard_size: int, done: set[int] = frozenset()) -> list[Shard]:
-    """Consecutive runs of not-yet-committed images, at most ``shard_size`` each.
+def plan_shards(records: Sequence[ImageRecord], shard_size: int, done: set[int] = frozenset(),
+                images_per_object: int = 1) -> list[Shard]:
+    """Consecutive runs of not-yet-committed images, at most ``shard_size`` each, that own whole Zarr objects.
 
-    A shard never spans a committed image, so its file name (first-last index) cannot collide with a committed one.
+    The not-yet-committed images of one object (``images_per_object`` consecutive images, aligned to multiples of
+    it) always go to the same shard, because concurrent shards writing one object would overwrite each other's
+    images; ``shard_size`` is a multiple of ``images_per_object`` (checked with the job). A shard ends before a
+    committed image, so its file name (first-last index) cannot collide with a committed one — except inside an
+    object, where the rest of the object's images stay with it (its writer leaves the committed ones untouched).
     """
     shards: list[Shard] = []
     current: list[tuple[int, ImageRecord]] = []
-    for index, record in enumerate(records):
-        if index in done:
-            if current:
-                shards.append(Shard(tuple(current)))
-                current = []
-            continue
-        current.append((index, record))
-        if len(current) == shard_size:
+    for group in _images_per_object(records, done, images_per_object):
+        after_a_gap = bool(current) and group[0][0] != current[-1][0] + 1
+        if current and (after_a_gap or len(current) + len(group) > shard_size):
             shards.append(Shard(tuple(current)))
             current = []
+        current.extend(group)
     if current:
         shards.append(Shard(tuple(current)))
     return shards
+
+
+def _images_per_object(records: Sequence[ImageRecord], done: set[int],
+                       images_per_object: int) -> list[list[tuple[int, ImageRecord]]]:
+    """The not-yet-committed (index, record) pairs of each Zarr object, objects in order, empty ones left out."""
+    groups: list[list[tuple[int, ImageRecord]]] = []
+    for first in range(0, len(records), images_per_object):
+        group = [(index, records[index]) for index in range(first, min(first + images_per_object, len(records)))
+                 if index not in done]
+        if group:
+            groups.append(group)
+    return groups
 
 
 def _ray_is_running() -> bool:
@@ -123,6 +143,8 @@ def _wants_ray(job: Job, n_shards: int) -> bool:
 
 
 def store_attributes(job: Job) -> dict:
+    from ..model import describe_weights, read_categories  # torchvision: the model is being built by now
+
     preprocessing, categories = describe_weights(job.model.arch, job.model.weights, job.model.resolution)
     categories = read_categories(job.model.categories) or categories
     return {
@@ -160,23 +182,52 @@ def prepare_store(job: Job, store: RunStore, records: list, resume: bool) -> Non
         list(job.methods),
         store_attributes(job),
         resume=resume,
+        image_paths=[r.path for r in records],
+        images_per_object=job.output.images_per_object,
     )
 
 
-def run_job(job: Job, resume: bool = False, executor: Executor | None = None) -> RunReport:
-    """Check everything that can be checked before the model is built, then run the shards not yet committed."""
+def with_layout_of(job: Job, store: RunStore, resume: bool) -> Job:
+    """``job`` with the images per object of the arrays already in OUT, when resuming onto them: the layout was
+    fixed when OUT was made (the setting is not in the fingerprint, so a resume may name another)."""
+    stored = store.layout_images_per_object() if resume else None
+    if stored is None or stored == job.output.images_per_object:
+        return job
+    if job.compute.shard_size % stored:
+        raise OutputError(f"{store.out} stores {stored} images per object, which does not divide compute.shard_size "
+                          f"({job.compute.shard_size}); resume with --set output.images_per_object={stored} and a "
+                          "compute.shard_size that is a multiple of it")
+    return dataclasses.replace(job, output=dataclasses.replace(job.output, images_per_object=stored))
+
+
+def run_job(job: Job, resume: bool = False, executor: Executor | None = None,
+            stream: TextIO | None = None) -> RunReport:
+    """Check everything that can be checked before the model is built, then run the shards not yet committed.
+
+    ``stream`` (default stderr) gets the start line, the progress and the closing per-method summary.
+    """
     started = time.perf_counter()
-    records = list_images(job.data.source, job.data.limit)
-    _check_labels(job, records)
-    store = RunStore(job.output.path)
-    store.check_target(job.fingerprint(), resume)
+    stream = stream or sys.stderr
+    records = checked_images(job)
+    check_out(job.output.path, job, resume)  # before zarr, torch or Ray: a wrong --out is answered at once
+    from ..store import CommitCheck, RunStore
+
+    store = RunStore(job.output.path, provenance=run_provenance(job))
+    job = with_layout_of(job, store, resume)
     check = store.verify_committed(list(job.methods)) if resume else CommitCheck()
-    shards = plan_shards(records, job.compute.shard_size, check.done)
+    shards = plan_shards(records, job.compute.shard_size, check.done, job.output.images_per_object)
+    print(start_line(job, len(records), len(check.done), len(shards)), file=stream, flush=True)
+    if shards:
+        from ..model import check_arch  # torchvision, but no model yet and no Ray: a wrong name costs seconds
+
+        check_arch(job.model.arch)
     executor = executor or choose_executor(job, len(shards))
     with executor:
         prepare_store(job, store, records, resume)
-        with RunProgress(total=len(records), already_done=len(check.done), interval_s=_progress_interval()) as progress:
+        with RunProgress(len(records), method_passes(job), already_done=len(check.done),
+                         interval_s=_progress_interval(), stream=stream) as progress:
             reports = executor.run(shards, store, progress) if shards else []
+    store.finish()
     return RunReport(
         out=job.output.path,
         n_images=len(records),
@@ -188,6 +239,21 @@ def run_job(job: Job, resume: bool = False, executor: Executor | None = None) ->
         retries=progress.retries,
         recomputed=dict(check.rejected),
     )
+
+
+def checked_images(job: Job) -> list[ImageRecord]:
+    """The job's images, once the source has been listed and its labels checked (torch-free)."""
+    records = list_images(job.data.source, job.data.limit)
+    _check_labels(job, records)
+    return records
+
+
+def start_line(job: Job, n_images: int, n_done: int, n_shards: int) -> str:
+    """What the run is about to do, printed before the model loads (which takes seconds, Ray's start more)."""
+    done = f" ({n_done} already done)" if n_done else ""
+    work = (f"{n_shards} shard{'s' if n_shards != 1 else ''}; loading model {job.model.arch} ({job.model.weights}) "
+            f"at {job.model.resolution} px …") if n_shards else "nothing left to do"
+    return f"run {job.name}: {n_images} images{done} → {job.output.path}, {work}"
 
 
 def _check_labels(job: Job, records: Sequence[ImageRecord]) -> None:

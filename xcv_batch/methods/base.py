@@ -36,6 +36,13 @@ class AttributionMethod(ABC):
     def attribute(self, inputs: torch.Tensor, targets: torch.Tensor, seeds: Sequence[int]) -> torch.Tensor:
         """(B, 3, H, W) model inputs on the classifier's device, (B,) int64 targets, B seeds → (B, 3, H, W) float32."""
 
+    def diagnostics(
+        self, inputs: torch.Tensor, targets: torch.Tensor, attributions: torch.Tensor
+    ) -> dict[str, tuple[torch.Tensor, str]]:
+        """Per-image checks of the method's own output, as row columns: name → ((B,) values, why a value can be NaN).
+        Diagnostics are reported, never ranked; most methods have none."""
+        return {}
+
 
 def chunk_slices(total: int, size: int) -> Iterator[slice]:
     """Consecutive slices of at most ``size`` covering ``range(total)``, as few as possible and of equal length ±1.

@@ -64,6 +64,28 @@ def integrated_gradients(
     return path_integral * inputs
 
 
+def completeness_gap(
+    net: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, attributions: torch.Tensor, forward_batch: int = 64
+) -> torch.Tensor:
+    """IG's completeness check per image, (B,) float64: ``|Σ attribution − (f(x) − f(0))| ÷ |f(x) − f(0)|``.
+
+    IG's attributions sum to the change of the target logit from the zero baseline when the path integral is exact;
+    the gap is the quadrature's error (Captum's ``return_convergence_delta``, here relative to the change so that
+    images and models compare), so a large one says ``n_steps`` was too few. NaN where f(x) = f(0): there is no
+    change to be complete about.
+    """
+    inputs, targets = inputs.detach(), targets.to(inputs.device)
+    both = torch.cat([inputs, torch.zeros_like(inputs)])
+    # In full precision even under a bf16/fp16 run: the check measures the attribution's error, not its own.
+    with torch.no_grad(), torch.autocast(inputs.device.type, enabled=False):
+        logits = torch.cat([net(both[part]).to(torch.float64) for part in chunk_slices(both.shape[0], forward_batch)])
+    scores = target_outputs(logits, torch.cat([targets, targets]))
+    change = scores[: len(inputs)] - scores[len(inputs):]
+    total = attributions.detach().to(torch.float64).flatten(1).sum(dim=1)
+    gap = (total - change).abs() / change.abs()
+    return gap.masked_fill(change == 0, float("nan"))
+
+
 class IntegratedGradients(AttributionMethod):
     name = "integrated_gradients"
     differentiates = True
@@ -74,3 +96,7 @@ class IntegratedGradients(AttributionMethod):
             self.classifier.net, inputs, targets, self.settings.n_steps, self.settings.method, self.forward_batch
         )
         return attributions.float()
+
+    def diagnostics(self, inputs, targets, attributions) -> dict[str, tuple[torch.Tensor, str]]:
+        gap = completeness_gap(self.classifier.net, inputs, targets, attributions, self.forward_batch)
+        return {"ig_completeness_gap": (gap, "undefined: f(x) equals f(baseline)")}

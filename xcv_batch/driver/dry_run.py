@@ -1,0 +1,118 @@
+"""``run --dry-run``: the checks of a run, then what it would do and about how long it would take; nothing is written.
+
+The checks are the run's own (job, source, labels, OUT) and come before any heavy import; then the plan (images,
+shards, workers), the passes every method needs per image (:mod:`xcv_batch.plan`) and an estimate from a short
+probe of the model on this machine (:mod:`xcv_batch.probe`).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from ..config import Job
+from ..outdir import check_out
+from ..plan import CLASSIFY, Passes, format_duration, method_passes
+from .placement import WorkerPlan, local_resources, plan_workers
+from .run import _wants_ray, checked_images, plan_shards, with_layout_of
+
+
+@dataclass
+class RunPlan:
+    job: Job
+    n_images: int
+    n_done: int  # committed already (--resume)
+    n_broken: int  # committed files that cannot be read: their shards would be recomputed
+    n_shards: int
+    workers: str
+    worker_plan: WorkerPlan | None  # None: one worker in this process, or a cluster's (decided there)
+    passes: dict[str, Passes]
+    times: object | None = None  # probe.PassTimes, when probed
+
+    @property
+    def images_to_run(self) -> int:
+        return self.n_images - self.n_done
+
+    def seconds_per_image(self) -> dict[str, float]:
+        return {name: self.times.seconds(passes) for name, passes in self.passes.items()} if self.times else {}
+
+    def estimate_seconds(self) -> float | None:
+        """Wall time of the images left: each GPU worker has its own device; CPU workers share this machine's
+        cores, which the probe already used all of."""
+        if self.times is None:
+            return None
+        per_image = sum(self.seconds_per_image().values()) + self.times.seconds(CLASSIFY)
+        parallel = self.worker_plan.count if self.worker_plan is not None and self.worker_plan.num_gpus else 1
+        return self.images_to_run * per_image / parallel
+
+    def describe(self) -> str:
+        job = self.job
+        done = f", {self.n_done} already done" if self.n_done else ""
+        broken = f", {self.n_broken} unreadable shard files to recompute" if self.n_broken else ""
+        lines = [
+            f"dry run of {job.name} → {job.output.path} (nothing is written)",
+            f"images: {self.n_images} from {job.data.source}{done}{broken}; {self.n_shards} shard"
+            f"{'s' if self.n_shards != 1 else ''} of up to {job.compute.shard_size}",
+            f"workers: {self.workers}",
+        ]
+        sensitivity = job.sensitivity
+        factor = (f", each × {1 + sensitivity.n_perturb_samples} with Max-Sensitivity "
+                  f"(n_perturb_samples {sensitivity.n_perturb_samples})") if sensitivity is not None else ""
+        lines.append(f"passes per image at {job.model.resolution} px{factor}:")
+        seconds = self.seconds_per_image()
+        width = max(len(name) for name in [*self.passes, "classification"])
+        for name, passes in self.passes.items():
+            cost = f"   ≈ {seconds[name]:.3g} s/image" if name in seconds else ""
+            lines.append(f"  {name:<{width}}  {passes.describe()}{cost}")
+        lines.append(f"  {'classification':<{width}}  {CLASSIFY.describe()} (the target)")
+        if self.times is not None:
+            t = self.times
+            lines.append(f"probe: {job.model.arch} on {t.device}, {t.rows} rows a pass: "
+                         f"{t.forward_s * 1e3:.3g} ms a forward row, {t.forward_backward_s * 1e3:.3g} ms a "
+                         "forward+backward row")
+            estimate = self.estimate_seconds()
+            lines.append(f"estimate: {format_duration(estimate)} for {self.images_to_run} images "
+                         f"({self._estimate_scope()})")
+        return "\n".join(lines)
+
+    def _estimate_scope(self) -> str:
+        left_out = "decoding, LIME's superpixels and writing are not included"
+        if os.environ.get("RAY_ADDRESS"):
+            return f"one worker as fast as this machine; divide by the cluster's workers; {left_out}"
+        return left_out
+
+
+def plan_run(job: Job, resume: bool = False, probe: bool = True) -> RunPlan:
+    """Check the job's source and OUT as ``run`` does, then plan it; ``probe`` times the model for an estimate."""
+    records = checked_images(job)
+    check_out(job.output.path, job, resume)
+    from ..store import RunStore, UnreadableShard
+
+    store = RunStore(job.output.path)
+    job = with_layout_of(job, store, resume)
+    done, broken = set(), 0
+    if resume:
+        for name in store.committed_files():  # read only: a real --resume would set unreadable files aside
+            try:
+                done.update(store.read_committed(name, ["index"]).column("index").to_pylist())
+            except UnreadableShard:
+                broken += 1
+    shards = plan_shards(records, job.compute.shard_size, done, job.output.images_per_object)
+    workers, worker_plan = _describe_workers(job, len(shards))
+    plan = RunPlan(job, len(records), len(done), broken, len(shards), workers, worker_plan, method_passes(job))
+    if probe and shards:
+        from ..probe import probe_pass_times
+
+        plan.times = probe_pass_times(job)
+    return plan
+
+
+def _describe_workers(job: Job, n_shards: int) -> tuple[str, WorkerPlan | None]:
+    if n_shards == 0:
+        return "none (nothing left to do)", None
+    if os.environ.get("RAY_ADDRESS"):
+        return f"Ray workers on the cluster at RAY_ADDRESS (compute.workers: {job.compute.workers})", None
+    if not _wants_ray(job, n_shards):
+        return "1, in this process", None
+    plan = plan_workers(job.compute, local_resources(), max_workers=n_shards)
+    return f"{plan.describe()} on a local Ray", plan
