@@ -19,6 +19,7 @@ from captum.attr import NoiseTunnel
 from captum.attr import Occlusion as CaptumOcclusion
 from torch import nn
 
+from net_helpers import give_biases
 from xcv_batch.config import job_from_mapping, load_job
 from xcv_batch.errors import ConfigError
 from xcv_batch.methods import build_method
@@ -75,17 +76,6 @@ def photo(image, size: int, seed: int) -> torch.Tensor:
     return square + 0.02 * torch.randn(square.shape, generator=generator)
 
 
-def give_biases(net: nn.Module, seed: int) -> None:
-    """Random biases and BatchNorm statistics. torchvision's random init leaves them at zero, which makes a net
-    positively homogeneous: its gradient is constant along IG's straight path, so a mix-up of steps would go unseen."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for module in net.modules():
-            if isinstance(module, (nn.Conv2d, nn.Linear, nn.BatchNorm2d)) and module.bias is not None:
-                module.bias.copy_(0.1 * torch.randn(module.bias.shape, generator=generator))
-            if isinstance(module, nn.BatchNorm2d):
-                module.running_mean.copy_(0.1 * torch.randn(module.running_mean.shape, generator=generator))
-                module.running_var.copy_(0.5 + torch.rand(module.running_var.shape, generator=generator))
 
 
 def make_case(arch: str, resolution: int, photos: list, targets: list[int], dtype=torch.float32) -> Case:

@@ -242,6 +242,10 @@ class Job:
         # Batching, sharding and workers do not change results; the device, precision and execution do (rounding).
         c = self.compute
         d["compute"] = {"device": c.device, "precision": c.precision, "fast_execution": c.fast_execution}
+        # Incremental occlusion changes how the scores are computed, not what they are (equal to the full forwards up
+        # to float rounding, as batching is): not fingerprinted, so runs made before it existed still resume.
+        if "occlusion" in d["methods"]:
+            d["methods"]["occlusion"].pop("incremental", None)
         # A metric added after runs existed, while off, leaves the hash as it was: their --resume still matches.
         if d["metrics"].get("complexity") is None:
             d["metrics"].pop("complexity", None)

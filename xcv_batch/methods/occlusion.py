@@ -5,17 +5,30 @@ baselines=b, target=t)``: windows start at 0, s, 2s, … up to the first start �
 starts per spatial dimension, the last window clipped at the border), and a pixel gets the mean of
 ``f(x) - f(occluded)`` over the windows that cover it. A window is a row interval times a column
 interval, so the per-pixel sums are ``rows.T @ diffs @ cols``: no full-size mask per window is ever kept.
+
+The target scores come from one of two exact paths: full forwards of every occluded copy, or incremental inference
+(:mod:`.incremental`: the clean image once, then per copy only the activations its window can change). The setting
+``incremental`` picks (auto: incremental where the layers' FLOPs predict a saving, see :data:`AUTO_FLOP_RATIO`);
+:attr:`Occlusion.last_path` says which ran.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Sequence
 
 import torch
 
 from ..errors import ConfigError
 from .base import AttributionMethod, chunk_slices, target_outputs
+from .incremental import Plan, incremental_scores, lower, make_plan
 from .settings import OcclusionSettings
+
+log = logging.getLogger(__name__)
+
+#: ``incremental: auto`` runs incremental inference when it needs less than this share of a full forward's FLOPs
+#: per copy: below it the saving outweighs the crops' gathering on the CPU measured (scripts/bench_incremental.py)
+AUTO_FLOP_RATIO = 0.7
 
 
 def window_cover(size: int, window: int, stride: int, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -30,9 +43,16 @@ class Occlusion(AttributionMethod):
     name = "occlusion"
     settings_type = OcclusionSettings
 
+    def __init__(self, classifier, settings, forward_batch: int = 64):
+        super().__init__(classifier, settings, forward_batch)
+        #: "incremental" or "full": the path the last ``attribute`` call ran
+        self.last_path: str | None = None
+        #: the incremental plan's predicted FLOPs per copy ÷ a full forward's (None when the model is not lowered)
+        self.last_flop_ratio: float | None = None
+        self._plans: dict = {}
+
     def attribute(self, inputs: torch.Tensor, targets: torch.Tensor, seeds: Sequence[int]) -> torch.Tensor:
         settings: OcclusionSettings = self.settings
-        net = self.classifier.net
         n_images, channels, height, width = inputs.shape
         targets = targets.to(inputs.device)
         if settings.window > min(height, width):
@@ -42,9 +62,35 @@ class Occlusion(AttributionMethod):
             )
         rows = window_cover(height, settings.window, settings.stride, inputs.device)
         cols = window_cover(width, settings.window, settings.stride, inputs.device)
+        plan = self._chosen_plan(tuple(inputs.shape[1:]))
+        if plan is not None:
+            with torch.inference_mode():
+                scores = incremental_scores(plan, inputs, targets, settings.baseline, self.forward_batch)
+            # Cloned outside inference_mode: callers get an ordinary tensor (inference tensors refuse in-place edits).
+            scores = scores.clone()
+            self.last_path = "incremental"
+        else:
+            scores = self._full_scores(inputs, targets, rows, cols)
+            self.last_path = "full"
+        log.debug("occlusion: %s path (predicted FLOP ratio %s)", self.last_path, self.last_flop_ratio)
+        drops = scores[:, -1:] - scores[:, :-1]
+
+        n_cols = cols.shape[0]
+        rows_f, cols_f = rows.to(drops.dtype), cols.to(drops.dtype)
+        drops = drops.view(n_images, rows.shape[0], n_cols)
+        summed = torch.einsum("brc,ri,cj->bij", drops, rows_f, cols_f)
+        # stride ≤ window (checked in the settings), so every pixel is covered at least once.
+        covering = rows_f.sum(0).unsqueeze(1) * cols_f.sum(0).unsqueeze(0)
+        per_pixel = summed / covering
+        return per_pixel.float().unsqueeze(1).expand(n_images, channels, height, width).contiguous()
+
+    def _full_scores(self, inputs: torch.Tensor, targets: torch.Tensor, rows: torch.Tensor,
+                     cols: torch.Tensor) -> torch.Tensor:
+        """(B, n_windows + 1) target scores from full forwards: every window (row-major), then unoccluded."""
+        net = self.classifier.net
+        n_images = inputs.shape[0]
         n_cols = cols.shape[0]
         n_windows = rows.shape[0] * n_cols
-
         # Each image contributes n_windows occluded rows and, last, itself unoccluded: one image-major stream, so the
         # clean forward rides in full chunks instead of a small batch of its own.
         per_image = n_windows + 1
@@ -60,15 +106,35 @@ class Occlusion(AttributionMethod):
                 window = window.clamp(max=n_windows - 1)
                 mask = rows[window // n_cols].unsqueeze(2) & cols[window % n_cols].unsqueeze(1)  # (n, H, W)
                 mask &= occluding
-                occluded = torch.where(mask.unsqueeze(1), settings.baseline, inputs[image])
+                occluded = torch.where(mask.unsqueeze(1), self.settings.baseline, inputs[image])
                 scores[chunk] = target_outputs(net(occluded), targets[image])
-        scores = scores.view(n_images, per_image)
-        drops = scores[:, -1:] - scores[:, :-1]
+        return scores.view(n_images, per_image)
 
-        rows_f, cols_f = rows.to(drops.dtype), cols.to(drops.dtype)
-        drops = drops.view(n_images, rows.shape[0], n_cols)
-        summed = torch.einsum("brc,ri,cj->bij", drops, rows_f, cols_f)
-        # stride ≤ window (checked in the settings), so every pixel is covered at least once.
-        covering = rows_f.sum(0).unsqueeze(1) * cols_f.sum(0).unsqueeze(0)
-        per_pixel = summed / covering
-        return per_pixel.float().unsqueeze(1).expand(n_images, channels, height, width).contiguous()
+    def _chosen_plan(self, image_shape: tuple[int, int, int]) -> Plan | None:
+        """The incremental plan to run, or None for full forwards (off, not lowerable, or too small a saving)."""
+        mode = self.settings.incremental
+        self.last_flop_ratio = None
+        if mode is False:
+            return None
+        plan = self.plan(image_shape)
+        if plan is None:
+            if mode is True:
+                log.info("occlusion: %s cannot be run incrementally; running full forwards",
+                         type(self.classifier.net).__name__)
+            return None
+        self.last_flop_ratio = plan.flop_ratio
+        if mode == "auto" and plan.flop_ratio >= AUTO_FLOP_RATIO:
+            return None
+        return plan
+
+    def plan(self, image_shape: tuple[int, int, int]) -> Plan | None:
+        """The incremental plan of this network for images of ``image_shape`` (cached), None if not lowerable."""
+        net = self.classifier.net
+        if self._plans.get("net") is not net:  # a new network (the classifier was swapped): plans of the old go
+            self._plans = {"net": net}
+        key = (image_shape, self.settings.window, self.settings.stride)
+        if key not in self._plans:
+            graph = lower(net, image_shape)
+            self._plans[key] = None if graph is None else make_plan(
+                net, graph, image_shape[1], image_shape[2], self.settings.window, self.settings.stride)
+        return self._plans[key]

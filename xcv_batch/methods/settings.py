@@ -24,6 +24,9 @@ class OcclusionSettings:
     window: int = 15
     stride: int = 8
     baseline: float = 0.0  # in model-input (normalised) space: 0 is the dataset mean colour, the seed's grey patch
+    # Exact incremental inference (each copy recomputes only what its window can change; same maps up to rounding):
+    # auto runs it where the layers' FLOPs predict a worthwhile saving, true wherever the model can be lowered.
+    incremental: Union[Literal["auto"], bool] = "auto"
 
     def check(self) -> None:
         _positive("window", self.window)
@@ -31,6 +34,8 @@ class OcclusionSettings:
         if self.stride > self.window:
             # Captum refuses it too: pixels between windows would never be occluded.
             raise ConfigError("stride", f"must be ≤ window ({self.window}), got {self.stride}")
+        if not (isinstance(self.incremental, bool) or self.incremental == "auto"):
+            raise ConfigError("incremental", f"must be auto, true or false, got {self.incremental!r}")
 
 
 IG_METHODS = ("gausslegendre", "riemann_trapezoid", "riemann_left", "riemann_right", "riemann_middle")
