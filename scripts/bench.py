@@ -69,9 +69,9 @@ from xcv_batch.device import (  # noqa: E402
     synchronize,
 )
 from xcv_batch.errors import ConfigError  # noqa: E402
-from xcv_batch.methods import METHOD_NAMES, build_method, method_class  # noqa: E402
+from xcv_batch.layout import METRICS_DIR  # noqa: E402
+from xcv_batch.methods import build_method, method_names, method_spec  # noqa: E402
 from xcv_batch.methods.lime import segmentation_images  # noqa: E402
-from xcv_batch.methods.occlusion import window_cover  # noqa: E402
 from xcv_batch.methods.settings import METHOD_SETTINGS  # noqa: E402
 from xcv_batch.metrics import sensitivity_max  # noqa: E402
 from xcv_batch.model import auto_target_layer, build_classifier, describe_weights, resolve_device  # noqa: E402
@@ -229,25 +229,12 @@ def measure_pieces(pieces: list[Piece], kind: str, raw: RawThroughput, watched: 
 
 
 def rows_per_image(name: str, settings, height: int, width: int) -> int:
-    """Model passes one image costs a method (the unit of efficiency)."""
-    if name == "occlusion":
-        n_windows = window_cover(height, settings.window, settings.stride).shape[0] * window_cover(
-            width, settings.window, settings.stride
-        ).shape[0]
-        return n_windows + 1
-    if name == "integrated_gradients":
-        return settings.n_steps
-    if name == "ig_smoothgrad":
-        return settings.nt_samples * settings.n_steps
-    if name == "guided_gradcam":
-        return 1  # one forward, one backward to the input (plus the short one to layer4)
-    if name == "lime":
-        return settings.num_samples
-    raise ValueError(name)
+    """Model passes one image costs a method (the unit of efficiency): the rows of its registered ``passes``."""
+    return method_spec(name).passes(settings, height, width).rows
 
 
 def kind_of(name: str) -> str:
-    return "forward_backward" if method_class(name).differentiates else "forward"
+    return "forward_backward" if method_spec(name).differentiates else "forward"
 
 
 #: methods whose whole-batch call is short: timed as repeats of it rather than as slices of the images
@@ -690,7 +677,7 @@ def measure_worker_memory(images: int, folder: str, threads: int, log) -> dict:
     process = subprocess.Popen(command, cwd=os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."),
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     first_shard_peak, peak, samples = None, 0, []
-    metrics = os.path.join(out, "metrics")
+    metrics = os.path.join(out, METRICS_DIR)
     while process.poll() is None:
         try:
             peak = max(peak, _vm_hwm(process.pid))
@@ -879,7 +866,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu", help="cpu, cuda, auto")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
     p.add_argument("--forward-batch", default="64", help="an int, or 'auto' (probe free device memory; CUDA)")
-    p.add_argument("--methods", default=",".join(METHOD_NAMES))
+    p.add_argument("--methods", default=",".join(method_names()))
     p.add_argument("--images", type=int, default=8)
     p.add_argument("--pieces", type=int, default=4, help="timed pieces per method (each between raw brackets)")
     p.add_argument("--sens-images", type=int, default=1, help="images whose Max-Sensitivity the engine computes")

@@ -27,14 +27,14 @@ from xcv_batch.driver.run import prepare_store
 from xcv_batch.driver.session import RaySession
 from xcv_batch.plan import method_passes
 from xcv_batch.progress import RunProgress
-from xcv_batch.store import RunStore
+from xcv_batch.sink import open_sink
 
 
 def one_pass(job_file: str, overrides: list[str], in_flight: int, out: str) -> dict:
     job = load_job(job_file, overrides=[*overrides, f"compute.max_in_flight={in_flight}"], output=out)
     records = list_images(job.data.source, job.data.limit)
     shards = plan_shards(records, job.compute.shard_size, images_per_object=job.output.images_per_object)
-    store = RunStore(out)
+    store = open_sink(out)
     started = time.monotonic()
     with RayExecutor(job, max_workers=len(shards), stream=sys.stderr) as executor:
         startup = time.monotonic() - started

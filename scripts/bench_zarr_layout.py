@@ -28,7 +28,8 @@ import fsspec
 import numpy as np
 
 from xcv_batch.results import open_results
-from xcv_batch.store import RunStore
+from xcv_batch.layout import ZARR_NAME
+from xcv_batch.sink import open_sink
 
 METHOD = "occlusion"
 
@@ -57,7 +58,7 @@ def synthetic_maps(count: int, resolution: int, seed: int = 0) -> list[np.ndarra
 
 def write(out: str, n: int, resolution: int, per_object: int, shard_size: int, maps: list[np.ndarray]) -> float:
     ids = [f"img{i:06d}.png" for i in range(n)]
-    store = RunStore(out)
+    store = open_sink(out)
     store.prepare("name: bench\n", "bench", ids, resolution, [METHOD], {}, resume=False,
                   image_paths=[f"/data/{i}" for i in ids], images_per_object=per_object)
     started = time.perf_counter()
@@ -73,7 +74,7 @@ def write(out: str, n: int, resolution: int, per_object: int, shard_size: int, m
 def count_objects(out: str) -> tuple[int, int]:
     fs, root = fsspec.core.url_to_fs(out)
     fs.invalidate_cache()
-    sizes = fs.du(f"{root}/attributions.zarr/{METHOD}/c", total=False)
+    sizes = fs.du(f"{root}/{ZARR_NAME}/{METHOD}/c", total=False)
     return len(sizes), sum(sizes.values())
 
 

@@ -23,6 +23,7 @@ from xcv_batch.device import (
 )
 from xcv_batch.methods import build_method
 from xcv_batch.methods.base import AttributionMethod, chunk_slices
+from xcv_batch.methods.guided_gradcam import GuidedGradCam
 from xcv_batch.methods.lime import Lime
 from xcv_batch.methods.settings import (
     GuidedGradCamSettings,
@@ -87,7 +88,7 @@ def test_fast_copy_folds_every_batchnorm_and_leaves_the_original_alone(classifie
     import torchvision
 
     torchvision.models.resnet18().load_state_dict(classifier.net.state_dict())
-    assert fast.target_layer_name == classifier.target_layer_name == "layer4"
+    assert [GuidedGradCam(c, GuidedGradCamSettings()).layer_name for c in (fast, classifier)] == ["layer4"] * 2
 
 
 def test_fast_copy_shares_the_guided_switch(classifier, fast):

@@ -228,8 +228,10 @@ def test_quickshift_equals_lime_segmentation_algorithm_default(classifier, photo
 
 
 def test_registered_as_stochastic_lime(classifier, photos):
-    from xcv_batch.methods import method_class
+    from xcv_batch.methods import method_class, method_spec
 
+    spec = method_spec("lime")
+    assert spec.stochastic and not spec.differentiates and spec.settings is LimeSettings and spec.label == "LIME"
     assert method_class("lime") is Lime and Lime.name == "lime" and Lime.stochastic
     with pytest.raises(ValueError, match="seeds"):
         Lime(classifier, SETTINGS).attribute(photos[:2], torch.tensor([0, 1]), [1])

@@ -22,16 +22,24 @@ from torch import nn
 from net_helpers import give_biases
 from xcv_batch.config import job_from_mapping, load_job
 from xcv_batch.errors import ConfigError
-from xcv_batch.methods import build_method
+from xcv_batch.methods import build_method, method_names, method_spec
 from xcv_batch.methods.ig_smoothgrad import seeded_noise, smooth
 from xcv_batch.methods.occlusion import window_cover
 from xcv_batch.methods.settings import (
     GuidedGradCamSettings,
     IGSmoothGradSettings,
     IntegratedGradientsSettings,
+    LimeSettings,
     OcclusionSettings,
 )
-from xcv_batch.model import Classifier, GuidedBackpropSwitch, Preprocessing, build_classifier, make_relus_switchable
+from xcv_batch.model import (
+    Classifier,
+    GuidedBackpropSwitch,
+    Preprocessing,
+    auto_target_layer,
+    build_classifier,
+    make_relus_switchable,
+)
 
 pytestmark = [
     # Captum's own chatter about hooks and requires_grad, on the reference side only.
@@ -90,7 +98,7 @@ def make_case(arch: str, resolution: int, photos: list, targets: list[int], dtyp
     return Case(
         classifier=classifier,
         reference=reference,
-        reference_layer=dict(reference.named_modules())[classifier.target_layer_name],
+        reference_layer=dict(reference.named_modules())[auto_target_layer(classifier.net)],
         inputs=classifier.preprocessing.normalize(pixels).to(dtype),
         targets=torch.tensor(targets, dtype=torch.int64),
         seeds=[101 + i for i in range(len(targets))],
@@ -273,9 +281,10 @@ def test_guided_gradcam_matches_captum(model, settings, request):
 
 def test_guided_gradcam_leaves_no_hook_and_the_guided_switch_off(resnet_float32):
     classifier = resnet_float32.classifier
-    hooks_before = len(classifier.target_layer._forward_hooks)
+    layer = classifier.net.layer4
+    hooks_before = len(layer._forward_hooks)
     ours("guided_gradcam", resnet_float32, GUIDED_GRADCAM)
-    assert len(classifier.target_layer._forward_hooks) == hooks_before
+    assert len(layer._forward_hooks) == hooks_before
     assert classifier.guided.guided is False
 
 
@@ -301,7 +310,7 @@ def small_cnn() -> Case:
     preprocessing = Preprocessing(32, 32, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
     classifier = Classifier(
         arch="small_cnn", net=net, device=torch.device("cpu"), preprocessing=preprocessing, num_classes=10,
-        categories=None, target_layer_name="5", guided=switch, weights="none",
+        categories=None, guided=switch, weights="none",
     )
     photos = [skimage.data.chelsea(), skimage.data.rocket(), skimage.data.coffee()]
     pixels = torch.cat([photo(image, 32, seed=i) for i, image in enumerate(photos)])
@@ -310,18 +319,25 @@ def small_cnn() -> Case:
     return Case(classifier, net, net[5], inputs, torch.tensor([1, 4, 8]), [7, 8, 9])
 
 
+#: Small settings for the registered methods; a method not named here runs with its settings' defaults.
 INVARIANCE_SETTINGS = {
     # 32 px: 6 × 6 windows at 0, 5, …, 25 (the last clipped to 7 px), overlapping.
     "occlusion": OcclusionSettings(window=8, stride=5, baseline=0.0),
     "integrated_gradients": IG,
     "ig_smoothgrad": IG_SG,
     "guided_gradcam": GUIDED_GRADCAM,
+    # quickshift at kernel_size=1 leaves ~10 superpixels on a 32 px photo
+    "lime": LimeSettings(num_samples=30, kernel_size=1.0, max_dist=10.0),
 }
 
 
-@pytest.mark.parametrize("name", list(INVARIANCE_SETTINGS))
+def small_settings(name: str):
+    return INVARIANCE_SETTINGS.get(name) or method_spec(name).settings()
+
+
+@pytest.mark.parametrize("name", method_names())
 def test_result_does_not_depend_on_forward_batch_or_batch_mates(name, small_cnn):
-    case, settings = small_cnn, INVARIANCE_SETTINGS[name]
+    case, settings = small_cnn, small_settings(name)
     reference = ours(name, case, settings, forward_batch=7)  # chunks of 7 span image boundaries
     assert reference.abs().amax(dim=(1, 2, 3)).min() > 0
     for forward_batch in (1, 1000):
@@ -334,7 +350,25 @@ def test_result_does_not_depend_on_forward_batch_or_batch_mates(name, small_cnn)
     assert relative_error(alone, reference[1:2]) <= 1e-5
 
 
-# --- IG + SmoothGrad seeds ---------------------------------------------------------------------------------------
+# --- seeds -------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", method_names())
+def test_seeds_change_the_map_exactly_when_the_method_is_registered_stochastic(name, small_cnn):
+    spec, case = method_spec(name), small_cnn
+    method = build_method(name, case.classifier, small_settings(name), forward_batch=7)
+    assert (type(method).name, method.stochastic, method.differentiates) == (name, spec.stochastic,
+                                                                             spec.differentiates)
+    image, target = case.inputs[:1], case.targets[:1]
+    first = method.attribute(image, target, [5])
+    assert torch.equal(method.attribute(image, target, [5]), first)
+    other = method.attribute(image, target, [6])
+    if spec.stochastic:
+        assert relative_error(other, first) > 1e-2
+    else:
+        assert torch.equal(other, first)
+
+
 
 
 def test_ig_smoothgrad_same_seed_same_map_other_seed_other_map(resnet_float32):
@@ -360,7 +394,7 @@ def linear_classifier(size: int, weight: torch.Tensor) -> Classifier:
     return Classifier(
         arch="linear", net=net, device=torch.device("cpu"),
         preprocessing=Preprocessing(size, size, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),
-        num_classes=weight.shape[0], categories=None, target_layer_name="1", guided=GuidedBackpropSwitch(),
+        num_classes=weight.shape[0], categories=None, guided=GuidedBackpropSwitch(),
         weights="none",
     )
 

@@ -10,6 +10,8 @@ import torchvision
 from torch import nn
 
 from xcv_batch.errors import ConfigError, ModelError
+from xcv_batch.methods.guided_gradcam import GuidedGradCam
+from xcv_batch.methods.settings import GuidedGradCamSettings
 from xcv_batch.model import SwitchableReLU, build_classifier, describe_weights
 
 
@@ -23,7 +25,7 @@ def test_architectures_build_with_every_relu_switchable(arch, layer):
     modules = list(classifier.net.modules())
     assert sum(isinstance(m, SwitchableReLU) for m in modules) == n_relus > 0
     assert not any(isinstance(m, nn.ReLU) for m in modules)
-    assert classifier.target_layer_name == layer
+    assert GuidedGradCam(classifier, GuidedGradCamSettings()).layer_name == layer
     assert not classifier.net.training
     assert classifier.num_classes == 1000
     # in-place ReLUs keep their in-place fast path when no gradient is needed
@@ -85,8 +87,13 @@ def test_unknown_names_list_what_is_allowed():
         build_classifier("resnet17", "none", 32, seed=0)
     assert info.value.key == "model.arch"
     with pytest.raises(ConfigError, match="layer4") as info:
-        build_classifier("resnet18", "none", 32, seed=0, target_layer="layer9")
+        GuidedGradCam(build_classifier("resnet18", "none", 32, seed=0), GuidedGradCamSettings(layer="layer9"))
     assert info.value.key == "methods.guided_gradcam.layer"
+    assert str(info.value).startswith("methods.guided_gradcam.layer: 'layer9' is not a layer of resnet18; one of: ")
+    with pytest.raises(ConfigError) as info:  # a layer whose output is not (N, C, h, w) maps
+        GuidedGradCam(build_classifier("resnet18", "none", 32, seed=0), GuidedGradCamSettings(layer="fc"))
+    assert str(info.value) == ("methods.guided_gradcam.layer: fc gives (1, 1000), not the (batch, channels, height, "
+                               "width) maps Grad-CAM weighs; name a convolutional block")
 
 
 def test_offline_weight_download_says_what_to_do(monkeypatch):

@@ -12,7 +12,8 @@ from skimage.metrics import structural_similarity
 
 from xcv_batch.errors import ConfigError
 from xcv_batch.methods import build_method
-from xcv_batch.methods.settings import IntegratedGradientsSettings
+from xcv_batch.methods.guided_gradcam import GuidedGradCam
+from xcv_batch.methods.settings import GuidedGradCamSettings, IntegratedGradientsSettings
 from xcv_batch.model import SwitchableReLU
 from xcv_batch.randomisation import (
     RANDOMISATION_COLUMNS,
@@ -56,7 +57,7 @@ def test_top_blocks_are_reinitialised_and_the_rest_kept(classifier):
         assert torch.equal(value, original[name]), name
     assert not copy.net.training
     assert not any(p.requires_grad for p in copy.net.parameters())
-    assert copy.target_layer_name == classifier.target_layer_name
+    assert GuidedGradCam(copy, GuidedGradCamSettings()).layer_name == "layer4"  # the copy keeps Grad-CAM's layer
     assert "top 2 blocks re-initialised (seed 7)" in copy.weights
 
 

@@ -1,6 +1,9 @@
-"""The layout of an output directory, shared by the writer (store.py) and the reader (results.py).
+"""The schema of an output directory, shared by the writer (store.py), the reader (results.py) and the early checks
+(outdir.py): its file names, the Parquet row columns, the Zarr array names and dimensions, and the ImageNet
+preprocessing that outputs predating the ``preprocessing`` attribute were made with.
 
-Kept free of zarr and pyarrow imports so that reading rows or listing an OUT stays light.
+Kept free of zarr, pyarrow and torch imports so that reading rows or listing an OUT stays light: the columns are
+declared once as (name, kind) pairs, from which store.py derives the pyarrow schema and results.py the pandas dtypes.
 """
 
 from __future__ import annotations
@@ -12,6 +15,46 @@ METRICS_DIR = "metrics"
 JOB_FILE = "job.yaml"
 #: Committed shards that ``--resume`` found broken are moved here: kept for inspection, no longer committed.
 REJECTED_DIR = "_rejected"
+
+
+#: The kinds of a row column: a (nullable) string, an integer, an integer that may be missing (pandas ``Int64``
+#: when a table is empty), a float.
+STRING, INT, OPTIONAL_INT, FLOAT = "string", "int", "optional_int", "float"
+
+#: The Parquet row columns, in order (CONTRACT), as (name, kind). Extra metric columns (float) may follow.
+ROW_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("image_id", STRING),
+    ("image_path", STRING),
+    ("index", INT),
+    ("method", STRING),
+    ("target", INT),
+    ("target_name", STRING),
+    ("target_prob", FLOAT),
+    ("label", OPTIONAL_INT),
+    ("sensitivity_max", FLOAT),
+    ("attr_seconds", FLOAT),
+    ("sensitivity_seconds", FLOAT),
+    ("status", STRING),
+    ("error", STRING),
+    ("note", STRING),  # why an ok row has a missing value (e.g. sensitivity of an all-zero map)
+    ("shard", STRING),
+)
+ROW_COLUMN_NAMES: tuple[str, ...] = tuple(name for name, _ in ROW_COLUMNS)
+#: The kind of the extra metric columns that may follow the contract's.
+EXTRA_COLUMN_KIND = FLOAT
+
+_PANDAS_DTYPES = {STRING: "object", INT: "int64", OPTIONAL_INT: "Int64", FLOAT: "float64"}
+
+
+def pandas_dtypes() -> dict[str, str]:
+    """The contract's columns with the pandas dtypes an empty table gets."""
+    return {name: _PANDAS_DTYPES[kind] for name, kind in ROW_COLUMNS}
+
+
+#: The ImageNet normalisation (torchvision's weights; the model's default, and what outputs made before the
+#: ``preprocessing`` attribute was stored were normalised with).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 #: The 1-D arrays beside the maps: the image ids (named as their dimension, so xarray makes them the index) and the

@@ -22,10 +22,7 @@ import torchvision
 from torch import nn
 
 from .errors import ConfigError, ModelError
-
-# ImageNet statistics, for architectures without torchvision weights to take them from.
-_IMAGENET_MEAN = (0.485, 0.456, 0.406)
-_IMAGENET_STD = (0.229, 0.224, 0.225)
+from .layout import IMAGENET_MEAN, IMAGENET_STD  # for architectures without torchvision weights to take them from
 
 
 class GuidedBackpropSwitch:
@@ -126,14 +123,9 @@ class Classifier:
     preprocessing: Preprocessing
     num_classes: int
     categories: tuple[str, ...] | None
-    target_layer_name: str
+    #: the guided-backprop switch every SwitchableReLU of ``net`` reads (Guided Grad-CAM turns it on)
     guided: GuidedBackpropSwitch
     weights: str
-    target_layer_shape: tuple[int, ...] = ()  # of one image, from the start-up forward
-
-    @property
-    def target_layer(self) -> nn.Module:
-        return dict(self.net.named_modules())[self.target_layer_name]
 
     def category(self, index: int) -> str | None:
         if self.categories is None or not 0 <= index < len(self.categories):
@@ -180,7 +172,7 @@ def _weights_enum(arch: str):
 def _preprocessing_for(weights, resolution: int) -> Preprocessing:
     """The weights' own transform (resize/crop ratio, mean, std), scaled to the job's resolution."""
     if weights is None:
-        return Preprocessing(round(resolution * 256 / 224), resolution, _IMAGENET_MEAN, _IMAGENET_STD)
+        return Preprocessing(round(resolution * 256 / 224), resolution, IMAGENET_MEAN, IMAGENET_STD)
     transform = weights.transforms()
     crop = transform.crop_size[0]
     resize = transform.resize_size[0]
@@ -224,21 +216,25 @@ def _first_sentence(err: BaseException) -> str:
     return first.split(". ")[0][:300]
 
 
-def check_forward(net: nn.Module, arch: str, resolution: int, layer_name: str) -> tuple[int, ...]:
+def check_forward(net: nn.Module, arch: str, resolution: int, layer_name: str | None = None) -> tuple[int, ...]:
     """One forward of a blank input at the job's resolution, before any image: an architecture that cannot take
-    the resolution fails here with one line. Returns the shape of ``layer_name``'s output (Grad-CAM's maps)."""
+    the resolution fails here with one line. Returns the shape of ``layer_name``'s output, if one is named (Guided
+    Grad-CAM's maps; the method checks its layer so), else ``()``."""
     seen: list[tuple[int, ...]] = []
-    layer = dict(net.named_modules())[layer_name]
-    hook = layer.register_forward_hook(lambda module, args, out: seen.append(tuple(getattr(out, "shape", ()))))
-    device = next(net.parameters()).device
+    hook = None
+    if layer_name is not None:
+        layer = dict(net.named_modules())[layer_name]
+        hook = layer.register_forward_hook(lambda module, args, out: seen.append(tuple(getattr(out, "shape", ()))))
+    parameter = next(net.parameters())
     try:
         with torch.no_grad():
-            logits = net(torch.zeros((1, 3, resolution, resolution), device=device))
+            logits = net(torch.zeros((1, 3, resolution, resolution), device=parameter.device, dtype=parameter.dtype))
     except Exception as err:  # noqa: BLE001 - any failure here means the model cannot run this job
         raise ModelError(f"model.arch: {arch} cannot take {resolution} px inputs ({_first_sentence(err)}); "
                          "change model.resolution") from err
     finally:
-        hook.remove()
+        if hook is not None:
+            hook.remove()
     if not isinstance(logits, torch.Tensor) or logits.ndim != 2:
         raise ModelError(f"model.arch: {arch} returns {type(logits).__name__} {tuple(getattr(logits, 'shape', ()))}"
                          ", not (batch, classes) logits")
@@ -356,7 +352,6 @@ def build_classifier(
     resolution: int,
     seed: int,
     device: torch.device | str = "cpu",
-    target_layer: str = "auto",
     categories: Sequence[str] | None = None,
 ) -> Classifier:
     check_arch(arch)
@@ -368,12 +363,7 @@ def build_classifier(
     switch = GuidedBackpropSwitch()
     make_relus_switchable(net, switch)
 
-    layer_name = auto_target_layer(net) if target_layer == "auto" else target_layer
-    if layer_name not in dict(net.named_modules()):
-        candidates = ", ".join(layer_candidates(net))
-        raise ConfigError("methods.guided_gradcam.layer", f"'{target_layer}' is not a layer of {arch}; one of: {candidates}")
-
-    layer_shape = check_forward(net, arch, resolution, layer_name)
+    check_forward(net, arch, resolution)
     head = _last_linear_name(net)
     num_classes = int(dict(net.named_modules())[head].out_features) if head else -1
     if categories is None and tv_weights is not None and weights.lower() != "none" and not os.path.exists(weights):
@@ -388,8 +378,6 @@ def build_classifier(
         preprocessing=_preprocessing_for(tv_weights, resolution),
         num_classes=num_classes,
         categories=tuple(categories) if categories is not None else None,
-        target_layer_name=layer_name,
         guided=switch,
         weights=weights_desc,
-        target_layer_shape=layer_shape,
     )

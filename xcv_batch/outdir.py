@@ -16,10 +16,8 @@ from fsspec.implementations.local import LocalFileSystem
 
 from .config import Job, job_from_mapping
 from .errors import ConfigError, OutputError
+from .layout import JOB_FILE, METRICS_DIR  # light: names and kinds only
 from .yaml_io import load_yaml
-
-JOB_FILE = "job.yaml"  # as layout.JOB_FILE; repeated so that this module needs nothing beyond the config
-METRICS_DIR = "metrics"
 
 #: Differing keys named in a refusal; the rest are counted.
 MAX_KEYS_SHOWN = 8

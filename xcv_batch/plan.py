@@ -1,7 +1,8 @@
 """How much model work a job is: passes through the model per image and method, from the methods' settings alone.
 
 Torch-free, so ``run --dry-run`` can show it and the progress can weigh a method's share before any model exists.
-The counts follow the method modules (every perturbed copy is one row of a forward pass):
+Each method's count is the ``passes`` of its registration (methods/settings.py), following the method modules (every
+perturbed copy is one row of a forward pass):
 
 * Occlusion — one row per window, ``ceil((R − window) / stride) + 1`` windows per side, plus the clean image;
 * Integrated Gradients — ``n_steps`` rows, each forward and backward (no row for the zero baseline);
@@ -20,70 +21,22 @@ activations and, through them, the input), so a forward+backward row weighs 3.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Mapping
 
 from .config import Job
+from .methods.registry import BACKWARD_COST, Passes, method_spec
 
-#: A backward pass, in forwards of the same rows.
-BACKWARD_COST = 2.0
-
-
-@dataclass(frozen=True)
-class Passes:
-    """Rows through the model for one image: forward only, forward + backward, and extra backwards of those rows."""
-
-    forward: int = 0
-    forward_backward: int = 0
-    extra_backward: int = 0
-
-    def __add__(self, other: "Passes") -> "Passes":
-        return Passes(self.forward + other.forward, self.forward_backward + other.forward_backward,
-                      self.extra_backward + other.extra_backward)
-
-    def times(self, factor: int) -> "Passes":
-        return Passes(self.forward * factor, self.forward_backward * factor, self.extra_backward * factor)
-
-    @property
-    def rows(self) -> int:
-        """Rows that go through the model's forward (what a forward hook sees)."""
-        return self.forward + self.forward_backward
-
-    @property
-    def work(self) -> float:
-        """Forward-equivalents."""
-        return self.forward + (1 + BACKWARD_COST) * self.forward_backward + BACKWARD_COST * self.extra_backward
-
-    def describe(self) -> str:
-        parts = []
-        if self.forward:
-            parts.append(f"{self.forward:,} forward")
-        if self.forward_backward:
-            parts.append(f"{self.forward_backward:,} forward+backward")
-        if self.extra_backward:
-            parts.append(f"{self.extra_backward:,} extra backward")
-        return " + ".join(parts) or "none"
-
-
-def occlusion_windows(resolution: int, window: int, stride: int) -> int:
-    """Windows per image: Captum's starts 0, s, 2s, … up to the first ≥ R − window, on both sides."""
-    per_side = -(-(resolution - window) // stride) + 1
-    return per_side * per_side
+__all__ = ["BACKWARD_COST", "CLASSIFY", "Passes", "explanation_passes", "format_duration", "method_passes",
+           "total_work"]
 
 
 def explanation_passes(method: str, settings, resolution: int) -> Passes:
-    """One explanation of one image by ``method`` with ``settings``."""
-    if method == "occlusion":
-        return Passes(forward=occlusion_windows(resolution, settings.window, settings.stride) + 1)
-    if method == "integrated_gradients":
-        return Passes(forward_backward=settings.n_steps)
-    if method == "ig_smoothgrad":
-        return Passes(forward_backward=settings.nt_samples * settings.n_steps)
-    if method == "guided_gradcam":
-        return Passes(forward_backward=1, extra_backward=1)
-    if method == "lime":
-        return Passes(forward=settings.num_samples)
-    raise ValueError(f"no pass count for method {method!r}")
+    """One explanation of one image by ``method`` with ``settings``: its registered ``passes``."""
+    try:
+        spec = method_spec(method)
+    except KeyError:
+        raise ValueError(f"no pass count for method {method!r}") from None
+    return spec.passes(settings, resolution, resolution)
 
 
 def method_passes(job: Job) -> dict[str, Passes]:

@@ -42,9 +42,12 @@ def probe_pass_times(job: Job, repeats: int = 2) -> PassTimes:
     """Time ``repeats`` forward and forward+backward passes (after one warm-up of each); the fastest of each counts,
     since a shared machine only ever makes a pass slower."""
     device = resolve_device(job.compute.device)
+    classifier = build_classifier(job.model.arch, "none", job.model.resolution, seed=job.seed, device=device)
     ggc = job.methods.get("guided_gradcam")
-    classifier = build_classifier(job.model.arch, "none", job.model.resolution, seed=job.seed, device=device,
-                                  target_layer=ggc.layer if ggc is not None else "auto")
+    if ggc is not None:  # its layer is checked against the model here too, as the run will
+        from .methods.guided_gradcam import resolve_layer
+
+        resolve_layer(classifier, ggc.layer)
     if job.compute.fast_execution:
         classifier = dev.attribution_classifier(classifier)
     rows = AUTO_FORWARD_BATCH if job.compute.forward_batch == "auto" else job.compute.forward_batch

@@ -20,6 +20,7 @@ import yaml
 from matplotlib.figure import Figure
 
 from . import stats
+from .layout import JOB_FILE
 from .panel import panel_figure
 from .results import Results, method_label, open_results
 from .metrics_info import metric_title
@@ -395,8 +396,9 @@ def render_report(results: Results, summary: dict, gallery: int = 4) -> str:
     for image_id, why in picked:
         parts.append(f"<h3>{html.escape(str(image_id))}: {html.escape(why)}</h3>")
         parts.append(_img(panel_figure(results, image_id), f"panel of {image_id}"))
+    job_text = yaml.safe_dump(job, sort_keys=False) if job else f"no {JOB_FILE}"
     parts += ["<h2>Failures</h2>", _failures_section(summary),
-              "<h2>Job</h2>", f"<pre>{html.escape(yaml.safe_dump(job, sort_keys=False) if job else 'no job.yaml')}</pre>",
+              "<h2>Job</h2>", f"<pre>{html.escape(job_text)}</pre>",
               "</body></html>"]
     return "\n".join(p for p in parts if p)
 

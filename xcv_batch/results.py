@@ -20,7 +20,7 @@ The Parquet files are plain Parquet, so DuckDB reads them without xcv_batch::
 from __future__ import annotations
 
 from functools import cached_property
-from typing import Any
+from typing import Any, Mapping
 
 import fsspec
 import numpy as np
@@ -29,29 +29,20 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 
 from .errors import ConfigError, OutputError
-from .layout import stored_image_ids, written_chunks
+from .layout import (IMAGENET_MEAN, IMAGENET_STD, JOB_FILE, METRICS_DIR, ZARR_NAME, pandas_dtypes, stored_image_ids,
+                     written_chunks)
+from .methods.registry import RegistryView
 from .provenance import provenance_from_metadata
 from .yaml_io import load_yaml
 
-#: Display names, as the seed report wrote them.
-METHOD_LABELS = {
-    "occlusion": "Occlusion",
-    "integrated_gradients": "Integrated Gradients",
-    "ig_smoothgrad": "IG + SmoothGrad",
-    "guided_gradcam": "Guided Grad-CAM",
-    "lime": "LIME",
-}
+#: Display names (each method's registered label), as the seed report wrote them.
+METHOD_LABELS: Mapping[str, str] = RegistryView("label")
 
-#: The Parquet columns of the contract, with the dtypes an empty table gets.
-ROW_COLUMNS = {
-    "image_id": "object", "image_path": "object", "index": "int64", "method": "object", "target": "int64",
-    "target_name": "object", "target_prob": "float64", "label": "Int64", "sensitivity_max": "float64",
-    "attr_seconds": "float64", "sensitivity_seconds": "float64", "status": "object", "error": "object",
-    "note": "object",
-}
+#: The Parquet columns of the contract (:data:`xcv_batch.layout.ROW_COLUMNS`), with the dtypes an empty table gets.
+ROW_COLUMNS = pandas_dtypes()
 
 # Used only when an output directory predates the ``preprocessing`` attribute.
-_IMAGENET_PREPROCESSING = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+_IMAGENET_PREPROCESSING = {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
 
 
 def method_label(name: str) -> str:
@@ -75,8 +66,9 @@ class Results:
         self._fs, self._root = fsspec.core.url_to_fs(self.out)
         if not self._fs.exists(self._root):
             raise OutputError(f"{self.out}: no such output directory")
-        if not any(self._fs.exists(f"{self._root}/{name}") for name in ("job.yaml", "metrics", "attributions.zarr")):
-            raise OutputError(f"{self.out}: not an xcv_batch output directory (no job.yaml, metrics/ or attributions.zarr)")
+        if not any(self._fs.exists(f"{self._root}/{name}") for name in (JOB_FILE, METRICS_DIR, ZARR_NAME)):
+            raise OutputError(f"{self.out}: not an xcv_batch output directory (no {JOB_FILE}, {METRICS_DIR}/ or "
+                              f"{ZARR_NAME})")
 
     def __repr__(self) -> str:
         return f"Results({self.out!r})"
@@ -86,7 +78,7 @@ class Results:
     @cached_property
     def job(self) -> dict:
         """The resolved job (``OUT/job.yaml``, with its ``fingerprint``); empty if the file is missing."""
-        path = f"{self._root}/job.yaml"
+        path = f"{self._root}/{JOB_FILE}"
         if not self._fs.exists(path):
             return {}
         with self._fs.open(path, "r") as f:
@@ -97,11 +89,11 @@ class Results:
     def _group(self):
         import zarr  # here, so reading rows alone never needs zarr
 
-        if not self._fs.exists(f"{self._root}/attributions.zarr"):
+        if not self._fs.exists(f"{self._root}/{ZARR_NAME}"):
             return None
         # The group's consolidated metadata, when a run wrote it, makes this one read; maps written after it are
         # found all the same (chunks are not metadata).
-        return zarr.open_group(store=f"{self.out}/attributions.zarr", mode="r")
+        return zarr.open_group(store=f"{self.out}/{ZARR_NAME}", mode="r")
 
     @property
     def attrs(self) -> dict:
@@ -157,7 +149,7 @@ class Results:
 
     def metrics_files(self) -> list[str]:
         """The Parquet files under ``OUT/metrics`` (names starting with '.' or '_' are in-flight or metadata)."""
-        root = f"{self._root}/metrics"
+        root = f"{self._root}/{METRICS_DIR}"
         if not self._fs.exists(root):
             return []
         files = [p for p in self._fs.find(root) if p.endswith(".parquet")]
@@ -191,7 +183,7 @@ class Results:
         if not files:
             return pd.DataFrame({name: pd.Series(dtype=dtype) for name, dtype in ROW_COLUMNS.items()})
         where = dict(filesystem=self._fs, format="parquet", partitioning="hive",
-                     partition_base_dir=f"{self._root}/metrics")
+                     partition_base_dir=f"{self._root}/{METRICS_DIR}")
         try:
             dataset = pads.dataset(files, **where)
             # Shards written before a metric existed lack its column; unify so every row has every column (null
@@ -215,7 +207,7 @@ class Results:
                 name = path[len(self._root) + 1:]
                 return OutputError(f"{self.out}/{name} is not readable Parquet ({str(file_err).splitlines()[0]}); "
                                    "run the job again with --resume to recompute its shard")
-        return OutputError(f"{self.out}/metrics cannot be read as Parquet: {str(err).splitlines()[0]}")
+        return OutputError(f"{self.out}/{METRICS_DIR} cannot be read as Parquet: {str(err).splitlines()[0]}")
 
     def _without_missing_maps(self, rows: pd.DataFrame) -> pd.DataFrame:
         """Rows say ``ok`` only where the map was written: an ok row whose Zarr chunk is missing (deleted, lost)
@@ -227,7 +219,7 @@ class Results:
             written = written_chunks(self._fs, self._root, method)
             lost = (rows["method"] == method) & (rows["status"] == "ok") & ~rows["index"].isin(written)
             rows.loc[lost, "status"] = "error"
-            rows.loc[lost, "error"] = "map missing from attributions.zarr (run the job again with --resume)"
+            rows.loc[lost, "error"] = f"map missing from {ZARR_NAME} (run the job again with --resume)"
         return rows
 
     def image_rows(self, image_id: str) -> pd.DataFrame:
@@ -240,11 +232,11 @@ class Results:
 
     def _array(self, name: str):
         if self._group is None:
-            raise OutputError(f"{self.out}: no attributions.zarr (the run has not written any maps yet)")
+            raise OutputError(f"{self.out}: no {ZARR_NAME} (the run has not written any maps yet)")
         try:
             return self._group[name]
         except KeyError:
-            raise ConfigError("method", f"no array {name!r} in {self.out}/attributions.zarr "
+            raise ConfigError("method", f"no array {name!r} in {self.out}/{ZARR_NAME} "
                                         f"(methods: {', '.join(self.methods)})") from None
 
     def attribution(self, image_id: str, method: str) -> np.ndarray:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import uuid
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 import fsspec
@@ -28,51 +28,23 @@ import yaml
 import zarr
 
 from .errors import OutputError
-from .layout import (IMAGE_ARRAY, IMAGE_PATH_ARRAY, JOB_FILE, MAP_DIMENSIONS, METRICS_DIR, REJECTED_DIR, ZARR_NAME,
-                     stored_image_ids, written_chunks)
+from .layout import (EXTRA_COLUMN_KIND, FLOAT, IMAGE_ARRAY, IMAGE_PATH_ARRAY, INT, JOB_FILE, MAP_DIMENSIONS,
+                     METRICS_DIR, OPTIONAL_INT, REJECTED_DIR, ROW_COLUMNS, STRING, ZARR_NAME, stored_image_ids,
+                     written_chunks)
 from .outdir import check_out
+from .sink import CommitCheck, UnreadableShard  # noqa: F401 - defined with the sink protocol; re-exported here
 from .yaml_io import load_yaml
 
 
-#: Parquet columns, in order (CONTRACT). Extra metric columns may follow.
-ROW_SCHEMA = pa.schema(
-    [
-        ("image_id", pa.string()),
-        ("image_path", pa.string()),
-        ("index", pa.int64()),
-        ("method", pa.string()),
-        ("target", pa.int64()),
-        ("target_name", pa.string()),
-        ("target_prob", pa.float64()),
-        ("label", pa.int64()),
-        ("sensitivity_max", pa.float64()),
-        ("attr_seconds", pa.float64()),
-        ("sensitivity_seconds", pa.float64()),
-        ("status", pa.string()),
-        ("error", pa.string()),
-        ("note", pa.string()),  # why an ok row has a missing value (e.g. sensitivity of an all-zero map)
-        ("shard", pa.string()),
-    ]
-)
+#: pyarrow types of the row column kinds of :mod:`xcv_batch.layout`.
+_ARROW_TYPES = {STRING: pa.string(), INT: pa.int64(), OPTIONAL_INT: pa.int64(), FLOAT: pa.float64()}
+
+#: Parquet columns, in order (CONTRACT), from :data:`xcv_batch.layout.ROW_COLUMNS`. Extra metric columns may follow.
+ROW_SCHEMA = pa.schema([(name, _ARROW_TYPES[kind]) for name, kind in ROW_COLUMNS])
 
 
 #: Ids and paths per chunk of their 1-D arrays: a million images are 16 chunks, each a few MB at most.
 STRINGS_PER_CHUNK = 65536
-
-
-class UnreadableShard(OutputError):
-    """A committed Parquet file that cannot be read (truncated, not Parquet)."""
-
-
-@dataclass
-class CommitCheck:
-    """What ``--resume`` found in OUT: the images of whole committed shards, and the shards set aside, with why."""
-
-    done: set[int] = field(default_factory=set)
-    rejected: dict[str, str] = field(default_factory=dict)  # file name → reason
-
-    def reject(self, name: str, reason: str) -> None:
-        self.rejected[name] = reason
 
 
 def shard_file_name(first_index: int, last_index: int) -> str:
@@ -80,7 +52,8 @@ def shard_file_name(first_index: int, last_index: int) -> str:
 
 
 class RunStore:
-    """One output directory, local or any fsspec URL (s3://…)."""
+    """One output directory, local or any fsspec URL (s3://…): the :class:`xcv_batch.sink.OutputSink` of this
+    package. Construct it through :func:`xcv_batch.sink.open_sink`."""
 
     def __init__(self, out: str, provenance: dict[str, str] | None = None):
         self.out = out.rstrip("/")
@@ -209,6 +182,12 @@ class RunStore:
         names = [p.rsplit("/", 1)[-1] for p in self.fs.ls(directory, detail=False)]
         return sorted(n for n in names if n.endswith(".parquet") and not n.startswith((".", "_")))
 
+    def is_committed(self, first_index: int, last_index: int) -> bool:
+        return shard_file_name(first_index, last_index) in self.committed_files()
+
+    def committed_file_indices(self, name: str) -> list[int]:
+        return self.read_committed(name, ["index"]).column("index").to_pylist()
+
     def committed_indices(self) -> set[int]:
         done: set[int] = set()
         for name in self.committed_files():
@@ -269,7 +248,7 @@ class RunStore:
         return failed
 
     # ------------------------------------------------------------------ shard side
-    def open_arrays(self) -> "ShardWriter":
+    def open_arrays(self) -> "ShardWriter":  # an xcv_batch.sink.ArrayWriter
         return ShardWriter(self._open_group("r+"))
 
     def commit_rows(self, first_index: int, last_index: int, rows: Iterable[dict]) -> str:
@@ -383,7 +362,7 @@ def rows_to_table(rows: list[dict], metadata: dict[str, str] | None = None) -> p
     extra = sorted({k for row in rows for k in row} - set(ROW_SCHEMA.names))
     schema = ROW_SCHEMA
     for name in extra:
-        schema = schema.append(pa.field(name, pa.float64()))
+        schema = schema.append(pa.field(name, _ARROW_TYPES[EXTRA_COLUMN_KIND]))
     columns = {name: [row.get(name) for row in rows] for name in schema.names}
     if metadata:
         schema = schema.with_metadata({**(schema.metadata or {}), **metadata})

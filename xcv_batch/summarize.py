@@ -39,6 +39,7 @@ from rich.table import Table
 from . import stats
 from .config import SensitivityConfig
 from .errors import ConfigError
+from .layout import JOB_FILE
 from .methods.settings import METHOD_SETTINGS
 from .metrics_info import COST_COLUMNS, DIAGNOSTICS, metric_info, metric_title, metrics_in
 from .plan import Passes, explanation_passes
@@ -453,7 +454,7 @@ def _jsonable(value: Any) -> Any:
 def seed_setting_differences(job: dict) -> list[str]:
     """How the job's settings differ from the seed report's (empty: its Table I is comparable with ours)."""
     if not job:
-        return ["no job.yaml"]
+        return [f"no {JOB_FILE}"]
     differences = []
     for name, settings in (job.get("methods") or {}).items():
         if name not in METHOD_SETTINGS:

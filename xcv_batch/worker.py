@@ -20,7 +20,7 @@ from . import device as dev
 from .config import Job
 from .cores import usable_cores
 from .data import ImageRecord, decode_many, load_mask
-from .errors import ConfigError, ImageError
+from .errors import ImageError
 from .methods import build_method
 from .methods.base import target_outputs
 from .metrics import sensitivity_max
@@ -30,7 +30,7 @@ from .quality import QualityMetrics
 from .seeding import derive_seed
 from .segmentation import set_segmentation_workers
 from .shards import Shard, ShardReport  # noqa: F401 - re-exported: the driver's and tests' import path
-from .store import RunStore
+from .sink import OutputSink
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,6 @@ class ShardWorker:
             torch.set_num_threads(torch_threads)
         self.job = job
         compute = job.compute
-        ggc = job.methods.get("guided_gradcam")
         #: the model as built: its weights are what the job names (the randomisation check copies these)
         self.classifier: Classifier = build_classifier(
             job.model.arch,
@@ -78,18 +77,12 @@ class ShardWorker:
             job.model.resolution,
             seed=job.seed,
             device=resolve_device(device or compute.device),
-            target_layer=ggc.layer if ggc is not None else "auto",
             categories=read_categories(job.model.categories),
         )
-        if ggc is not None and len(self.classifier.target_layer_shape) != 4:
-            raise ConfigError(
-                "methods.guided_gradcam.layer",
-                f"{self.classifier.target_layer_name} gives {self.classifier.target_layer_shape}, not the "
-                "(batch, channels, height, width) maps Grad-CAM weighs; name a convolutional block",
-            )
         #: the model every pass runs on: the fast copy unless ``compute.fast_execution`` is off
         self.executed = self._execution(self.classifier)
         self.forward_batch = CPU_FORWARD_BATCH if compute.forward_batch == "auto" else compute.forward_batch
+        # Built here, before any image: a method checks its settings against the model (Guided Grad-CAM's layer).
         self.methods = {
             name: build_method(name, self.executed, settings, self.forward_batch)
             for name, settings in job.methods.items()
@@ -129,7 +122,7 @@ class ShardWorker:
 
     # ------------------------------------------------------------------ one shard
     def process_shard(
-        self, shard: Shard, store: RunStore, progress: Callable[[ProgressEvent], None] | None = None
+        self, shard: Shard, store: OutputSink, progress: Callable[[ProgressEvent], None] | None = None
     ) -> ShardReport:
         """Compute, write the maps, then commit the rows. ``progress`` receives the events of
         :mod:`xcv_batch.progress` while the shard runs: per method and batch, and a few times a second in between."""

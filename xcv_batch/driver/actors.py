@@ -34,7 +34,7 @@ from .. import errors
 from ..config import Job
 from ..errors import XcvError
 from ..progress import ProgressEvent, RunProgress
-from ..store import RunStore, shard_file_name
+from ..sink import OutputSink, open_sink
 from ..worker import Shard, ShardReport, ShardWorker, error_rows
 from .faults import Fault, faults_from_env, progress_hook
 from .placement import WorkerPlan, plan_workers
@@ -78,7 +78,7 @@ class ShardActor:
             self.worker = ShardWorker(job, device=device, torch_threads=torch_threads)
         except Exception as err:  # noqa: BLE001 - raising here would kill the actor and hide the reason
             self.failure = StartFailure(type(err).__name__, str(err), traceback.format_exc())
-        self.store = RunStore(out)
+        self.store = open_sink(out)
         self.faults = faults
         self.inbox = inbox
 
@@ -203,7 +203,7 @@ class RayExecutor:
         self._pending: deque[_Task] = deque()
         self._owner: dict = {}  # ObjectRef (a process() call or a ready() check) → its _Slot
         self._reports: list[ShardReport] = []
-        self._store: RunStore | None = None  # set while run() runs
+        self._store: OutputSink | None = None  # set while run() runs
         self._progress: RunProgress | None = None
         self.inbox = None  # the workers' progress events (a ProgressInbox actor), from __enter__ on
         self._drained_at = 0.0
@@ -264,7 +264,7 @@ class RayExecutor:
             self._collect(done[0])
 
     # ------------------------------------------------------------------ the loop
-    def run(self, shards: list[Shard], store: RunStore, progress: RunProgress) -> list[ShardReport]:
+    def run(self, shards: list[Shard], store: OutputSink, progress: RunProgress) -> list[ShardReport]:
         self._pending = deque(_Task(shard) for shard in shards)
         self._reports = []
         self._store, self._progress = store, progress
@@ -458,8 +458,7 @@ class RayExecutor:
             self._progress.retry()
         task.failures.append(reason)
         store = self._store
-        file = shard_file_name(task.shard.first_index, task.shard.last_index)
-        if store is not None and file in store.committed_files():
+        if store is not None and store.is_committed(task.shard.first_index, task.shard.last_index):
             # it committed, then its report was lost with the worker: done, and not to be written again
             self._done(ShardReport(task.shard.name, len(task.shard), 0, 0.0), (task.shard.name, "committed"))
             return
@@ -494,7 +493,7 @@ def _last_line(err: BaseException) -> str:
     return lines[-1].strip() if lines else type(err).__name__
 
 
-def _commit_failed_image(job: Job, store: RunStore, shard: Shard, message: str) -> ShardReport:
+def _commit_failed_image(job: Job, store: OutputSink, shard: Shard, message: str) -> ShardReport:
     """The error rows of an image no worker survived; its maps are reset to NaN first (the commit comes last)."""
     (index, record), = shard.items
     resolution = job.model.resolution

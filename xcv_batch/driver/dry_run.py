@@ -86,15 +86,15 @@ def plan_run(job: Job, resume: bool = False, probe: bool = True) -> RunPlan:
     """Check the job's source and OUT as ``run`` does, then plan it; ``probe`` times the model for an estimate."""
     records = checked_images(job)
     check_out(job.output.path, job, resume)
-    from ..store import RunStore, UnreadableShard
+    from ..sink import UnreadableShard, open_sink
 
-    store = RunStore(job.output.path)
+    store = open_sink(job.output.path)
     job = with_layout_of(job, store, resume)
     done, broken = set(), 0
     if resume:
         for name in store.committed_files():  # read only: a real --resume would set unreadable files aside
             try:
-                done.update(store.read_committed(name, ["index"]).column("index").to_pylist())
+                done.update(store.committed_file_indices(name))
             except UnreadableShard:
                 broken += 1
     shards = plan_shards(records, job.compute.shard_size, done, job.output.images_per_object)

@@ -10,7 +10,7 @@ from ..progress import RunProgress
 from ..shards import Shard, ShardReport
 
 if TYPE_CHECKING:
-    from ..store import RunStore
+    from ..sink import OutputSink
 
 
 class InProcessExecutor:
@@ -27,7 +27,7 @@ class InProcessExecutor:
     def __exit__(self, *exc) -> None:
         self.worker = None
 
-    def run(self, shards: list[Shard], store: RunStore, progress: RunProgress) -> list[ShardReport]:
+    def run(self, shards: list[Shard], store: OutputSink, progress: RunProgress) -> list[ShardReport]:
         reports = []
         for shard in shards:
             report = self.worker.process_shard(shard, store, progress=functools.partial(progress.record, key=shard.name))

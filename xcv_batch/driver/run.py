@@ -24,8 +24,8 @@ from ..shards import Shard, ShardReport
 from ..sources import ImageRecord, list_images
 from .placement import local_resources, plan_workers
 
-if TYPE_CHECKING:  # zarr and pyarrow: imported by run_job once the checks have passed
-    from ..store import RunStore
+if TYPE_CHECKING:
+    from ..sink import OutputSink
 
 #: Seconds between plain progress lines when stderr is not a terminal (job logs); the tests set 0.
 PROGRESS_INTERVAL_ENV = "XCV_PROGRESS_INTERVAL_S"
@@ -60,7 +60,7 @@ class Executor(Protocol):
 
     def __exit__(self, *exc) -> None: ...
 
-    def run(self, shards: list[Shard], store: RunStore, progress: RunProgress) -> list[ShardReport]: ...
+    def run(self, shards: list[Shard], store: OutputSink, progress: RunProgress) -> list[ShardReport]: ...
 
 
 def plan_shards(records: Sequence[ImageRecord], shard_size: int, done: set[int] = frozenset(),
@@ -172,7 +172,7 @@ def _progress_interval() -> float:
         return 10.0
 
 
-def prepare_store(job: Job, store: RunStore, records: list, resume: bool) -> None:
+def prepare_store(job: Job, store: OutputSink, records: list, resume: bool) -> None:
     """Lay out OUT for ``job`` over ``records`` (or check, on resume, that OUT holds this job and these images)."""
     store.prepare(
         dump_job(job),
@@ -187,7 +187,7 @@ def prepare_store(job: Job, store: RunStore, records: list, resume: bool) -> Non
     )
 
 
-def with_layout_of(job: Job, store: RunStore, resume: bool) -> Job:
+def with_layout_of(job: Job, store: OutputSink, resume: bool) -> Job:
     """``job`` with the images per object of the arrays already in OUT, when resuming onto them: the layout was
     fixed when OUT was made (the setting is not in the fingerprint, so a resume may name another)."""
     stored = store.layout_images_per_object() if resume else None
@@ -210,9 +210,9 @@ def run_job(job: Job, resume: bool = False, executor: Executor | None = None,
     stream = stream or sys.stderr
     records = checked_images(job)
     check_out(job.output.path, job, resume)  # before zarr, torch or Ray: a wrong --out is answered at once
-    from ..store import CommitCheck, RunStore
+    from ..sink import CommitCheck, open_sink  # zarr and pyarrow: imported by open_sink, once the checks have passed
 
-    store = RunStore(job.output.path, provenance=run_provenance(job))
+    store = open_sink(job.output.path, provenance=run_provenance(job))
     job = with_layout_of(job, store, resume)
     check = store.verify_committed(list(job.methods)) if resume else CommitCheck()
     shards = plan_shards(records, job.compute.shard_size, check.done, job.output.images_per_object)

@@ -1,28 +1,19 @@
-"""The attribution-method registry: one module per method, imported only when a job asks for it."""
+"""The attribution methods: registered in ``settings`` (one ``MethodSpec`` beside each settings class, torch-free),
+implemented one module per method, imported only when a job builds the method."""
 
 from __future__ import annotations
 
-import importlib
+from .registry import MethodSpec, method_names, method_spec, method_specs, register, registered, unregister
 
-from .settings import METHOD_SETTINGS
-
-#: method name → "module:class"
-_IMPLEMENTATIONS = {
-    "occlusion": "occlusion:Occlusion",
-    "integrated_gradients": "integrated_gradients:IntegratedGradients",
-    "ig_smoothgrad": "ig_smoothgrad:IGSmoothGrad",
-    "guided_gradcam": "guided_gradcam:GuidedGradCam",
-    "lime": "lime:Lime",
-}
-
-METHOD_NAMES: tuple[str, ...] = tuple(METHOD_SETTINGS)
+__all__ = ["MethodSpec", "build_method", "method_class", "method_names", "method_spec", "method_specs", "register",
+           "registered", "unregister"]
 
 
 def method_class(name: str):
-    """The AttributionMethod subclass registered as ``name``."""
-    module_name, class_name = _IMPLEMENTATIONS[name].split(":")
-    module = importlib.import_module(f"{__name__}.{module_name}")
-    return getattr(module, class_name)
+    """The AttributionMethod subclass registered as ``name``, with the spec's name, settings type, ``stochastic``
+    and ``differentiates`` as its class attributes."""
+    spec = method_spec(name)
+    return spec.bind(spec.load())
 
 
 def build_method(name: str, classifier, settings, forward_batch: int):

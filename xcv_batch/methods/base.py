@@ -15,15 +15,25 @@ from typing import ClassVar, Iterator, Sequence
 import torch
 
 from ..model import Classifier
+from .registry import spec_of_class
 
 
 class AttributionMethod(ABC):
+    """A subclass is registered by a ``MethodSpec`` in ``methods/settings.py`` that names it as its implementation;
+    the spec sets these class attributes when the subclass is defined (a class no spec names sets its own)."""
+
     name: ClassVar[str]
     settings_type: ClassVar[type]
     #: whether ``seeds`` change the result (SmoothGrad noise, LIME samples)
     stochastic: ClassVar[bool] = False
     #: whether its passes differentiate the model (a forward batch then also holds activations for the backward)
     differentiates: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        spec = spec_of_class(cls.__module__, cls.__qualname__)
+        if spec is not None:
+            spec.bind(cls)
 
     def __init__(self, classifier: Classifier, settings, forward_batch: int = 64):
         if forward_batch < 1:

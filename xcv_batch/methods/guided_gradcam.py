@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ModelError
+from ..errors import ConfigError, ModelError
+from ..model import auto_target_layer, check_forward, layer_candidates
 from .base import AttributionMethod, chunk_slices, target_outputs
 from .settings import GuidedGradCamSettings
 
@@ -41,19 +42,44 @@ def grad_cam(activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor
     return F.relu((weights * activations).sum(dim=1, keepdim=True))
 
 
+def resolve_layer(classifier, layer: str) -> tuple[str, tuple[int, ...]]:
+    """``settings.layer`` (``auto`` included) as a module name of ``classifier.net``, and the shape of its output for
+    one blank image at the classifier's resolution; ``ConfigError`` unless it is a layer giving (N, C, h, w) maps."""
+    net = classifier.net
+    name = auto_target_layer(net) if layer == "auto" else layer
+    if name not in dict(net.named_modules()):
+        candidates = ", ".join(layer_candidates(net))
+        raise ConfigError("methods.guided_gradcam.layer",
+                          f"'{layer}' is not a layer of {classifier.arch}; one of: {candidates}")
+    shape = check_forward(net, classifier.arch, classifier.preprocessing.crop_size, name)
+    if len(shape) != 4:
+        raise ConfigError(
+            "methods.guided_gradcam.layer",
+            f"{name} gives {shape}, not the (batch, channels, height, width) maps Grad-CAM weighs; name a "
+            "convolutional block",
+        )
+    return name, shape
+
+
 class GuidedGradCam(AttributionMethod):
-    name = "guided_gradcam"
-    differentiates = True
-    settings_type = GuidedGradCamSettings
+    """Registered as ``guided_gradcam`` in methods/settings.py.
+
+    The layer is resolved and checked when the method is built (one blank forward through ``classifier.net``); the
+    guided-backprop switch stays on the classifier, since every SwitchableReLU of its network reads it.
+    """
+
+    def __init__(self, classifier, settings: GuidedGradCamSettings, forward_batch: int = 64):
+        super().__init__(classifier, settings, forward_batch)
+        self.layer_name, self.layer_shape = resolve_layer(classifier, settings.layer)
+        self.layer: nn.Module = dict(classifier.net.named_modules())[self.layer_name]
 
     def attribute(self, inputs: torch.Tensor, targets: torch.Tensor, seeds: Sequence[int]) -> torch.Tensor:
         settings: GuidedGradCamSettings = self.settings
         classifier = self.classifier
-        # build_classifier resolved and validated settings.layer ("auto" included) into target_layer.
-        layer_name = classifier.target_layer_name
+        layer_name = self.layer_name
         targets = targets.to(inputs.device)
         result = torch.empty_like(inputs, dtype=torch.float32)
-        with capture_output(classifier.target_layer) as captured:
+        with capture_output(self.layer) as captured:
             for chunk in chunk_slices(inputs.shape[0], self.forward_batch):
                 images = inputs[chunk].detach().requires_grad_(True)
                 captured.clear()

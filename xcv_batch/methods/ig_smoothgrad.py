@@ -25,10 +25,7 @@ def seeded_noise(seed: int, nt_samples: int, shape: Sequence[int], stdevs: float
 
 
 class IGSmoothGrad(AttributionMethod):
-    name = "ig_smoothgrad"
-    settings_type = IGSmoothGradSettings
-    stochastic = True
-    differentiates = True
+    """Registered as ``ig_smoothgrad`` in methods/settings.py."""
 
     def attribute(self, inputs: torch.Tensor, targets: torch.Tensor, seeds: Sequence[int]) -> torch.Tensor:
         settings: IGSmoothGradSettings = self.settings

@@ -15,7 +15,6 @@ from captum.attr._utils.approximation_methods import approximation_parameters
 from torch import nn
 
 from .base import AttributionMethod, chunk_slices, target_outputs
-from .settings import IntegratedGradientsSettings
 
 
 @functools.lru_cache(maxsize=32)
@@ -87,9 +86,7 @@ def completeness_gap(
 
 
 class IntegratedGradients(AttributionMethod):
-    name = "integrated_gradients"
-    differentiates = True
-    settings_type = IntegratedGradientsSettings
+    """Registered as ``integrated_gradients`` in methods/settings.py."""
 
     def attribute(self, inputs: torch.Tensor, targets: torch.Tensor, seeds: Sequence[int]) -> torch.Tensor:
         attributions = integrated_gradients(

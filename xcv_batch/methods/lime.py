@@ -32,9 +32,7 @@ from .settings import LimeSettings
 
 
 class Lime(AttributionMethod):
-    name = "lime"
-    settings_type = LimeSettings
-    stochastic = True
+    """Registered as ``lime`` in methods/settings.py."""
 
     def __init__(self, classifier, settings: LimeSettings, forward_batch: int = 64):
         super().__init__(classifier, settings, forward_batch)

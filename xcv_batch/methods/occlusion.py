@@ -40,8 +40,7 @@ def window_cover(size: int, window: int, stride: int, device: torch.device | str
 
 
 class Occlusion(AttributionMethod):
-    name = "occlusion"
-    settings_type = OcclusionSettings
+    """Registered as ``occlusion`` in methods/settings.py."""
 
     def __init__(self, classifier, settings, forward_batch: int = 64):
         super().__init__(classifier, settings, forward_batch)

@@ -1,15 +1,18 @@
-"""Settings of each attribution method, with the seed report's values as defaults.
+"""Settings of each attribution method, with the seed report's values as defaults, and each method's registration.
 
 Kept apart from the method code (and free of torch) so that validating a job file is cheap. Each ``check`` raises
-``ConfigError`` with a key relative to the method; the job loader prefixes ``methods.<name>.``.
+``ConfigError`` with a key relative to the method; the job loader prefixes ``methods.<name>.``. Beside each settings
+class, one :class:`~xcv_batch.methods.registry.MethodSpec` registers the method: its name, label, passes per image,
+whether it differentiates the model or is stochastic, and where its (torch) implementation lives.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Union
+from typing import Literal, Mapping, Union
 
 from ..errors import ConfigError
+from .registry import MethodSpec, Passes, RegistryView, register
 
 
 def _positive(key: str, value: int | float) -> None:
@@ -38,6 +41,19 @@ class OcclusionSettings:
             raise ConfigError("incremental", f"must be auto, true or false, got {self.incremental!r}")
 
 
+def occlusion_windows(resolution: int, window: int, stride: int) -> int:
+    """Windows along one side: Captum's starts 0, s, 2s, … up to the first ≥ R − window."""
+    return -(-(resolution - window) // stride) + 1
+
+
+register(MethodSpec(
+    name="occlusion", settings=OcclusionSettings, label="Occlusion", implementation=".occlusion:Occlusion",
+    # one row per window, plus the clean image
+    passes=lambda s, height, width: Passes(
+        forward=occlusion_windows(height, s.window, s.stride) * occlusion_windows(width, s.window, s.stride) + 1),
+))
+
+
 IG_METHODS = ("gausslegendre", "riemann_trapezoid", "riemann_left", "riemann_right", "riemann_middle")
 
 
@@ -53,6 +69,13 @@ class IntegratedGradientsSettings:
     def check(self) -> None:
         _positive("n_steps", self.n_steps)
         _check_quadrature(self.method, self.n_steps)
+
+
+register(MethodSpec(
+    name="integrated_gradients", settings=IntegratedGradientsSettings, label="Integrated Gradients",
+    implementation=".integrated_gradients:IntegratedGradients", differentiates=True,
+    passes=lambda s, height, width: Passes(forward_backward=s.n_steps),  # no row for the zero baseline
+))
 
 
 def _check_quadrature(method: str, n_steps: int) -> None:
@@ -80,12 +103,27 @@ class IGSmoothGradSettings:
             raise ConfigError("stdevs", f"must be ≥ 0, got {self.stdevs}")
 
 
+register(MethodSpec(
+    name="ig_smoothgrad", settings=IGSmoothGradSettings, label="IG + SmoothGrad",
+    implementation=".ig_smoothgrad:IGSmoothGrad", differentiates=True, stochastic=True,
+    passes=lambda s, height, width: Passes(forward_backward=s.nt_samples * s.n_steps),
+))
+
+
 @dataclass(frozen=True)
 class GuidedGradCamSettings:
     """Captum ``GuidedGradCam``; ``layer: auto`` is ResNet ``layer4`` / the last ReLU of a VGG's features."""
 
     layer: str = "auto"
     interpolate_mode: Literal["nearest", "bilinear"] = "nearest"  # Captum's default is nearest
+
+
+register(MethodSpec(
+    name="guided_gradcam", settings=GuidedGradCamSettings, label="Guided Grad-CAM",
+    implementation=".guided_gradcam:GuidedGradCam", differentiates=True,
+    # one forward and two backwards: the plain one to the layer, the guided one to the input
+    passes=lambda s, height, width: Passes(forward_backward=1, extra_backward=1),
+))
 
 
 @dataclass(frozen=True)
@@ -123,10 +161,11 @@ class LimeSettings:
             raise ConfigError("ratio", f"must be in [0, 1], got {self.ratio}")
 
 
-METHOD_SETTINGS: dict[str, type] = {
-    "occlusion": OcclusionSettings,
-    "integrated_gradients": IntegratedGradientsSettings,
-    "ig_smoothgrad": IGSmoothGradSettings,
-    "guided_gradcam": GuidedGradCamSettings,
-    "lime": LimeSettings,
-}
+register(MethodSpec(
+    name="lime", settings=LimeSettings, label="LIME", implementation=".lime:Lime", stochastic=True,
+    passes=lambda s, height, width: Passes(forward=s.num_samples),
+))
+
+
+#: method name → settings class, read from the registry (methods registered later included)
+METHOD_SETTINGS: Mapping[str, type] = RegistryView("settings")
