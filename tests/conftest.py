@@ -29,7 +29,7 @@ def batch(classifier):
 def ray_session():
     """One local Ray for the whole test run, started on first use; yields its GCS address (for RAY_ADDRESS).
 
-    2 CPUs and 2 fake GPUs (``num_gpus`` works on a CPU machine, NOTES): jobs with ``compute.device: cpu`` and
+    2 CPUs and 2 fake GPUs (Ray accepts ``num_gpus`` on a CPU machine): jobs with ``compute.device: cpu`` and
     ``workers: auto`` drive the one-actor-per-GPU path here, ``workers: 2`` the CPU-worker path. Started like a run's
     local Ray (loopback only, in a folder of its own).
     """

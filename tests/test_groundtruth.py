@@ -208,6 +208,7 @@ def trained(tmp_path_factory, one_thread):
     return manifest, weights, result
 
 
+@pytest.mark.slow  # trains a classifier
 def test_training_beats_chance_on_held_out_images(trained):
     manifest, weights, result = trained
     assert (result["n_train"], result["n_test"], result["num_classes"]) == (384, 96, N_CLASSES)
@@ -216,6 +217,7 @@ def test_training_beats_chance_on_held_out_images(trained):
     assert result["history"][-1]["loss"] < result["history"][0]["loss"]
 
 
+@pytest.mark.slow  # trains a classifier
 def test_training_is_seeded(one_thread, tmp_path):
     manifest = generate(str(tmp_path / "tiny"), n_images=40, size=RESOLUTION, n_classes=2, seed=1)
     states = []
@@ -239,6 +241,7 @@ def test_training_needs_a_split_and_sane_settings(trained, tmp_path):
     assert not os.path.exists(tmp_path / "w.pt")
 
 
+@pytest.mark.slow  # trains a classifier
 def test_weights_load_as_a_job_model_and_agree_with_training(trained):
     manifest, weights, result = trained
     folder = os.path.dirname(manifest)
@@ -254,6 +257,7 @@ def test_weights_load_as_a_job_model_and_agree_with_training(trained):
     assert correct / len(records) == result["test_accuracy"]
 
 
+@pytest.mark.slow  # trains a classifier
 def test_occlusion_of_the_trained_model_beats_a_random_map(trained):
     manifest, weights, _ = trained
     classifier = build_classifier("resnet18", weights, RESOLUTION, seed=0)

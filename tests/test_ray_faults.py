@@ -10,9 +10,12 @@ from __future__ import annotations
 import os
 
 import numpy as np
+import pytest
 
 from ray_helpers import METHODS, assert_same_results, each_image_once, maps_of, ray_run, rows_of
 from xcv_batch.driver.faults import ENV as FAULTS_ENV
+
+pytestmark = pytest.mark.slow  # kills and hangs Ray workers
 
 
 def test_killed_workers_are_replaced_and_an_image_that_always_kills_becomes_its_error_rows(

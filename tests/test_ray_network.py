@@ -20,6 +20,8 @@ import ray  # noqa: F401 - puts the psutil that Ray ships on sys.path
 import psutil  # noqa: E402
 from ray_helpers import write_job
 
+pytestmark = pytest.mark.slow  # starts local Rays in subprocesses
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ACTOR_TITLE = "ray::ShardActor"  # Ray renames an actor's process after its class
 

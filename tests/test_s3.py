@@ -18,6 +18,8 @@ from xcv_batch.config import load_job
 from xcv_batch.driver import run_job
 from xcv_batch.errors import OutputError
 
+pytestmark = pytest.mark.slow  # starts moto's S3 server
+
 
 @pytest.fixture(scope="module")
 def s3_server():

@@ -22,6 +22,8 @@ import pytest
 from ray_helpers import METHODS, rows_of, write_job
 from xcv_batch import cli
 
+pytestmark = pytest.mark.slow  # starts a Ray head with its job server
+
 
 def free_port() -> int:
     with socket.socket() as sock:

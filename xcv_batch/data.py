@@ -259,7 +259,7 @@ def preprocess(image: Image.Image, preprocessing: Preprocessing, reduced: Reduce
 
     torchvision's ``ImageClassification`` preset step for step (the same functional calls on the PIL image: resize
     the short side with antialiasing, centre-crop, scale to [0, 1]) but without ``normalize``: the worker
-    normalises on the device, and the stored inputs stay in pixel space. ``reduced``: how the image was decoded
+    normalises on the device (the stored ``inputs`` array holds the normalised model inputs). ``reduced``: how the image was decoded
     reduced, if it was (see :func:`decode_image`).
     """
     image = _resize_and_crop(image, preprocessing, InterpolationMode(preprocessing.interpolation), reduced)

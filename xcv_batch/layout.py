@@ -21,7 +21,7 @@ REJECTED_DIR = "_rejected"
 #: when a table is empty), a float.
 STRING, INT, OPTIONAL_INT, FLOAT = "string", "int", "optional_int", "float"
 
-#: The Parquet row columns, in order (CONTRACT), as (name, kind). Extra metric columns (float) may follow.
+#: The Parquet row columns, in order (the README's Output section), as (name, kind). Extra metric columns (float) may follow.
 ROW_COLUMNS: tuple[tuple[str, str], ...] = (
     ("image_id", STRING),
     ("image_path", STRING),

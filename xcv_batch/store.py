@@ -39,7 +39,7 @@ from .yaml_io import load_yaml
 #: pyarrow types of the row column kinds of :mod:`xcv_batch.layout`.
 _ARROW_TYPES = {STRING: pa.string(), INT: pa.int64(), OPTIONAL_INT: pa.int64(), FLOAT: pa.float64()}
 
-#: Parquet columns, in order (CONTRACT), from :data:`xcv_batch.layout.ROW_COLUMNS`. Extra metric columns may follow.
+#: Parquet columns, in order (the README's Output section), from :data:`xcv_batch.layout.ROW_COLUMNS`. Extra metric columns may follow.
 ROW_SCHEMA = pa.schema([(name, _ARROW_TYPES[kind]) for name, kind in ROW_COLUMNS])
 
 

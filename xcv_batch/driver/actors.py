@@ -1,7 +1,7 @@
 """Shards on Ray actors: each actor holds one ShardWorker (model and methods built once) and writes its own outputs.
 
 The scheduler keeps ``compute.max_in_flight`` shards queued on each actor and takes back only small reports. It
-re-queues lost work itself (NOTES: ``max_task_retries=0``; ``ActorPool`` does not re-submit), so it decides what a
+re-queues lost work itself (actors run with ``max_task_retries=0``, and Ray's ``ActorPool`` does not re-submit), so it decides what a
 failure means:
 
 * an actor that dies (SIGKILL, OOM, node lost) or hangs past ``compute.shard_timeout_s`` is killed and replaced;

@@ -1,7 +1,7 @@
 """Ray for one run: the session already open in this process, the cluster in ``RAY_ADDRESS``, or a new local one.
 
 Only a session this module started is shut down at the end. Joining a cluster uses a bare ``ray.init()``: passing
-resources (``num_cpus`` …) to an existing cluster raises (NOTES, Ray section).
+resources (``num_cpus`` …) to an existing cluster raises in Ray.
 
 A new local Ray faces this machine only: every server it starts (GCS, raylet, agents, workers, the dashboard's API
 server) listens on loopback, since anyone who reaches a Ray port can run code on it. It runs in a folder of its own
