@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import io
 import re
-import time
 
 import pytest
 
 from ray_helpers import METHODS, write_job
+from waiting import wait_until
 from xcv_batch.config import load_job
 from xcv_batch.plan import Passes, method_passes
 from xcv_batch.progress import Forwarded, ImagesDone, MethodDone, RunProgress, ShardTally, Skipped
@@ -50,7 +50,6 @@ def test_the_eta_is_pending_until_work_is_measured_then_a_duration_never_nan():
     run, _ = progress()
     with run:
         assert run.line().endswith("eta pending (measuring)")
-        time.sleep(0.01)  # some elapsed time to divide by
         run.record(MethodDone("dear", 1, 1.0), key="a")  # 90 of 400 forward-equivalents
         snap = run.snapshot()
         assert snap.rate > 0 and snap.eta_seconds == pytest.approx(310 / snap.rate)
@@ -97,9 +96,7 @@ def test_a_timer_prints_lines_between_events():
     run, stream = progress(interval_s=0.05)
     with run:
         run.record(MethodDone("cheap", 1, 0.1), key="a")
-        deadline = time.monotonic() + 20
-        while len(lines(stream)) < 4 and time.monotonic() < deadline:  # nothing else happens meanwhile
-            time.sleep(0.02)
+        wait_until(lambda: len(lines(stream)) >= 4, timeout_s=20)  # nothing else happens meanwhile
     assert len(lines(stream)) >= 4
     states = {LINE.match(line).groups() for line in lines(stream)[1:4]}
     assert states == {("0", "4", "1", "8", "2", "0")}  # the same state, repeated: the run is alive
@@ -126,7 +123,8 @@ def test_the_tally_fills_in_skipped_methods_and_keeps_each_methods_time():
 
 
 def test_the_tally_reports_forwards_of_the_running_method_and_stops_after_it():
-    torch = pytest.importorskip("torch")
+    import torch
+
     net = torch.nn.Linear(4, 2)
     events = []
     tally = ShardTally(["dear"], events.append)

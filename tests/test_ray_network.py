@@ -12,18 +12,21 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import ray  # noqa: F401 - puts the psutil that Ray ships on sys.path
 
 import psutil  # noqa: E402
 from ray_helpers import write_job
+from waiting import wait_until
 
 pytestmark = pytest.mark.slow  # starts local Rays in subprocesses
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ACTOR_TITLE = "ray::ShardActor"  # Ray renames an actor's process after its class
+#: Processes of a local run that open ports: each must be seen listening, so the loopback check is not vacuous
+#: (the dashboard agent opens its ports last and listened on every interface before)
+LISTENING_SERVERS = ("gcs_server", "raylet", ACTOR_TITLE, "DashboardAgent")
 
 
 def start_hanging_run(tmp_path, photo_folder) -> subprocess.Popen:
@@ -77,14 +80,13 @@ def is_loopback(address: str) -> bool:
 
 def wait_for_actors(driver: subprocess.Popen, tmp_path, timeout_s: float = 90) -> list[psutil.Process]:
     """The driver's process tree once both ShardActors run."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+    def both_actors_or_driver_gone():
         tree = process_tree(driver.pid)
-        if sum(title(p).startswith(ACTOR_TITLE) for p in tree) >= 2:
-            return tree
-        if driver.poll() is not None:
-            break
-        time.sleep(0.5)
+        return tree if sum(title(p).startswith(ACTOR_TITLE) for p in tree) >= 2 else driver.poll() is not None
+
+    tree = wait_until(both_actors_or_driver_gone, timeout_s, poll_s=0.5)
+    if isinstance(tree, list):
+        return tree
     pytest.fail(f"the run's actors did not start:\n{(tmp_path / 'driver.log').read_text()[-3000:]}")
 
 
@@ -116,13 +118,18 @@ def test_a_local_two_worker_run_listens_on_loopback_only(tmp_path, photo_folder)
     found: dict[tuple[str, int], str] = {}  # (address, port) → the process that listens there
     try:
         wait_for_actors(driver, tmp_path)
-        for _ in range(8):  # Ray's helper processes open some of their ports late: look a few times
+
+        def every_server_listens() -> bool:
+            # Ray's helper processes open some of their ports late: look until each kind has been seen listening
             tree = process_tree(driver.pid)
-            seen += tree
+            seen.extend(tree)
             for process in tree:
                 for address in listeners(process):
                     found[address] = title(process)[:80]
-            time.sleep(0.5)
+            owners = " ".join(found.values())
+            return all(name in owners for name in LISTENING_SERVERS)
+
+        wait_until(every_server_listens, timeout_s=60, poll_s=0.5)
         assert driver.poll() is None, "the run ended before its sockets were all seen"
     finally:
         driver.send_signal(signal.SIGTERM)  # Ray shuts its processes down on SIGTERM
@@ -133,7 +140,7 @@ def test_a_local_two_worker_run_listens_on_loopback_only(tmp_path, photo_folder)
         end_for_good(seen)
 
     owners = " ".join(found.values())
-    assert "gcs_server" in owners and "raylet" in owners and ACTOR_TITLE in owners, found  # not vacuous
+    assert all(name in owners for name in LISTENING_SERVERS), found  # not vacuous
     exposed = {f"{address}:{port}": owner for (address, port), owner in found.items() if not is_loopback(address)}
     assert not exposed, f"listening beyond loopback: {exposed}"
 
@@ -147,7 +154,7 @@ def test_the_next_local_start_stops_the_ray_processes_of_a_killed_driver(tmp_pat
         tree = wait_for_actors(driver, tmp_path)
         driver.kill()  # SIGKILL: no clean-up of any kind
         driver.wait()
-        time.sleep(1)
+        psutil.wait_procs(tree[1:], timeout=1)  # give them a second to end with the driver, as they should not
         assert still_there(tree[1:]), "nothing outlived the driver: this test would prove nothing"
 
         # the next local Ray (a run's, started and shut down) stops them before it starts
@@ -173,8 +180,10 @@ def test_the_next_local_start_stops_the_ray_processes_of_a_killed_driver(tmp_pat
 
 def hold_file(path, *extra_args) -> subprocess.Popen:
     """A process that keeps ``path`` open until killed; ``extra_args`` only change its command line."""
-    code = "import sys, time; f = open(sys.argv[1], 'w'); print('ready', flush=True); time.sleep(120)"
-    process = subprocess.Popen([sys.executable, "-c", code, str(path), *extra_args], stdout=subprocess.PIPE, text=True)
+    # it lives until killed, or until this test process ends and its stdin closes
+    code = "import sys; f = open(sys.argv[1], 'w'); print('ready', flush=True); sys.stdin.read()"
+    process = subprocess.Popen([sys.executable, "-c", code, str(path), *extra_args], stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, text=True)
     assert process.stdout.readline().strip() == "ready"
     return process
 

@@ -41,3 +41,9 @@ class ImageError(XcvError):
 
 class OutputError(XcvError):
     """The output directory cannot be written or belongs to a different job."""
+
+
+def first_line(err: BaseException) -> str:
+    """The first line of an exception's text (its type's name when it has none): what a one-line error quotes."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__

@@ -15,7 +15,7 @@ import yaml
 from fsspec.implementations.local import LocalFileSystem
 
 from .config import Job, job_from_mapping
-from .errors import ConfigError, OutputError
+from .errors import ConfigError, OutputError, first_line
 from .layout import JOB_FILE, METRICS_DIR  # light: names and kinds only
 from .yaml_io import load_yaml
 
@@ -47,7 +47,7 @@ def _read_job_file(fs, path: str, out: str) -> dict:
         with fs.open(path, "r") as fh:
             data = load_yaml(fh) or {}
     except (yaml.YAMLError, UnicodeDecodeError) as err:
-        raise OutputError(f"{out}/{JOB_FILE} is not a job file this tool wrote ({_first_line(err)})") from None
+        raise OutputError(f"{out}/{JOB_FILE} is not a job file this tool wrote ({first_line(err)})") from None
     return data if isinstance(data, dict) else {}
 
 
@@ -72,7 +72,7 @@ def _check_writable(fs, root: str, out: str) -> None:
         fs.pipe_file(probe, b"")
         fs.rm(probe)
     except OSError as err:
-        raise OutputError(f"cannot write to {out}: {_first_line(err)}") from None
+        raise OutputError(f"cannot write to {out}: {first_line(err)}") from None
     finally:
         if first_missing is not None and fs.exists(first_missing):
             fs.rm(first_missing, recursive=True)
@@ -143,8 +143,4 @@ def _show(value: Any) -> str:
         return "{" + ", ".join(f"{key}: {_show(item)}" for key, item in value.items()) + "}"
     return str(value)
 
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
 

@@ -28,7 +28,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as pads
 
-from .errors import ConfigError, OutputError
+from .errors import ConfigError, OutputError, first_line
 from .layout import (IMAGENET_MEAN, IMAGENET_STD, JOB_FILE, METRICS_DIR, ZARR_NAME, pandas_dtypes, stored_image_ids,
                      written_chunks)
 from .methods.registry import RegistryView
@@ -205,9 +205,9 @@ class Results:
                     pq.read_metadata(fh)
             except (pa.ArrowException, OSError) as file_err:
                 name = path[len(self._root) + 1:]
-                return OutputError(f"{self.out}/{name} is not readable Parquet ({str(file_err).splitlines()[0]}); "
+                return OutputError(f"{self.out}/{name} is not readable Parquet ({first_line(file_err)}); "
                                    "run the job again with --resume to recompute its shard")
-        return OutputError(f"{self.out}/{METRICS_DIR} cannot be read as Parquet: {str(err).splitlines()[0]}")
+        return OutputError(f"{self.out}/{METRICS_DIR} cannot be read as Parquet: {first_line(err)}")
 
     def _without_missing_maps(self, rows: pd.DataFrame) -> pd.DataFrame:
         """Rows say ``ok`` only where the map was written: an ok row whose Zarr chunk is missing (deleted, lost)

@@ -24,16 +24,13 @@ from fsspec.implementations.local import LocalFileSystem
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import yaml
 import zarr
 
-from .errors import OutputError
+from .errors import OutputError, first_line
 from .layout import (EXTRA_COLUMN_KIND, FLOAT, IMAGE_ARRAY, IMAGE_PATH_ARRAY, INT, JOB_FILE, MAP_DIMENSIONS,
                      METRICS_DIR, OPTIONAL_INT, REJECTED_DIR, ROW_COLUMNS, STRING, ZARR_NAME, stored_image_ids,
                      written_chunks)
-from .outdir import check_out
 from .sink import CommitCheck, UnreadableShard  # noqa: F401 - defined with the sink protocol; re-exported here
-from .yaml_io import load_yaml
 
 
 #: pyarrow types of the row column kinds of :mod:`xcv_batch.layout`.
@@ -73,25 +70,6 @@ class RunStore:
         return zarr.open_group(self.zarr_url, mode=mode)
 
     # ------------------------------------------------------------------ driver side
-    def existing_fingerprint(self) -> str | None:
-        path = self._path(JOB_FILE)
-        if not self.fs.exists(path):
-            return None
-        try:
-            with self.fs.open(path, "r") as fh:
-                data = load_yaml(fh) or {}
-        except (yaml.YAMLError, UnicodeDecodeError) as err:
-            raise OutputError(f"{self.out}/{JOB_FILE} is not a job file this tool wrote ({_first_line(err)})") from None
-        return data.get("fingerprint") if isinstance(data, dict) else None
-
-    def has_results(self) -> bool:
-        return bool(self.committed_files()) or self.fs.exists(self._path(JOB_FILE))
-
-    def check_target(self, job, resume: bool) -> None:
-        """Before any work: OUT can be written, and holds no other run (or, on resume, this job's run); the checks
-        live in the light :mod:`xcv_batch.outdir`, which the driver calls before importing this module."""
-        check_out(self.out, job, resume)
-
     def prepare(
         self,
         job_yaml: str,
@@ -104,7 +82,8 @@ class RunStore:
         image_paths: Sequence[str] | None = None,
         images_per_object: int = 1,
     ) -> None:
-        """Lay out OUT for a run, or check that a resumed run matches what is there (:meth:`check_target` first)."""
+        """Lay out OUT for a run, or check that a resumed run matches what is there (after
+        :func:`xcv_batch.outdir.check_out`)."""
         layout = _Layout(fingerprint, image_ids, image_paths, resolution, methods, attrs, images_per_object)
         if resume and self.fs.exists(self._path(JOB_FILE)):
             if self.fs.exists(self._path(ZARR_NAME)):
@@ -188,12 +167,6 @@ class RunStore:
     def committed_file_indices(self, name: str) -> list[int]:
         return self.read_committed(name, ["index"]).column("index").to_pylist()
 
-    def committed_indices(self) -> set[int]:
-        done: set[int] = set()
-        for name in self.committed_files():
-            done.update(self.read_committed(name, ["index"]).column("index").to_pylist())
-        return done
-
     def read_committed(self, name: str, columns: Sequence[str]) -> pa.Table:
         """Columns of one committed Parquet file; an unreadable file is an OutputError naming it."""
         path = self._path(METRICS_DIR, name)
@@ -201,7 +174,7 @@ class RunStore:
             with self.fs.open(path, "rb") as fh:
                 return pq.read_table(fh, columns=list(columns))
         except (pa.ArrowException, OSError) as err:
-            raise UnreadableShard(f"{self.out}/{METRICS_DIR}/{name} is not readable Parquet ({_first_line(err)}); "
+            raise UnreadableShard(f"{self.out}/{METRICS_DIR}/{name} is not readable Parquet ({first_line(err)}); "
                                   "run again with --resume to recompute its shard") from None
 
     def verify_committed(self, methods: Sequence[str]) -> "CommitCheck":
@@ -265,7 +238,7 @@ class RunStore:
             else:
                 self.fs.mv(temporary, final)  # object stores: the copy lands whole or not at all
         except OSError as err:
-            raise OutputError(f"cannot commit {self.out}/{METRICS_DIR}/{name}: {_first_line(err)}") from None
+            raise OutputError(f"cannot commit {self.out}/{METRICS_DIR}/{name}: {first_line(err)}") from None
         finally:
             if self.fs.exists(temporary):
                 self.fs.rm(temporary)
@@ -320,7 +293,7 @@ class ShardWriter:
         try:
             self._array(name)[first: first + len(block)] = block
         except OSError as err:
-            raise OutputError(f"cannot write {name} of image {first} to {ZARR_NAME}: {_first_line(err)}") from None
+            raise OutputError(f"cannot write {name} of image {first} to {ZARR_NAME}: {first_line(err)}") from None
 
 
 def _consecutive_blocks(images: dict[int, np.ndarray]) -> list[tuple[int, np.ndarray]]:
@@ -368,7 +341,3 @@ def rows_to_table(rows: list[dict], metadata: dict[str, str] | None = None) -> p
         schema = schema.with_metadata({**(schema.metadata or {}), **metadata})
     return pa.table(columns, schema=schema)
 
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Sequence, TextIO
 
 from ..config import Job, load_job
-from ..errors import ConfigError, XcvError
+from ..errors import ConfigError, XcvError, first_line
 from .upload import NEVER_UPLOADED, Staged, UploadPlan, describe, plan_upload, staged
 
 #: Non-secret S3 settings the job needs as much as this shell; credentials belong to the cluster (instance roles,
@@ -59,17 +59,13 @@ def connect(address: str | None):
     except AuthenticationError as err:
         raise XcvError(_auth_hint(address)) from err
     except (ConnectionError, RuntimeError, ValueError) as err:
-        raise XcvError(f"cannot reach the Ray job server at {address}: {_first_line(err)}") from err
+        raise XcvError(f"cannot reach the Ray job server at {address}: {first_line(err)}") from err
 
 
 def _auth_hint(address: str) -> str:
     return (f"the Ray cluster at {address} wants a token: export RAY_AUTH_MODE=token and its token in RAY_AUTH_TOKEN "
             "(or ~/.ray/auth_token)")
 
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
 
 
 def _call(address: str, fn, *args, **kwargs):
@@ -81,7 +77,7 @@ def _call(address: str, fn, *args, **kwargs):
     except AuthenticationError as err:
         raise XcvError(_auth_hint(address)) from err
     except (ConnectionError, RuntimeError, ValueError) as err:
-        raise XcvError(f"Ray job server at {address}: {_first_line(err)}") from err
+        raise XcvError(f"Ray job server at {address}: {first_line(err)}") from err
 
 
 # -------------------------------------------------------------------------------------------------------- submit
