@@ -47,16 +47,15 @@ from typing import Callable
 
 os.environ.setdefault("TQDM_DISABLE", "1")  # the lime package's per-sample progress bar
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torchvision  # noqa: E402
+import numpy as np
+import torch
+import torchvision
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from xcv_batch import segmentation  # noqa: E402
-from xcv_batch.config import SensitivityConfig, apply_overrides, build_dataclass  # noqa: E402
-from xcv_batch.data import list_images, load_image  # noqa: E402
-from xcv_batch.device import (  # noqa: E402
+from xcv_batch.methods import segmentation
+from xcv_batch.config import SensitivityConfig, apply_overrides, build_dataclass
+from xcv_batch.data.images import list_images, load_image
+from xcv_batch.execution.device import (
     CudaMemory,
     HalveOnOutOfMemory,
     attribution_classifier,
@@ -68,14 +67,14 @@ from xcv_batch.device import (  # noqa: E402
     size_forward_batches,
     synchronize,
 )
-from xcv_batch.errors import ConfigError  # noqa: E402
-from xcv_batch.layout import METRICS_DIR  # noqa: E402
-from xcv_batch.methods import build_method, method_names, method_spec  # noqa: E402
-from xcv_batch.methods.lime import segmentation_images  # noqa: E402
-from xcv_batch.methods.settings import METHOD_SETTINGS  # noqa: E402
-from xcv_batch.metrics import sensitivity_max  # noqa: E402
-from xcv_batch.model import auto_target_layer, build_classifier, describe_weights, resolve_device  # noqa: E402
-from xcv_batch.seeding import derive_seed  # noqa: E402
+from xcv_batch.errors import ConfigError
+from xcv_batch.output.layout import METRICS_DIR
+from xcv_batch.methods import build_method, method_names, method_spec
+from xcv_batch.methods.lime import segmentation_images
+from xcv_batch.methods.settings import METHOD_SETTINGS
+from xcv_batch.metrics.sensitivity import sensitivity_max
+from xcv_batch.models.classifier import auto_target_layer, build_classifier, describe_weights, resolve_device
+from xcv_batch.seeding import derive_seed
 
 N_PERTURB = SensitivityConfig().n_perturb_samples  # the seed's Max-Sensitivity samples
 RADIUS = SensitivityConfig().perturb_radius
@@ -659,7 +658,7 @@ def measure_worker_memory(images: int, folder: str, threads: int, log) -> dict:
     """
     from PIL import Image
 
-    from xcv_batch.model import Preprocessing
+    from xcv_batch.models.classifier import Preprocessing
 
     data, out = os.path.join(folder, "images"), os.path.join(folder, "out")
     os.makedirs(data, exist_ok=True)

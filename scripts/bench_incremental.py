@@ -29,15 +29,14 @@ import time
 
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from xcv_batch.cores import usable_cores  # noqa: E402
-from xcv_batch.device import attribution_classifier, describe_device  # noqa: E402
-from xcv_batch.methods import build_method  # noqa: E402
-from xcv_batch.methods.incremental import Extent, Plan, incremental_scores  # noqa: E402
-from xcv_batch.methods.occlusion import window_cover  # noqa: E402
-from xcv_batch.methods.settings import OcclusionSettings  # noqa: E402
-from xcv_batch.model import build_classifier  # noqa: E402
+from xcv_batch.execution.cores import usable_cores
+from xcv_batch.execution.device import attribution_classifier, describe_device
+from xcv_batch.methods import build_method
+from xcv_batch.methods.incremental import Extent, Plan, incremental_scores
+from xcv_batch.methods.occlusion import window_cover
+from xcv_batch.methods.settings import OcclusionSettings
+from xcv_batch.models.classifier import build_classifier
 
 DEFAULT_GRID = {"resnet18": 12, "resnet50": 10, "vgg19": 6}
 

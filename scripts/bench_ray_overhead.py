@@ -20,14 +20,14 @@ import tempfile
 import time
 
 from xcv_batch.config import load_job
-from xcv_batch.data import list_images
+from xcv_batch.data.images import list_images
 from xcv_batch.driver import plan_shards
 from xcv_batch.driver.actors import RayExecutor
 from xcv_batch.driver.run import prepare_store
 from xcv_batch.driver.session import RaySession
-from xcv_batch.plan import method_passes
-from xcv_batch.progress import RunProgress
-from xcv_batch.sink import open_sink
+from xcv_batch.driver.plan import method_passes
+from xcv_batch.driver.progress import RunProgress
+from xcv_batch.output.sink import open_sink
 
 
 def one_pass(job_file: str, overrides: list[str], in_flight: int, out: str) -> dict:

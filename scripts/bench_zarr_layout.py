@@ -27,9 +27,9 @@ from datetime import datetime, timezone
 import fsspec
 import numpy as np
 
-from xcv_batch.results import open_results
-from xcv_batch.layout import ZARR_NAME
-from xcv_batch.sink import open_sink
+from xcv_batch.output.results import open_results
+from xcv_batch.output.layout import ZARR_NAME
+from xcv_batch.output.sink import open_sink
 
 METHOD = "occlusion"
 

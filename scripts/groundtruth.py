@@ -19,10 +19,9 @@ import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
-from xcv_batch.synth import generate  # noqa: E402
-from xcv_batch.train import train  # noqa: E402
+from xcv_batch.groundtruth.synth import generate
+from xcv_batch.groundtruth.train import train
 
 OUT = os.path.join("results", "groundtruth")
 

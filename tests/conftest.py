@@ -10,7 +10,7 @@ import pytest
 @pytest.fixture(scope="module")
 def classifier():
     """A random-init ResNet-18 at 32 px (seed 0): offline, and fast enough for metric tests."""
-    from xcv_batch.model import build_classifier
+    from xcv_batch.models.classifier import build_classifier
 
     return build_classifier("resnet18", "none", 32, seed=0)
 

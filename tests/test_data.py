@@ -17,8 +17,8 @@ from PIL import Image
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms._presets import ImageClassification
 
-from xcv_batch import data
-from xcv_batch.data import (
+from xcv_batch.data import images as data
+from xcv_batch.data.images import (
     ImageRecord,
     decode_image,
     decode_many,
@@ -28,7 +28,7 @@ from xcv_batch.data import (
     to_rgb,
 )
 from xcv_batch.errors import DataError, ImageError
-from xcv_batch.model import Preprocessing
+from xcv_batch.models.classifier import Preprocessing
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)

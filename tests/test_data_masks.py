@@ -14,9 +14,9 @@ from PIL import Image
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms._presets import ImageClassification
 
-from xcv_batch.data import ImageRecord, list_images, load_image, load_mask
+from xcv_batch.data.images import ImageRecord, list_images, load_image, load_mask
 from xcv_batch.errors import ImageError
-from xcv_batch.model import Preprocessing
+from xcv_batch.models.classifier import Preprocessing
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from fake_device import FakeMemory, RefusesBigBatches
-from xcv_batch import segmentation
-from xcv_batch.device import (
+from xcv_batch.methods import segmentation
+from xcv_batch.execution.device import (
     DeviceFeeder,
     HalveOnOutOfMemory,
     attribution_classifier,
@@ -32,8 +32,8 @@ from xcv_batch.methods.settings import (
     LimeSettings,
     OcclusionSettings,
 )
-from xcv_batch.metrics import sensitivity_max
-from xcv_batch.model import build_classifier
+from xcv_batch.metrics.sensitivity import sensitivity_max
+from xcv_batch.models.classifier import build_classifier
 
 RESOLUTION = 32
 
@@ -124,7 +124,7 @@ def test_folding_is_refused_when_the_wiring_is_not_the_assumed_one(classifier):
     block = Odd(3, 3).eval()
     block.bn1.running_mean.fill_(0.5)
     block.bn1.running_var.fill_(2.0)
-    from xcv_batch.device import optimised_net
+    from xcv_batch.execution.device import optimised_net
 
     example = torch.randn(2, 3, 8, 8)
     copy_ = optimised_net(block, example)

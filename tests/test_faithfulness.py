@@ -13,7 +13,7 @@ import torch
 from captum.metrics import infidelity as captum_infidelity
 from torch import nn
 
-from xcv_batch.faithfulness import (
+from xcv_batch.metrics.faithfulness import (
     FAITHFULNESS_COLUMNS,
     causal_curves,
     deletion_auc,

@@ -11,21 +11,21 @@ import pytest
 import torch
 from PIL import Image
 
-from xcv_batch.data import list_images, load_image, load_mask
+from xcv_batch.data.images import list_images, load_image, load_mask
 from xcv_batch.errors import ConfigError, DataError
-from xcv_batch.localisation import (
+from xcv_batch.metrics.localisation import (
     LOCALISATION_COLUMNS,
     localisation_metrics,
     pointing_game,
     relevance_mass_accuracy,
     relevance_rank_accuracy,
 )
-from xcv_batch.metrics_info import metric_info
+from xcv_batch.metrics.registry import metric_info
 from xcv_batch.methods import build_method
 from xcv_batch.methods.settings import OcclusionSettings
-from xcv_batch.model import build_classifier, read_categories
-from xcv_batch.synth import CLASS_COLOURS, DISTRACTOR_COLOURS, generate
-from xcv_batch.train import train
+from xcv_batch.models.classifier import build_classifier, read_categories
+from xcv_batch.groundtruth.synth import CLASS_COLOURS, DISTRACTOR_COLOURS, generate
+from xcv_batch.groundtruth.train import train
 
 # ------------------------------------------------------------------------------------ localisation, by hand
 

@@ -18,14 +18,14 @@ from torch import nn
 from net_helpers import give_biases
 from test_methods_captum import captum_occlusion, make_case, relative_error
 from xcv_batch.config import job_from_mapping
-from xcv_batch.device import attribution_classifier
+from xcv_batch.execution.device import attribution_classifier
 from xcv_batch.errors import ConfigError
 from xcv_batch.methods import build_method
 from xcv_batch.methods.incremental import Extent, Window, lower, make_plan, window_op_extent
 from xcv_batch.methods.occlusion import AUTO_FLOP_RATIO
 from xcv_batch.methods.settings import OcclusionSettings
-from xcv_batch.metrics import sensitivity_max
-from xcv_batch.model import build_classifier, make_relus_switchable
+from xcv_batch.metrics.sensitivity import sensitivity_max
+from xcv_batch.models.classifier import build_classifier, make_relus_switchable
 
 EXACT = 1e-9  # float64: rounding only
 

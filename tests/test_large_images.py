@@ -12,9 +12,9 @@ import pytest
 import skimage
 from PIL import Image
 
-from xcv_batch.data import DECODE_MARGIN, decode_image, load_image, preprocess
+from xcv_batch.data.images import DECODE_MARGIN, decode_image, load_image, preprocess
 from xcv_batch.errors import ImageError
-from xcv_batch.model import Preprocessing
+from xcv_batch.models.classifier import Preprocessing
 
 PRE = Preprocessing(resize_size=256, crop_size=224, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
 SKIMAGE_DATA = os.path.join(os.path.dirname(skimage.__file__), "data")

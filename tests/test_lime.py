@@ -24,8 +24,8 @@ from xcv_batch.methods.lime import (
     segmentation_images,
 )
 from xcv_batch.methods.settings import LimeSettings
-from xcv_batch.model import build_classifier
-from xcv_batch.segmentation import consecutive_labels, segment, segment_batch
+from xcv_batch.models.classifier import build_classifier
+from xcv_batch.methods.segmentation import consecutive_labels, segment, segment_batch
 
 RESOLUTION = 48
 # quickshift at lime's kernel_size=4 leaves 3-4 superpixels on a 48 px photo; kernel_size=1 gives ~30.

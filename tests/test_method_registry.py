@@ -14,8 +14,8 @@ from xcv_batch.errors import ConfigError
 from xcv_batch.methods import MethodSpec, build_method, method_class, method_names, method_spec, registered
 from xcv_batch.methods.base import AttributionMethod
 from xcv_batch.methods.settings import METHOD_SETTINGS
-from xcv_batch.plan import Passes, method_passes
-from xcv_batch.results import METHOD_LABELS, method_label
+from xcv_batch.driver.plan import Passes, method_passes
+from xcv_batch.output.results import METHOD_LABELS, method_label
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ from xcv_batch.methods.settings import (
     LimeSettings,
     OcclusionSettings,
 )
-from xcv_batch.model import (
+from xcv_batch.models.classifier import (
     Classifier,
     GuidedBackpropSwitch,
     Preprocessing,

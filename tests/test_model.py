@@ -12,7 +12,7 @@ from torch import nn
 from xcv_batch.errors import ConfigError, ModelError
 from xcv_batch.methods.guided_gradcam import GuidedGradCam
 from xcv_batch.methods.settings import GuidedGradCamSettings
-from xcv_batch.model import SwitchableReLU, build_classifier, describe_weights
+from xcv_batch.models.classifier import SwitchableReLU, build_classifier, describe_weights
 
 
 @pytest.mark.parametrize(

@@ -12,10 +12,10 @@ import pytest
 from ray_helpers import METHODS, write_job
 from waiting import wait_until
 from xcv_batch.config import load_job
-from xcv_batch.plan import Passes, method_passes
-from xcv_batch.progress import Forwarded, ImagesDone, MethodDone, RunProgress, ShardTally, Skipped
-from xcv_batch.results import open_results
-from xcv_batch.shards import ShardReport
+from xcv_batch.driver.plan import Passes, method_passes
+from xcv_batch.driver.progress import Forwarded, ImagesDone, MethodDone, RunProgress, ShardTally, Skipped
+from xcv_batch.output.results import open_results
+from xcv_batch.driver.shards import ShardReport
 
 WORK = {"cheap": Passes(forward=10), "dear": Passes(forward_backward=30)}  # work 10 and 90 per image
 LINE = re.compile(r"progress: (\d+)/(\d+) images, (\d+)/(\d+) image-methods \((\d+)%\), (\d+) failed")
@@ -152,8 +152,8 @@ class RecordingProgress(RunProgress):
 def run_shards(tmp_path, photo_folder, executor_type, **changes) -> RecordingProgress:
     """ray_helpers.JOB's shards (2 images each; notes.jpg is not an image) through ``executor_type``."""
     from xcv_batch.driver.run import plan_shards, prepare_store
-    from xcv_batch.sources import list_images
-    from xcv_batch.store import RunStore
+    from xcv_batch.data.sources import list_images
+    from xcv_batch.output.store import RunStore
 
     job = load_job(write_job(tmp_path / "job.yaml", photo_folder, **changes), output=str(tmp_path / "out"))
     records = list_images(job.data.source)

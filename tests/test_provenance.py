@@ -13,10 +13,10 @@ import xcv_batch
 from ray_helpers import JOB
 from xcv_batch.config import dump_job, job_from_mapping
 from xcv_batch.errors import OutputError
-from xcv_batch.outdir import check_out
-from xcv_batch.provenance import run_provenance
-from xcv_batch.results import open_results
-from xcv_batch.store import RunStore
+from xcv_batch.output.outdir import check_out
+from xcv_batch.output.provenance import run_provenance
+from xcv_batch.output.results import open_results
+from xcv_batch.output.store import RunStore
 
 STARTED = dt.datetime(2026, 11, 30, 9, 15, 2, tzinfo=dt.timezone.utc)
 

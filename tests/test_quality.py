@@ -16,14 +16,14 @@ from PIL import Image
 
 from captum.attr import IntegratedGradients as CaptumIntegratedGradients
 
-from xcv_batch.complexity import complexity_metrics, effective_complexity, sparseness
+from xcv_batch.metrics.complexity import complexity_metrics, effective_complexity, sparseness
 from xcv_batch.config import load_job
 from xcv_batch.driver import run_job
-from xcv_batch.faithfulness import deletion_auc, insertion_auc
-from xcv_batch.localisation import localisation_metrics
+from xcv_batch.metrics.faithfulness import deletion_auc, insertion_auc
+from xcv_batch.metrics.localisation import localisation_metrics
 from xcv_batch.methods.integrated_gradients import completeness_gap, integrated_gradients
-from xcv_batch.model import build_classifier
-from xcv_batch.worker import with_missing_values_explained
+from xcv_batch.models.classifier import build_classifier
+from xcv_batch.execution.worker import with_missing_values_explained
 
 SKIMAGE_DATA = os.path.join(os.path.dirname(skimage.__file__), "data")
 
@@ -94,8 +94,8 @@ def test_localisation_uses_the_manifest_masks(run):
     out, folder = run
     rows = pd.read_parquet(os.path.join(out, "metrics")).sort_values(["index", "method"])
     group = zarr.open_group(os.path.join(out, "attributions.zarr"), mode="r")
-    from xcv_batch.data import load_mask
-    from xcv_batch.model import describe_weights
+    from xcv_batch.data.images import load_mask
+    from xcv_batch.models.classifier import describe_weights
 
     preprocessing, _ = describe_weights("resnet18", "none", 32)
     masks = torch.stack([load_mask(str(folder / f"mask_{n}"), preprocessing) for n in ("chelsea.png", "coffee.png")])
@@ -250,8 +250,8 @@ def test_one_image_without_a_mask_does_not_remove_its_batchs_localisation(mixed_
         else:  # no mask: not localised, as in a run without masks (null, no note), whichever batch it is in
             assert np.isnan(values).all() and pd.isna(note) and pd.isna(by_id.loc[name, "localisation_seconds"])
     # The masked images' values are the metrics of their stored maps and masks.
-    from xcv_batch.data import load_mask
-    from xcv_batch.model import describe_weights
+    from xcv_batch.data.images import load_mask
+    from xcv_batch.models.classifier import describe_weights
 
     preprocessing, _ = describe_weights("resnet18", "none", 32)
     group = zarr.open_group(os.path.join(out, "attributions.zarr"), mode="r")

@@ -14,8 +14,8 @@ from xcv_batch.errors import ConfigError
 from xcv_batch.methods import build_method
 from xcv_batch.methods.guided_gradcam import GuidedGradCam
 from xcv_batch.methods.settings import GuidedGradCamSettings, IntegratedGradientsSettings
-from xcv_batch.model import SwitchableReLU
-from xcv_batch.randomisation import (
+from xcv_batch.models.classifier import SwitchableReLU
+from xcv_batch.metrics.randomisation import (
     RANDOMISATION_COLUMNS,
     RANDOMISATION_SPEARMAN_THRESHOLD,
     average_ranks,

@@ -15,10 +15,10 @@ from test_summarize import FIVE, seed_job, seed_like_rows, table, write_out  # p
 from xcv_batch.errors import ConfigError
 from captum.attr import visualization as captum_visualization
 
-from xcv_batch.panel import display_map, is_signed, overlay, panel_figure, render_panel
-from xcv_batch.report import cliques, gallery_images, write_report
-from xcv_batch.results import open_results
-from xcv_batch.summarize import summarize
+from xcv_batch.report.panel import display_map, is_signed, overlay, panel_figure, render_panel
+from xcv_batch.report.html import cliques, gallery_images, write_report
+from xcv_batch.output.results import open_results
+from xcv_batch.report.summarize import summarize
 
 FAILURE = "LIME <quickshift> found one segment only"
 

@@ -13,8 +13,8 @@ from xcv_batch import cli
 from xcv_batch.config import load_job
 from xcv_batch.driver import run_job
 from xcv_batch.errors import OutputError
-from xcv_batch.results import open_results
-from xcv_batch.summarize import summarize
+from xcv_batch.output.results import open_results
+from xcv_batch.report.summarize import summarize
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from xcv_batch import cli
 from xcv_batch.config import load_job
 from xcv_batch.driver import run_job
 from xcv_batch.errors import OutputError
-from xcv_batch.store import ROW_SCHEMA
+from xcv_batch.output.store import ROW_SCHEMA
 
 METHODS = ["occlusion", "integrated_gradients", "ig_smoothgrad", "guided_gradcam", "lime"]
 SKIMAGE_DATA = os.path.join(os.path.dirname(skimage.__file__), "data")

@@ -17,8 +17,8 @@ from ray_helpers import rows_of, write_job
 from xcv_batch import cli
 from xcv_batch.config import load_job
 from xcv_batch.driver import run_job
-from xcv_batch.results import open_results
-from xcv_batch.summarize import summarize
+from xcv_batch.output.results import open_results
+from xcv_batch.report.summarize import summarize
 
 SMALL = {"methods": {"occlusion": {"window": 8, "stride": 8}, "integrated_gradients": {"n_steps": 4}},
          "sensitivity": {"n_perturb_samples": 1, "perturb_radius": 0.02}}

@@ -7,7 +7,7 @@ import torch
 from captum.metrics import sensitivity_max as captum_sensitivity_max
 
 from xcv_batch.methods.base import AttributionMethod
-from xcv_batch.metrics import sensitivity_max, uniform_perturbations
+from xcv_batch.metrics.sensitivity import sensitivity_max, uniform_perturbations
 from xcv_batch.seeding import perturbation_seed
 
 

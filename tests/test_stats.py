@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
-from xcv_batch import stats
+from xcv_batch.report import stats
 
 
 def test_rank_rows_lower_and_higher_with_ties_and_incomplete_rows():

@@ -20,13 +20,13 @@ import pytest
 import yaml
 import zarr
 
-from xcv_batch import metrics_info
+from xcv_batch.metrics import registry as metrics_info
 from xcv_batch.errors import ConfigError, OutputError
 from xcv_batch.methods.settings import METHOD_SETTINGS
-from xcv_batch.results import open_results
+from xcv_batch.output.results import open_results
 from scipy import stats as scipy_stats
 
-from xcv_batch.summarize import (SEED_TABLE_I, agreement_sentence, parse_rank_on, render_markdown, render_table,
+from xcv_batch.report.summarize import (SEED_TABLE_I, agreement_sentence, parse_rank_on, render_markdown, render_table,
                                  summarize, summarize_rows, write_summary)
 
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
@@ -204,7 +204,7 @@ def test_metrics_registered_by_worker_modules_are_already_known_to_summarize():
     # `summarize` never imports the torch-side modules; anything they register must already be in metrics_info.
     code = """
 import importlib, importlib.util
-from xcv_batch import metrics_info
+from xcv_batch.metrics import registry as metrics_info
 before = metrics_info.registered_metrics()
 for name in ("faithfulness", "localisation", "quality"):
     if importlib.util.find_spec(f"xcv_batch.{name}"):

@@ -10,11 +10,11 @@ import torch
 
 from fake_device import FakeMemory, RefusesBigBatches
 from ray_helpers import METHODS, maps_of, rows_of, write_job
-from xcv_batch import segmentation
+from xcv_batch.methods import segmentation
 from xcv_batch.config import load_job
 from xcv_batch.driver import run_job
 from xcv_batch.driver.local import InProcessExecutor
-from xcv_batch.worker import CPU_FORWARD_BATCH, ShardWorker
+from xcv_batch.execution.worker import CPU_FORWARD_BATCH, ShardWorker
 
 
 def run(tmp_path, photo_folder, executor_type=InProcessExecutor, **changes):
@@ -89,7 +89,7 @@ def test_auto_forward_batch_is_probed_from_device_memory_per_kind_of_pass(tmp_pa
     assert all(m.forward_batch == CPU_FORWARD_BATCH for m in ShardWorker(job).methods.values())  # CPU: no probe
 
     # As on a GPU: 1e6 free bytes at 80 % headroom → 800 rows forward-only, 200 with a backward.
-    monkeypatch.setattr("xcv_batch.device.device_memory", lambda device: FakeMemory(1_000_000, 1_000, 4_000))
+    monkeypatch.setattr("xcv_batch.execution.device.device_memory", lambda device: FakeMemory(1_000_000, 1_000, 4_000))
     worker = ShardWorker(job)
     assert {name: m.forward_batch for name, m in worker.methods.items()} == {
         "occlusion": 800, "integrated_gradients": 200, "guided_gradcam": 200, "lime": 800,
@@ -133,7 +133,7 @@ def test_segmentation_processes_follow_the_device_and_the_setting(tmp_path, phot
         assert segmentation.segmentation_workers() == 3
 
         worker = ShardWorker(job)
-        monkeypatch.setattr("xcv_batch.worker.usable_cores", lambda: 8)
+        monkeypatch.setattr("xcv_batch.execution.worker.usable_cores", lambda: 8)
         worker.classifier = dataclasses.replace(worker.classifier, device=torch.device("cuda"))
         assert worker._segmentation_workers(torch_threads=None) == 7  # a GPU worker: all cores but the feeder's
         assert worker._segmentation_workers(torch_threads=4) == 3  # a GPU worker's share of a shared node

@@ -16,12 +16,12 @@ import zarr
 from ray_helpers import IDS, rows_of, write_job
 from test_s3 import s3_env, s3_server  # noqa: F401 - the real S3 server fixtures
 from xcv_batch.config import job_from_mapping, load_job
-from xcv_batch.data import ImageRecord
+from xcv_batch.data.images import ImageRecord
 from xcv_batch.driver import plan_shards, run_job
 from xcv_batch.errors import ConfigError, OutputError
-from xcv_batch.layout import written_chunks
-from xcv_batch.results import open_results
-from xcv_batch.store import RunStore
+from xcv_batch.output.layout import written_chunks
+from xcv_batch.output.results import open_results
+from xcv_batch.output.store import RunStore
 
 # Two fast methods keep the runs short; the layout does not depend on which methods run.
 FAST = {"methods": {"occlusion": {"window": 8, "stride": 8}, "guided_gradcam": {}}, "sensitivity": None}
@@ -217,7 +217,7 @@ def test_one_image_tasks_of_one_object_never_run_at_the_same_time():
     from collections import deque
 
     from xcv_batch.driver.actors import RayExecutor, _Slot, _Task
-    from xcv_batch.worker import Shard
+    from xcv_batch.execution.worker import Shard
 
     def task(*indices):
         return _Task(Shard(tuple((i, ImageRecord(f"{i}.png", f"/x/{i}.png")) for i in indices)))
@@ -260,7 +260,7 @@ def test_an_out_from_before_the_image_array_still_reads_and_resumes(plain_run, t
 
 
 def test_summarize_counts_the_images_from_the_image_array(plain_run):
-    from xcv_batch.summarize import summarize
+    from xcv_batch.report.summarize import summarize
 
     summary = summarize(os.path.join(plain_run, "results", "demo"), n_boot=20)
     assert summary["n_expected"] == 5 and summary["complete"] is True

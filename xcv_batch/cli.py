@@ -168,15 +168,15 @@ def _stop(args) -> int:
 def _summarize(args) -> int:
     from rich.console import Console
 
-    from .results import open_results
-    from .summarize import parse_rank_on, render_table, summarize, summary_notes, write_summary
+    from .output.results import open_results
+    from .report.summarize import parse_rank_on, render_table, summarize, summary_notes, write_summary
 
     rank_on = parse_rank_on(args.rank_on) if args.rank_on is not None else None
     results = open_results(args.out)  # shared by the summary and the report: every file is read once
     summary = summarize(results, n_boot=args.bootstrap, rank_on=rank_on)
     paths = write_summary(args.out, summary)
     if not args.no_report:
-        from .report import write_report
+        from .report.html import write_report
 
         paths.append(write_report(results, summary))
     table = render_table(summary)
@@ -193,8 +193,8 @@ def _summarize(args) -> int:
 
 
 def _show(args) -> int:
-    from .panel import render_panel
-    from .results import open_results
+    from .report.panel import render_panel
+    from .output.results import open_results
 
     path = render_panel(open_results(args.out), args.image, args.output)
     print(f"wrote {path}")
@@ -202,7 +202,7 @@ def _show(args) -> int:
 
 
 def _synth(args) -> int:
-    from .synth import generate
+    from .groundtruth.synth import generate
 
     manifest = generate(args.out_dir, n_images=args.images, size=args.size, n_classes=args.classes, seed=args.seed,
                         test_fraction=args.test_fraction)
@@ -211,7 +211,7 @@ def _synth(args) -> int:
 
 
 def _train(args) -> int:
-    from .train import train
+    from .groundtruth.train import train
 
     result = train(args.manifest, args.output, arch=args.arch, epochs=args.epochs, batch_size=args.batch_size,
                    lr=args.lr, seed=args.seed, resolution=args.resolution, threads=args.threads, log=print)

@@ -31,6 +31,10 @@ class ModelError(XcvError):
     """The classifier, its weights or its target layer cannot be used."""
 
 
+class MethodUnavailable(XcvError):
+    """A method cannot run faithfully on this model (raised by its constructor); the other methods still run."""
+
+
 class DataError(XcvError):
     """The image source as a whole cannot be used (a single bad image becomes an error row instead)."""
 

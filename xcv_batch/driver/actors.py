@@ -33,9 +33,9 @@ from ray.exceptions import ActorUnschedulableError, RayError, RayTaskError, Runt
 from .. import errors
 from ..config import Job
 from ..errors import XcvError
-from ..progress import ProgressEvent, RunProgress
-from ..sink import OutputSink, open_sink
-from ..worker import Shard, ShardReport, ShardWorker, error_rows
+from .progress import ProgressEvent, RunProgress
+from ..output.sink import OutputSink, open_sink
+from ..execution.worker import Shard, ShardReport, ShardWorker, error_rows
 from .faults import Fault, faults_from_env, progress_hook
 from .placement import WorkerPlan, plan_workers
 from .session import RaySession

@@ -11,8 +11,8 @@ import os
 from dataclasses import dataclass
 
 from ..config import Job
-from ..outdir import check_out
-from ..plan import CLASSIFY, Passes, format_duration, method_passes
+from ..output.outdir import check_out
+from .plan import CLASSIFY, Passes, format_duration, method_passes
 from .placement import WorkerPlan, local_resources, plan_workers
 from .run import _wants_ray, checked_images, plan_shards, with_layout_of
 
@@ -86,7 +86,7 @@ def plan_run(job: Job, resume: bool = False, probe: bool = True) -> RunPlan:
     """Check the job's source and OUT as ``run`` does, then plan it; ``probe`` times the model for an estimate."""
     records = checked_images(job)
     check_out(job.output.path, job, resume)
-    from ..sink import UnreadableShard, open_sink
+    from ..output.sink import UnreadableShard, open_sink
 
     store = open_sink(job.output.path)
     job = with_layout_of(job, store, resume)
@@ -101,7 +101,7 @@ def plan_run(job: Job, resume: bool = False, probe: bool = True) -> RunPlan:
     workers, worker_plan = _describe_workers(job, len(shards))
     plan = RunPlan(job, len(records), len(done), broken, len(shards), workers, worker_plan, method_passes(job))
     if probe and shards:
-        from ..probe import probe_pass_times
+        from ..execution.probe import probe_pass_times
 
         plan.times = probe_pass_times(job)
     return plan

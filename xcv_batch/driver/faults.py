@@ -14,8 +14,8 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from ..progress import ImagesDone, ProgressEvent
-from ..shards import Shard
+from .progress import ImagesDone, ProgressEvent
+from .shards import Shard
 
 ENV = "XCV_TEST_FAULTS"
 

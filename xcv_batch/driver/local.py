@@ -6,11 +6,11 @@ import functools
 from typing import TYPE_CHECKING
 
 from ..config import Job
-from ..progress import RunProgress
-from ..shards import Shard, ShardReport
+from .progress import RunProgress
+from .shards import Shard, ShardReport
 
 if TYPE_CHECKING:
-    from ..sink import OutputSink
+    from ..output.sink import OutputSink
 
 
 class InProcessExecutor:
@@ -19,7 +19,7 @@ class InProcessExecutor:
         self.worker = None
 
     def __enter__(self) -> "InProcessExecutor":
-        from ..worker import ShardWorker  # torch: imported once the job, source and OUT have been checked
+        from ..execution.worker import ShardWorker  # torch: imported once the job, source and OUT have been checked
 
         self.worker = ShardWorker(self.job)  # a bad model or weights fails here, before anything is written
         return self

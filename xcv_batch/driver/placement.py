@@ -15,7 +15,7 @@ import math
 from dataclasses import dataclass
 
 from ..config import ComputeConfig
-from ..cores import usable_cores
+from ..execution.cores import usable_cores
 from ..errors import ConfigError
 
 

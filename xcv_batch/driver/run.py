@@ -16,16 +16,16 @@ from typing import TYPE_CHECKING, Protocol, Sequence, TextIO
 
 from ..config import Job, dump_job
 from ..errors import ConfigError, OutputError
-from ..outdir import check_out
-from ..plan import method_passes
-from ..progress import RunProgress
-from ..provenance import run_provenance
-from ..shards import Shard, ShardReport
-from ..sources import ImageRecord, list_images
+from ..output.outdir import check_out
+from .plan import method_passes
+from .progress import RunProgress
+from ..output.provenance import run_provenance
+from .shards import Shard, ShardReport
+from ..data.sources import ImageRecord, list_images
 from .placement import local_resources, plan_workers
 
 if TYPE_CHECKING:
-    from ..sink import OutputSink
+    from ..output.sink import OutputSink
 
 #: Seconds between plain progress lines when stderr is not a terminal (job logs); the tests set 0.
 PROGRESS_INTERVAL_ENV = "XCV_PROGRESS_INTERVAL_S"
@@ -143,7 +143,7 @@ def _wants_ray(job: Job, n_shards: int) -> bool:
 
 
 def store_attributes(job: Job) -> dict:
-    from ..model import describe_weights, read_categories  # torchvision: the model is being built by now
+    from ..models.classifier import describe_weights, read_categories  # torchvision: the model is being built by now
 
     preprocessing, categories = describe_weights(job.model.arch, job.model.weights, job.model.resolution)
     categories = read_categories(job.model.categories) or categories
@@ -210,7 +210,7 @@ def run_job(job: Job, resume: bool = False, executor: Executor | None = None,
     stream = stream or sys.stderr
     records = checked_images(job)
     check_out(job.output.path, job, resume)  # before zarr, torch or Ray: a wrong --out is answered at once
-    from ..sink import CommitCheck, open_sink  # zarr and pyarrow: imported by open_sink, once the checks have passed
+    from ..output.sink import CommitCheck, open_sink  # zarr and pyarrow: imported by open_sink, once the checks have passed
 
     store = open_sink(job.output.path, provenance=run_provenance(job))
     job = with_layout_of(job, store, resume)
@@ -218,7 +218,7 @@ def run_job(job: Job, resume: bool = False, executor: Executor | None = None,
     shards = plan_shards(records, job.compute.shard_size, check.done, job.output.images_per_object)
     print(start_line(job, len(records), len(check.done), len(shards)), file=stream, flush=True)
     if shards:
-        from ..model import check_arch  # torchvision, but no model yet and no Ray: a wrong name costs seconds
+        from ..models.classifier import check_arch  # torchvision, but no model yet and no Ray: a wrong name costs seconds
 
         check_arch(job.model.arch)
     executor = executor or choose_executor(job, len(shards))

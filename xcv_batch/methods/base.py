@@ -14,7 +14,7 @@ from typing import ClassVar, Iterator, Sequence
 
 import torch
 
-from ..model import Classifier
+from ..models.classifier import Classifier
 from .registry import spec_of_class
 
 

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError, ModelError
-from ..model import auto_target_layer, check_forward, layer_candidates
+from ..models.classifier import auto_target_layer, check_forward, layer_candidates
 from .base import AttributionMethod, chunk_slices, target_outputs
 from .settings import GuidedGradCamSettings
 

@@ -25,8 +25,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ..model import Preprocessing
-from ..segmentation import submit_segmentation
+from ..models.classifier import Preprocessing
+from .segmentation import submit_segmentation
 from .base import AttributionMethod, chunk_slices, target_outputs
 from .settings import LimeSettings
 

@@ -2,7 +2,7 @@
 
 Example (a notebook)::
 
-    from xcv_batch.results import open_results
+    from xcv_batch.output.results import open_results
 
     res = open_results("results/demo")             # a local path or an s3:// prefix
     rows = res.rows()                              # pandas: one row per image × method
@@ -28,12 +28,12 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as pads
 
-from .errors import ConfigError, OutputError, first_line
+from ..errors import ConfigError, OutputError, first_line
 from .layout import (IMAGENET_MEAN, IMAGENET_STD, JOB_FILE, METRICS_DIR, ZARR_NAME, pandas_dtypes, stored_image_ids,
                      written_chunks)
-from .methods.registry import RegistryView
+from ..methods.registry import RegistryView
 from .provenance import provenance_from_metadata
-from .yaml_io import load_yaml
+from ..yaml_io import load_yaml
 
 #: Display names (each method's registered label), as the seed report wrote them.
 METHOD_LABELS: Mapping[str, str] = RegistryView("label")

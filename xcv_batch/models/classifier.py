@@ -21,8 +21,8 @@ import torch
 import torchvision
 from torch import nn
 
-from .errors import ConfigError, ModelError
-from .layout import IMAGENET_MEAN, IMAGENET_STD  # for architectures without torchvision weights to take them from
+from ..errors import ConfigError, ModelError
+from ..output.layout import IMAGENET_MEAN, IMAGENET_STD  # for architectures without torchvision weights to take them from
 
 
 class GuidedBackpropSwitch:

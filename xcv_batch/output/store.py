@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import zarr
 
-from .errors import OutputError, first_line
+from ..errors import OutputError, first_line
 from .layout import (EXTRA_COLUMN_KIND, FLOAT, IMAGE_ARRAY, IMAGE_PATH_ARRAY, INT, JOB_FILE, MAP_DIMENSIONS,
                      METRICS_DIR, OPTIONAL_INT, REJECTED_DIR, ROW_COLUMNS, STRING, ZARR_NAME, stored_image_ids,
                      written_chunks)

@@ -23,9 +23,9 @@ import torch
 import torchvision
 from torch import nn
 
-from .data import ImageRecord, decode_many, list_images
-from .errors import ConfigError, DataError, ImageError
-from .model import Preprocessing, describe_weights
+from ..data.images import ImageRecord, decode_many, list_images
+from ..errors import ConfigError, DataError, ImageError
+from ..models.classifier import Preprocessing, describe_weights
 
 
 def train(

@@ -17,20 +17,20 @@ import numpy as np
 import torch
 
 from . import device as dev
-from .config import Job
+from ..config import Job
 from .cores import usable_cores
-from .data import ImageRecord, decode_many, load_mask
-from .errors import ImageError
-from .methods import build_method
-from .methods.base import target_outputs
-from .metrics import sensitivity_max
-from .model import Classifier, build_classifier, read_categories, resolve_device
-from .progress import MethodDone, ProgressEvent, ShardTally
-from .quality import QualityMetrics
-from .seeding import derive_seed
-from .segmentation import set_segmentation_workers
-from .shards import Shard, ShardReport  # noqa: F401 - re-exported: the driver's and tests' import path
-from .sink import OutputSink
+from ..data.images import ImageRecord, decode_many, load_mask
+from ..errors import ImageError
+from ..methods import build_method
+from ..methods.base import target_outputs
+from ..metrics.sensitivity import sensitivity_max
+from ..models.classifier import Classifier, build_classifier, read_categories, resolve_device
+from ..driver.progress import MethodDone, ProgressEvent, ShardTally
+from ..metrics.runner import QualityMetrics
+from ..seeding import derive_seed
+from ..methods.segmentation import set_segmentation_workers
+from ..driver.shards import Shard, ShardReport  # noqa: F401 - re-exported: the driver's and tests' import path
+from ..output.sink import OutputSink
 
 log = logging.getLogger(__name__)
 

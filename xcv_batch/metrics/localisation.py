@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import torch
 
-from .metrics_info import register_metric
+from .registry import register_metric
 
 # Parquet column → which way is better, for [report]'s rankings.
 LOCALISATION_COLUMNS = {"pointing_game": "higher", "relevance_mass": "higher", "relevance_rank": "higher"}

@@ -30,8 +30,8 @@ import torchvision.transforms.functional as TF
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 from torchvision.transforms import InterpolationMode
 
-from .errors import ImageError
-from .model import Preprocessing
+from ..errors import ImageError
+from ..models.classifier import Preprocessing
 from .sources import (  # noqa: F401 - the listing API, re-exported for the callers that import it from here
     BUILTIN_SOURCES,
     IMAGE_EXTENSIONS,

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import torch
 
-from .metrics_info import register_metric
+from .registry import register_metric
 
 #: Parquet column → which way is better.
 COMPLEXITY_COLUMNS = {"sparseness": "higher", "effective_complexity": "lower"}

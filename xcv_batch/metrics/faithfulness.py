@@ -19,7 +19,7 @@ import torch
 import torchvision.transforms.functional as TF
 from torch import nn
 
-from .methods.base import chunk_slices, target_outputs
+from ..methods.base import chunk_slices, target_outputs
 
 #: metric column → which way is better (for ``metrics_info.register_metric`` and the summary's ranks)
 FAITHFULNESS_COLUMNS = {"infidelity": "lower", "deletion_auc": "lower", "insertion_auc": "higher"}

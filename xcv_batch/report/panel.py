@@ -24,8 +24,8 @@ from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure  # no pyplot: no global figure state, no GUI backend (Agg renders savefig)
 
-from .errors import ConfigError
-from .results import Results, method_label
+from ..errors import ConfigError
+from ..output.results import Results, method_label
 
 _PANEL_INCHES = 2.7
 #: Share of a map's Σ|·| above the clipping value (Captum's ``outlier_perc`` default).

@@ -23,8 +23,8 @@ from __future__ import annotations
 import math
 from typing import Mapping
 
-from .config import Job
-from .methods.registry import BACKWARD_COST, Passes, method_spec
+from ..config import Job
+from ..methods.registry import BACKWARD_COST, Passes, method_spec
 
 __all__ = ["BACKWARD_COST", "CLASSIFY", "Passes", "explanation_passes", "format_duration", "method_passes",
            "total_work"]

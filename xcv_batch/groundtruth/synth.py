@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 # Class objects: shape × colour. Shapes are taken in this order, two colours each, so 4 classes (the default) need
 # both shape and colour to tell apart (red/blue circle, red/blue cross).
@@ -117,7 +117,7 @@ def generate(
                    ["path", "label", "mask_path"])
     _write_bytes(os.path.join(out_dir, "categories.txt"), "".join(f"{c.name}\n" for c in classes).encode())
     params = {"n_images": n_images, "size": size, "n_classes": n_classes, "seed": seed, "test_fraction": test_fraction,
-              "categories": [c.name for c in classes], "generator": "xcv_batch.synth"}
+              "categories": [c.name for c in classes], "generator": "xcv_batch.groundtruth.synth"}
     _write_bytes(os.path.join(out_dir, "dataset.json"), (json.dumps(params, indent=2, sort_keys=True) + "\n").encode())
     return os.path.join(out_dir, "manifest.csv")
 

@@ -18,9 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import ConfigError
-from .model import Classifier, GuidedBackpropSwitch, place_on_device
-from .seeding import derive_seed
+from ..errors import ConfigError
+from ..models.classifier import Classifier, GuidedBackpropSwitch, place_on_device
+from ..seeding import derive_seed
 
 #: metric column → which way is better (lower: the map changed more, i.e. it depends on the learned weights)
 RANDOMISATION_COLUMNS = {"randomisation_spearman": "lower", "randomisation_ssim": "lower"}

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 import torch
 
 from . import device as dev
-from .config import Job
-from .model import build_classifier, resolve_device
-from .plan import Passes
+from ..config import Job
+from ..models.classifier import build_classifier, resolve_device
+from ..driver.plan import Passes
 
 #: Rows of a probe pass on a CPU: per-row cost is flat from here to 64+ there, and 16 rows keep the probe short.
 CPU_PROBE_ROWS = 16
@@ -45,7 +45,7 @@ def probe_pass_times(job: Job, repeats: int = 2) -> PassTimes:
     classifier = build_classifier(job.model.arch, "none", job.model.resolution, seed=job.seed, device=device)
     ggc = job.methods.get("guided_gradcam")
     if ggc is not None:  # its layer is checked against the model here too, as the run will
-        from .methods.guided_gradcam import resolve_layer
+        from ..methods.guided_gradcam import resolve_layer
 
         resolve_layer(classifier, ggc.layer)
     if job.compute.fast_execution:

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Iterable, Protocol, Sequence, runtime_checkable
 
-from .errors import OutputError
+from ..errors import OutputError
 
 if TYPE_CHECKING:
     import numpy as np

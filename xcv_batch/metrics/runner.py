@@ -14,14 +14,14 @@ from typing import Callable, Mapping, Sequence
 import torch
 
 from .complexity import complexity_metrics
-from .config import Job
-from .device import synchronize
+from ..config import Job
+from ..execution.device import synchronize
 from .faithfulness import deletion_auc, infidelity, insertion_auc
 from .localisation import localisation_metrics
-from .methods import build_method
-from .model import Classifier
+from ..methods import build_method
+from ..models.classifier import Classifier
 from .randomisation import map_similarity, randomised_copy
-from .seeding import derive_seed
+from ..seeding import derive_seed
 
 #: Why a value is missing, per cause; the worker writes it into the row's ``note``.
 EMPTY_MASK = "undefined: the mask is empty after resize and crop"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .sources import ImageRecord
+from ..data.sources import ImageRecord
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ import re
 from dataclasses import dataclass
 from typing import Callable, Mapping
 
-from .errors import DataError
+from ..errors import DataError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 MANIFEST_EXTENSIONS = (".txt", ".csv", ".parquet")

@@ -20,10 +20,10 @@ import yaml
 from matplotlib.figure import Figure
 
 from . import stats
-from .layout import JOB_FILE
+from ..output.layout import JOB_FILE
 from .panel import panel_figure
-from .results import Results, method_label, open_results
-from .metrics_info import metric_title
+from ..output.results import Results, method_label, open_results
+from ..metrics.registry import metric_title
 from .summarize import (agreement_rows, agreement_sentence, cost_rows, cost_sentence, diagnostic_sentences, fmt,
                         fmt_ci, fmt_rank, friedman_sentence, ordered_methods, rank_sentence, status_line)
 

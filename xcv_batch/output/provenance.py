@@ -10,8 +10,8 @@ from __future__ import annotations
 import datetime as dt
 import importlib.metadata
 
-from . import __version__
-from .config import Job, weights_file_digest
+from .. import __version__
+from ..config import Job, weights_file_digest
 
 PREFIX = "xcv_batch."
 

@@ -14,10 +14,10 @@ import fsspec
 import yaml
 from fsspec.implementations.local import LocalFileSystem
 
-from .config import Job, job_from_mapping
-from .errors import ConfigError, OutputError, first_line
+from ..config import Job, job_from_mapping
+from ..errors import ConfigError, OutputError, first_line
 from .layout import JOB_FILE, METRICS_DIR  # light: names and kinds only
-from .yaml_io import load_yaml
+from ..yaml_io import load_yaml
 
 #: Differing keys named in a refusal; the rest are counted.
 MAX_KEYS_SHOWN = 8

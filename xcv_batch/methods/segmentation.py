@@ -19,8 +19,8 @@ from typing import Sequence
 import numpy as np
 from skimage.segmentation import quickshift, slic
 
-from .cores import usable_cores
-from .methods.settings import LimeSettings
+from ..execution.cores import usable_cores
+from .settings import LimeSettings
 
 
 def segment(image_hwc: np.ndarray, settings: LimeSettings, seed: int) -> np.ndarray:

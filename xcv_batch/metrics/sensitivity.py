@@ -21,8 +21,8 @@ from typing import Sequence
 
 import torch
 
-from .methods.base import AttributionMethod, chunk_slices
-from .seeding import perturbation_seed
+from ..methods.base import AttributionMethod, chunk_slices
+from ..seeding import perturbation_seed
 
 
 def uniform_perturbations(

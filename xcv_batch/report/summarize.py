@@ -37,13 +37,13 @@ import pandas as pd
 from rich.table import Table
 
 from . import stats
-from .config import SensitivityConfig
-from .errors import ConfigError
-from .layout import JOB_FILE
-from .methods.settings import METHOD_SETTINGS
-from .metrics_info import COST_COLUMNS, DIAGNOSTICS, metric_info, metric_title, metrics_in
-from .plan import Passes, explanation_passes
-from .results import Results, method_label, open_results
+from ..config import SensitivityConfig
+from ..errors import ConfigError
+from ..output.layout import JOB_FILE
+from ..methods.settings import METHOD_SETTINGS
+from ..metrics.registry import COST_COLUMNS, DIAGNOSTICS, metric_info, metric_title, metrics_in
+from ..driver.plan import Passes, explanation_passes
+from ..output.results import Results, method_label, open_results
 
 SUMMARY_SCHEMA = 2
 

@@ -1,0 +1,1 @@
+"""The classifier a job names: its architecture, weights, preprocessing and class names."""

@@ -1,0 +1,1 @@
+"""Ranking and showing the methods: statistics, the summary, report.html and image panels."""
