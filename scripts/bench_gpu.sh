@@ -15,11 +15,11 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > 
 
 common=(--res 224 --device cuda --forward-batch auto --images 32 --pieces 2)
 
-timeout -k 10 330 python scripts/bench.py "${common[@]}" --sens-images 4 \
+timeout -k 10 330 python scripts/bench "${common[@]}" --sens-images 4 \
     --seed-images 2 --seed-sens-images 1 --seed-memory-share 0.4 --budget-s 240 --out "$out/fp32" 2>&1 \
     | tee "$out/fp32.log" || echo "fp32 step ended with status $? (124: hard timeout); going on"
 
-timeout -k 10 130 python scripts/bench.py "${common[@]}" --precision bf16 --sens-images 2 --seed-images 0 \
+timeout -k 10 130 python scripts/bench "${common[@]}" --precision bf16 --sens-images 2 --seed-images 0 \
     --parity-images 4 --segmentation-res 0 --budget-s 90 --out "$out/bf16" 2>&1 | tee "$out/bf16.log" \
     || echo "bf16 step ended with status $? (124: hard timeout)"
 

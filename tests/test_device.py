@@ -91,9 +91,11 @@ def test_fast_copy_folds_every_batchnorm_and_leaves_the_original_alone(classifie
     assert [GuidedGradCam(c, GuidedGradCamSettings()).layer_name for c in (fast, classifier)] == ["layer4"] * 2
 
 
-def test_fast_copy_shares_the_guided_switch(classifier, fast):
+def test_guided_gradcam_on_the_fast_copy_switches_the_copys_relus(classifier, fast):
+    method = GuidedGradCam(fast, GuidedGradCamSettings())
     switches = {id(m.switch) for m in fast.net.modules() if hasattr(m, "switch")}
-    assert switches == {id(classifier.guided)}
+    assert switches == {id(method.switch)}
+    assert not switches & {id(m.switch) for m in classifier.net.modules() if hasattr(m, "switch")}
 
 
 @pytest.mark.parametrize(

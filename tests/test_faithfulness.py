@@ -13,8 +13,9 @@ import torch
 from captum.metrics import infidelity as captum_infidelity
 from torch import nn
 
+from xcv_batch.metrics.registry import metric_spec
+
 from xcv_batch.metrics.faithfulness import (
-    FAITHFULNESS_COLUMNS,
     causal_curves,
     deletion_auc,
     gaussian_perturbations,
@@ -240,5 +241,22 @@ def test_substrates():
         make_substrate(inputs, "noise")
 
 
-def test_columns_declare_their_direction():
-    assert FAITHFULNESS_COLUMNS == {"infidelity": "lower", "deletion_auc": "lower", "insertion_auc": "higher"}
+def test_the_registered_directions_are_the_way_a_faithful_map_scores():
+    # PERFECT holds each pixel's exact contribution to the logit; UNRELATED ranks the pixels that matter least
+    # first and is no multiple of the weights. "Better" must be the way the registry says, for every column.
+    net, targets = linear_net(WEIGHTS), torch.tensor([0])
+    unrelated = torch.tensor([[[[0.0, 0.0], [1.0, 2.0]]]])
+
+    def scores(attributions: torch.Tensor) -> dict[str, float]:
+        return {
+            "infidelity": infidelity(net, ONES, targets, attributions, [3], n_perturb_samples=8, noise_std=0.1).item(),
+            "deletion_auc": deletion_auc(net, ONES, targets, attributions, n_steps=4, substrate="zero").item(),
+            "insertion_auc": insertion_auc(net, ONES, targets, attributions, n_steps=4, substrate="zero").item(),
+        }
+
+    good, bad = scores(PERFECT), scores(unrelated)
+    columns = [column for name in ("infidelity", "deletion", "insertion") for column in metric_spec(name).columns]
+    assert [column.name for column in columns] == list(good)
+    for column in columns:
+        assert good[column.name] != pytest.approx(bad[column.name], abs=1e-3), column.name
+        assert column.direction == ("lower" if good[column.name] < bad[column.name] else "higher"), column.name

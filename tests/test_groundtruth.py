@@ -14,13 +14,12 @@ from PIL import Image
 from xcv_batch.data.images import list_images, load_image, load_mask
 from xcv_batch.errors import ConfigError, DataError
 from xcv_batch.metrics.localisation import (
-    LOCALISATION_COLUMNS,
     localisation_metrics,
     pointing_game,
     relevance_mass_accuracy,
     relevance_rank_accuracy,
 )
-from xcv_batch.metrics.registry import metric_info
+from xcv_batch.metrics.registry import metric_spec
 from xcv_batch.methods import build_method
 from xcv_batch.methods.settings import OcclusionSettings
 from xcv_batch.models.classifier import build_classifier, read_categories
@@ -69,11 +68,22 @@ def test_localisation_metrics_equal_hand_computed_values():
         assert torch.allclose(got[i], expected[i], atol=1e-12, equal_nan=True), (name, got[i], expected[i])
 
 
-def test_localisation_columns_are_registered_with_directions():
+LOCALISATION_COLUMNS = ["pointing_game", "relevance_mass", "relevance_rank"]
+
+
+def test_localisation_columns_are_registered_with_the_direction_a_map_on_the_object_scores():
     combined = localisation_metrics(maps_from_sums([CASES["plain"][0]]), torch.tensor([CASES["plain"][1]]).bool())
-    assert list(combined) == list(LOCALISATION_COLUMNS) == ["pointing_game", "relevance_mass", "relevance_rank"]
+    columns = metric_spec("localisation").columns
+    assert list(combined) == [column.name for column in columns] == LOCALISATION_COLUMNS
     assert [float(v) for v in combined.values()] == pytest.approx([1.0, 5 / 6, 2 / 3])
-    assert {name: metric_info(name).direction for name in LOCALISATION_COLUMNS} == LOCALISATION_COLUMNS
+    # A map whose relevance lies on the object is the better one, a map that lies beside it the worse.
+    mask = torch.tensor([[[1, 1, 0], [1, 0, 0]]], dtype=torch.bool)
+    on_object = localisation_metrics(maps_from_sums([[[3, 2, 0], [1, 0, 0]]]), mask)
+    beside = localisation_metrics(maps_from_sums([[[0, 0, 3], [0, 2, 1]]]), mask)
+    for column in columns:
+        good, bad = float(on_object[column.name]), float(beside[column.name])
+        assert good != bad, column.name
+        assert column.direction == ("lower" if good < bad else "higher"), column.name
 
 
 def reference_metrics(relevance: np.ndarray, mask: np.ndarray) -> tuple[float, float, float]:

@@ -25,7 +25,8 @@ from xcv_batch.methods.incremental import Extent, Window, lower, make_plan, wind
 from xcv_batch.methods.occlusion import AUTO_FLOP_RATIO
 from xcv_batch.methods.settings import OcclusionSettings
 from xcv_batch.metrics.sensitivity import sensitivity_max
-from xcv_batch.models.classifier import build_classifier, make_relus_switchable
+from xcv_batch.methods.guided_backprop import install_guided_switch
+from xcv_batch.models.classifier import build_classifier
 
 EXACT = 1e-9  # float64: rounding only
 
@@ -160,9 +161,9 @@ def odd_cnn(middle: nn.Module | None = None) -> nn.Sequential:
 
 
 def wrap(net: nn.Module, resolution: int):
-    """A Classifier around any network, ReLUs switchable as the builder makes them."""
+    """A Classifier around any network, ReLUs switchable as a Guided Grad-CAM of the job leaves them."""
     template = build_classifier("resnet18", "none", resolution, seed=0)
-    make_relus_switchable(net, template.guided)
+    install_guided_switch(net)
     return dataclasses.replace(template, net=net, num_classes=5)
 
 

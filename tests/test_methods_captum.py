@@ -34,11 +34,9 @@ from xcv_batch.methods.settings import (
 )
 from xcv_batch.models.classifier import (
     Classifier,
-    GuidedBackpropSwitch,
     Preprocessing,
     auto_target_layer,
     build_classifier,
-    make_relus_switchable,
 )
 
 pytestmark = [
@@ -283,9 +281,10 @@ def test_guided_gradcam_leaves_no_hook_and_the_guided_switch_off(resnet_float32)
     classifier = resnet_float32.classifier
     layer = classifier.net.layer4
     hooks_before = len(layer._forward_hooks)
-    ours("guided_gradcam", resnet_float32, GUIDED_GRADCAM)
+    method = build_method("guided_gradcam", classifier, GUIDED_GRADCAM, forward_batch=20)
+    method.attribute(resnet_float32.inputs, resnet_float32.targets, resnet_float32.seeds)
     assert len(layer._forward_hooks) == hooks_before
-    assert classifier.guided.guided is False
+    assert method.switch.guided is False
 
 
 # --- invariance to forward_batch and to batch composition --------------------------------------------------------
@@ -305,12 +304,10 @@ def small_cnn() -> Case:
         )
     give_biases(net, seed=1)
     net = net.eval().requires_grad_(False).double()
-    switch = GuidedBackpropSwitch()
-    make_relus_switchable(net, switch)
     preprocessing = Preprocessing(32, 32, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
     classifier = Classifier(
         arch="small_cnn", net=net, device=torch.device("cpu"), preprocessing=preprocessing, num_classes=10,
-        categories=None, guided=switch, weights="none",
+        categories=None, weights="none",
     )
     photos = [skimage.data.chelsea(), skimage.data.rocket(), skimage.data.coffee()]
     pixels = torch.cat([photo(image, 32, seed=i) for i, image in enumerate(photos)])
@@ -394,8 +391,7 @@ def linear_classifier(size: int, weight: torch.Tensor) -> Classifier:
     return Classifier(
         arch="linear", net=net, device=torch.device("cpu"),
         preprocessing=Preprocessing(size, size, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),
-        num_classes=weight.shape[0], categories=None, guided=GuidedBackpropSwitch(),
-        weights="none",
+        num_classes=weight.shape[0], categories=None, weights="none",
     )
 
 

@@ -1,4 +1,4 @@
-"""Building classifiers: architectures, the three kinds of weights, switchable ReLUs, Grad-CAM's layer."""
+"""Building classifiers: torchvision architectures, the three kinds of weights, switchable ReLUs, Grad-CAM's layer."""
 
 from __future__ import annotations
 
@@ -12,20 +12,27 @@ from torch import nn
 from xcv_batch.errors import ConfigError, ModelError
 from xcv_batch.methods.guided_gradcam import GuidedGradCam
 from xcv_batch.methods.settings import GuidedGradCamSettings
-from xcv_batch.models.classifier import SwitchableReLU, build_classifier, describe_weights
+from xcv_batch.methods.guided_backprop import GuidedBackpropSwitch, SwitchableReLU
+from xcv_batch.models.classifier import build_classifier, describe_weights
 
 
 @pytest.mark.parametrize(
     "arch, layer", [("resnet18", "layer4"), ("resnet34", "layer4"), ("resnet50", "layer4"), ("vgg19", "features.35")]
 )
-def test_architectures_build_with_every_relu_switchable(arch, layer):
+def test_guided_gradcam_makes_every_relu_of_its_network_switchable(arch, layer):
     classifier = build_classifier(arch, "none", 32, seed=0)
     reference = torchvision.models.get_model(arch)
     n_relus = sum(isinstance(m, nn.ReLU) for m in reference.modules())
+    # The classifier itself carries nothing method-specific: plain ReLUs until Guided Grad-CAM is built on it.
+    assert not any(isinstance(m, SwitchableReLU) for m in classifier.net.modules())
+    method = GuidedGradCam(classifier, GuidedGradCamSettings())
+    assert method.layer_name == layer
     modules = list(classifier.net.modules())
     assert sum(isinstance(m, SwitchableReLU) for m in modules) == n_relus > 0
-    assert not any(isinstance(m, nn.ReLU) for m in modules)
-    assert GuidedGradCam(classifier, GuidedGradCamSettings()).layer_name == layer
+    assert not any(type(m) is nn.ReLU for m in modules)
+    assert all(m.switch is method.switch for m in modules if isinstance(m, SwitchableReLU))
+    # a second Guided Grad-CAM on the same network drives the same modules
+    assert GuidedGradCam(classifier, GuidedGradCamSettings()).switch is method.switch
     assert not classifier.net.training
     assert classifier.num_classes == 1000
     # in-place ReLUs keep their in-place fast path when no gradient is needed
@@ -33,16 +40,16 @@ def test_architectures_build_with_every_relu_switchable(arch, layer):
 
 
 def test_switchable_relu_is_relu_until_guided():
-    switch_owner = build_classifier("resnet18", "none", 32, seed=0)
-    relu = SwitchableReLU(switch_owner.guided)
+    switch = GuidedBackpropSwitch()
+    relu = SwitchableReLU(switch)
     x = torch.tensor([-1.0, 0.5, 2.0], requires_grad=True)
     upstream = torch.tensor([3.0, -4.0, 5.0])
     (plain,) = torch.autograd.grad(relu(x), x, upstream)
     assert plain.tolist() == [0.0, -4.0, 5.0]  # ordinary ReLU gradient
-    with switch_owner.guided.enabled():
+    with switch.enabled():
         (guided,) = torch.autograd.grad(relu(x), x, upstream)
     assert guided.tolist() == [0.0, 0.0, 5.0]  # negative gradients stopped too
-    assert switch_owner.guided.guided is False
+    assert switch.guided is False
 
 
 def test_random_init_is_seeded_and_leaves_the_global_rng_alone():

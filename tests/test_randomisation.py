@@ -11,12 +11,12 @@ from scipy.stats import rankdata, spearmanr
 from skimage.metrics import structural_similarity
 
 from xcv_batch.errors import ConfigError
+from xcv_batch.metrics.registry import metric_spec
 from xcv_batch.methods import build_method
 from xcv_batch.methods.guided_gradcam import GuidedGradCam
 from xcv_batch.methods.settings import GuidedGradCamSettings, IntegratedGradientsSettings
-from xcv_batch.models.classifier import SwitchableReLU
+from xcv_batch.methods.guided_backprop import SwitchableReLU
 from xcv_batch.metrics.randomisation import (
-    RANDOMISATION_COLUMNS,
     RANDOMISATION_SPEARMAN_THRESHOLD,
     average_ranks,
     map_similarity,
@@ -83,11 +83,13 @@ def test_depth_out_of_range_names_the_key(classifier):
 
 
 def test_the_copy_has_its_own_guided_switch(classifier, batch):
+    original = GuidedGradCam(classifier, GuidedGradCamSettings())  # makes the original's ReLUs switchable
     copy = randomised_copy(classifier, depth=1, seed=3)
-    assert copy.guided is not classifier.guided
+    on_copy = GuidedGradCam(copy, GuidedGradCamSettings())
+    assert on_copy.switch is not original.switch
     relus = [m for m in copy.net.modules() if isinstance(m, SwitchableReLU)]
-    assert relus and all(m.switch is copy.guided for m in relus)
-    assert all(m.switch is classifier.guided for m in classifier.net.modules() if isinstance(m, SwitchableReLU))
+    assert relus and all(m.switch is on_copy.switch for m in relus)
+    assert all(m.switch is original.switch for m in classifier.net.modules() if isinstance(m, SwitchableReLU))
 
     inputs, targets = batch[0][:1], batch[1][:1]
 
@@ -97,8 +99,8 @@ def test_the_copy_has_its_own_guided_switch(classifier, batch):
         return grad
 
     plain = input_gradient(classifier)
-    with copy.guided.enabled():
-        assert not classifier.guided.guided
+    with on_copy.switch.enabled():
+        assert not original.switch.guided
         # equal up to the CPU kernels' run-to-run rounding (their reductions are not bitwise reproducible)
         torch.testing.assert_close(input_gradient(classifier), plain, rtol=0, atol=1e-4 * plain.abs().max().item())
         guided_copy = input_gradient(copy)
@@ -175,5 +177,19 @@ def test_gradient_maps_change_under_randomisation_and_a_model_blind_map_does_not
     assert RANDOMISATION_SPEARMAN_THRESHOLD == 0.5
 
 
-def test_columns_declare_their_direction():
-    assert RANDOMISATION_COLUMNS == {"randomisation_spearman": "lower", "randomisation_ssim": "lower"}
+def test_the_registered_directions_are_the_way_a_map_that_depends_on_the_model_scores(classifier, batch):
+    # A map that explains the model (IG, trained vs fully randomised) is the better one; a model-blind map (the
+    # input's magnitude, the same on both models) the worse: "better" must be the way the registry says.
+    inputs, targets = batch
+    settings = IntegratedGradientsSettings(n_steps=4)
+    randomised = randomised_copy(classifier, depth=len(parameterised_blocks(classifier.net)), seed=5)
+    trained_maps = build_method("integrated_gradients", classifier, settings, 8).attribute(inputs, targets, [0] * 3)
+    random_maps = build_method("integrated_gradients", randomised, settings, 8).attribute(inputs, targets, [0] * 3)
+    model_dependent = map_similarity(trained_maps, random_maps)
+    model_blind = map_similarity(inputs.abs(), inputs.abs())
+    columns = metric_spec("randomisation").columns
+    assert [column.name for column in columns] == list(model_dependent) == ["randomisation_spearman", "randomisation_ssim"]
+    for column in columns:
+        good, bad = model_dependent[column.name].median().item(), model_blind[column.name].median().item()
+        assert good != pytest.approx(bad, abs=0.1), column.name
+        assert column.direction == ("lower" if good < bad else "higher"), column.name

@@ -19,6 +19,8 @@ from xcv_batch.report.panel import display_map, is_signed, overlay, panel_figure
 from xcv_batch.report.html import cliques, gallery_images, write_report
 from xcv_batch.output.results import open_results
 from xcv_batch.report.summarize import summarize
+from xcv_batch.report.summary_text import render_markdown, render_table
+from xcv_batch.report.tables import TERMINAL, Column, Table, to_html, to_markdown, to_rich
 
 FAILURE = "LIME <quickshift> found one segment only"
 
@@ -229,3 +231,60 @@ def test_lime_tiles_do_not_all_saturate():
     shown = display_map(np.stack([tiles, np.zeros_like(tiles), np.zeros_like(tiles)]))
     # Σ|·| = 40: 98 % of it is reached only within the top tile, so only that tile is at full colour.
     assert shown.scale == 4.0 and sorted(np.unique(shown.values)) == [0.25, 0.5, 0.75, 1.0]
+
+
+def _terminal_cells(rich_table) -> list[list[str]]:
+    """The rich table's rows, each two-line cell (a value over its CI) joined back onto one line."""
+    columns = [[cell.replace("\n[", " [") for cell in column.cells] for column in rich_table.columns]
+    return [list(row) for row in zip(*columns)]
+
+
+def test_the_ranking_is_one_table_with_the_same_cells_in_markdown_html_and_the_terminal(run_with_a_failure):
+    out, rows = run_with_a_failure
+    summary = summarize(str(out), n_boot=100)
+    parsed = _Tables()
+    parsed.feed(open(write_report(str(out), summary, gallery=0)).read())
+    in_html = parsed.tables[0][1:]
+    lines = render_markdown(summary).splitlines()
+    table_i = lines[lines.index("## Table I") + 4:lines.index("## Mean rank per metric (1 = best)") - 1]
+    in_markdown = [[c.strip() for c in line.strip("|").split("|")] for line in table_i if line.startswith("| ")]
+    in_terminal = _terminal_cells(render_table(summary))
+
+    # Best first by mean rank, every medium the same rows; the first five columns (method, counts, mean rank, win
+    # rate) hold the very same text.
+    best_first = sorted(summary.methods.values(), key=lambda m: m.mean_rank)
+    assert [row[0] for row in in_markdown] == [m.label for m in best_first]
+    assert [row[:5] for row in in_html] == [row[:5] for row in in_markdown] == [row[:5] for row in in_terminal]
+    lime = next(row for row in in_html if row[0] == "LIME")
+    ok_lime = rows[(rows.method == "lime") & (rows.status == "ok")]
+    assert lime[1:3] == [str(len(ok_lime)), "1"]
+    lime_summary = summary.methods["lime"]
+    lo, hi = lime_summary.mean_rank_ci95
+    assert lime[3] == f"{lime_summary.mean_rank:.2f} [{lo:.2f}, {hi:.2f}]"
+    # The median of Max-Sensitivity: the same cell in markdown and HTML, the same number to 3 digits in the terminal.
+    median = np.median(ok_lime.sensitivity_max)
+    assert float(lime[5].split()[0]) == pytest.approx(median, rel=5e-4)
+    assert [row[5] for row in in_html] == [row[5] for row in in_markdown]
+    for terminal_row, html_row in zip(in_terminal, in_html):
+        assert float(terminal_row[5].split()[0]) == pytest.approx(float(html_row[5].split()[0]), rel=5e-3)
+    # Cost, last: seconds per image, the same in HTML and the terminal.
+    assert [row[-1] for row in in_html] == [row[-1] for row in in_terminal]
+    assert float(lime[-1]) == pytest.approx(ok_lime.attr_seconds.mean(), rel=5e-3)
+
+
+def test_a_table_renders_its_cells_and_each_mediums_own_header_and_cells():
+    table = Table([Column("Method", ["A|B", "<c>"]),
+                   Column("Mean rank [95% CI]", ["1.00 [1.00, 2.00]", "2.00 [1.00, 2.00]"], "rank",
+                          header_in={TERMINAL: "Mean rank\n[95% CI]"},
+                          cells_in={TERMINAL: ["1.00\n[1.00, 2.00]", "2.00\n[1.00, 2.00]"]}),
+                   Column("Seed", ["0.13", "–"], "seed")], title="T")
+    assert to_markdown(table) == ["| Method | Mean rank [95% CI] | Seed |", "| --- | --- | --- |",
+                                  "| A\\|B | 1.00 [1.00, 2.00] | 0.13 |", "| <c> | 2.00 [1.00, 2.00] | – |"]
+    parsed = _Tables()
+    parsed.feed(to_html(table.select(drop={"seed"})))
+    assert parsed.tables == [[["Method", "Mean rank [95% CI]"], ["A|B", "1.00 [1.00, 2.00]"],
+                              ["<c>", "2.00 [1.00, 2.00]"]]]
+    assert "&lt;c&gt;" in to_html(table)
+    rich_table = to_rich(table.select(keep={"", "rank"}))
+    assert rich_table.title == "T" and [c.header for c in rich_table.columns] == ["Method", "Mean rank\n[95% CI]"]
+    assert list(rich_table.columns[1].cells) == ["1.00\n[1.00, 2.00]", "2.00\n[1.00, 2.00]"]

@@ -62,7 +62,7 @@ def test_readers_show_a_missing_map_as_an_error_never_as_ok(copy_of, capsys):
     assert lost.status == "error" and "map missing from attributions.zarr" in lost.error
     assert (rows[rows["index"] == 1].status == "ok").all()  # the other images keep their rows
     summary = summarize(open_results(out), n_boot=50)
-    assert summary["methods"]["occlusion"]["n_error"] == 2  # notes.jpg and the lost map
+    assert summary.methods["occlusion"].n_error == 2  # notes.jpg and the lost map
     assert cli.main(["show", out, "--image", "camera.png", "--output", os.path.join(out, "camera.png")]) == 0
 
 

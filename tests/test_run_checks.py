@@ -162,8 +162,8 @@ def test_an_all_zero_map_has_no_sensitivity_and_is_not_ranked_most_stable(tmp_pa
     assert (ig.note == zero + "; ig_completeness_gap undefined: f(x) equals f(baseline)").all()
     assert ig.ig_completeness_gap.isna().all()
     summary = summarize(open_results(out), n_boot=20)
-    assert summary["metrics_skipped"]["sensitivity_max"] == "no method has a value"
-    assert "sensitivity_max" not in summary["metrics"]
+    assert summary.metrics_skipped["sensitivity_max"] == "no method has a value"
+    assert "sensitivity_max" not in summary.metrics
 
 
 def test_a_huge_perturbation_radius_gives_nan_with_its_reason(tmp_path, photo_folder):

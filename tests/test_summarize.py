@@ -26,8 +26,9 @@ from xcv_batch.methods.settings import METHOD_SETTINGS
 from xcv_batch.output.results import open_results
 from scipy import stats as scipy_stats
 
-from xcv_batch.report.summarize import (SEED_TABLE_I, agreement_sentence, parse_rank_on, render_markdown, render_table,
-                                 summarize, summarize_rows, write_summary)
+from xcv_batch.report.summarize import parse_rank_on, summarize, summarize_rows, write_summary
+from xcv_batch.report.summary_text import SEED_TABLE_I, agreement_sentence, render_markdown, render_table
+from xcv_batch.report.summary_types import DiagnosticImage, Failure, RankOn, SeedSettings
 
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 FIVE = list(METHOD_SETTINGS)
@@ -118,29 +119,29 @@ def test_one_method_always_best_has_mean_rank_one_and_win_rate_one():
     values = {"a": list(rng.random(8) * 0.1), "b": list(0.5 + rng.random(8)), "c": list(0.5 + rng.random(8))}
     seconds = {"a": [0.1] * 8, "b": list(1 + rng.random(8)), "c": list(1 + rng.random(8))}
     summary = summarize_rows(table(values, seconds), n_boot=200)
-    a = summary["methods"]["a"]
-    assert a["mean_rank"] == 1.0 and a["win_rate"] == 1.0 and a["mean_rank_ci95"] == [1.0, 1.0]
-    assert a["ranks"]["sensitivity_max"]["mean_rank"] == 1.0 and a["ranks"]["sensitivity_max"]["win_rate"] == 1.0
+    a = summary.methods["a"]
+    assert a.mean_rank == 1.0 and a.win_rate == 1.0 and a.mean_rank_ci95 == [1.0, 1.0]
+    assert a.ranks["sensitivity_max"].mean_rank == 1.0 and a.ranks["sensitivity_max"].win_rate == 1.0
     # Time is a cost beside the rank: no rank, no test, a throughput instead.
-    assert "attr_seconds" not in a["ranks"] and "attr_seconds" not in summary["tests"]
-    assert summary["cost"]["methods"]["a"]["seconds_per_image"] == pytest.approx(0.1)
+    assert "attr_seconds" not in a.ranks and "attr_seconds" not in summary.tests
+    assert summary.cost.methods["a"].seconds_per_image == pytest.approx(0.1)
     # b and c split ranks 2 and 3 between them.
-    assert summary["methods"]["b"]["mean_rank"] + summary["methods"]["c"]["mean_rank"] == pytest.approx(5.0)
-    assert summary["methods"]["b"]["win_rate"] == 0.0
-    assert summary["tests"]["sensitivity_max"]["friedman"]["reject"] is True
+    assert summary.methods["b"].mean_rank + summary.methods["c"].mean_rank == pytest.approx(5.0)
+    assert summary.methods["b"].win_rate == 0.0
+    assert summary.tests["sensitivity_max"].friedman.reject is True
 
 
 def test_ties_share_the_average_rank_and_the_win():
     values = {"a": [0.1, 0.3], "b": [0.2, 0.1], "c": [0.2, 0.1]}
     summary = summarize_rows(table(values), n_boot=100)
-    ranks = {m: summary["methods"][m]["ranks"]["sensitivity_max"] for m in values}
+    ranks = {m: summary.methods[m].ranks["sensitivity_max"] for m in values}
     # image0: a 1, b 2.5, c 2.5; image1: a 3, b 1.5, c 1.5
-    assert ranks["a"]["mean_rank"] == 2.0
-    assert ranks["b"]["mean_rank"] == ranks["c"]["mean_rank"] == 2.0
-    assert ranks["a"]["win_rate"] == 0.5 and ranks["b"]["win_rate"] == 0.25 and ranks["c"]["win_rate"] == 0.25
+    assert ranks["a"].mean_rank == 2.0
+    assert ranks["b"].mean_rank == ranks["c"].mean_rank == 2.0
+    assert ranks["a"].win_rate == 0.5 and ranks["b"].win_rate == 0.25 and ranks["c"].win_rate == 0.25
     # Sensitivity is the only quality metric: the overall rank is its rank.
-    assert all(summary["methods"][m]["mean_rank"] == 2.0 for m in values)
-    assert list(summary["tests"]) == ["sensitivity_max"]
+    assert all(summary.methods[m].mean_rank == 2.0 for m in values)
+    assert list(summary.tests) == ["sensitivity_max"]
 
 
 def test_missing_values_and_error_rows_are_counted_and_left_out_of_ranks():
@@ -150,37 +151,37 @@ def test_missing_values_and_error_rows_are_counted_and_left_out_of_ranks():
         "c": [0.3, 0.3, 0.3, RuntimeError("CUDA out of memory on img3")],
     }
     summary = summarize_rows(table(values), n_boot=100)
-    methods = summary["methods"]
-    assert (methods["c"]["n_ok"], methods["c"]["n_error"]) == (3, 1)
-    assert (methods["b"]["n_ok"], methods["b"]["n_error"]) == (4, 0)
-    assert methods["b"]["sensitivity_max"]["n"] == 3 and methods["b"]["sensitivity_max"]["n_missing"] == 1
-    assert methods["b"]["sensitivity_max"]["median"] == pytest.approx(0.2)
+    methods = summary.methods
+    assert (methods["c"].n_ok, methods["c"].n_error) == (3, 1)
+    assert (methods["b"].n_ok, methods["b"].n_error) == (4, 0)
+    assert methods["b"].values["sensitivity_max"].n == 3 and methods["b"].values["sensitivity_max"].n_missing == 1
+    assert methods["b"].values["sensitivity_max"].median == pytest.approx(0.2)
     # Sensitivity ranks only images 0 and 1 (2 lacks b, 3 lacks c); the cost counts every ok row with a time.
-    assert summary["tests"]["sensitivity_max"]["n_images"] == 2
-    assert [summary["cost"]["methods"][m]["n_images"] for m in "abc"] == [4, 4, 3]
-    assert methods["c"]["ranks"]["sensitivity_max"]["mean_rank"] == 3.0
-    assert summary["failures"] == [{"image_id": "img3", "method": "c", "error": "CUDA out of memory on img3"}]
-    assert summary["n_failed_images"] == 1 and summary["n_images"] == 4
+    assert summary.tests["sensitivity_max"].n_images == 2
+    assert [summary.cost.methods[m].n_images for m in "abc"] == [4, 4, 3]
+    assert methods["c"].ranks["sensitivity_max"].mean_rank == 3.0
+    assert summary.failures == [Failure(image_id="img3", method="c", error="CUDA out of memory on img3")]
+    assert summary.n_failed_images == 1 and summary.n_images == 4
 
 
 def test_a_method_without_any_value_is_not_ranked_but_reported():
     values = {"a": [0.1, 0.2, 0.3], "b": [0.2, 0.3, 0.4], "c": [RuntimeError("x")] * 3}
     summary = summarize_rows(table(values), n_boot=100)
-    assert summary["metrics"]["sensitivity_max"]["methods"] == ["a", "b"]
-    assert summary["methods"]["c"]["mean_rank"] is None and summary["methods"]["c"]["n_error"] == 3
+    assert summary.metrics["sensitivity_max"].methods == ["a", "b"]
+    assert summary.methods["c"].mean_rank is None and summary.methods["c"].n_error == 3
     # a wins sensitivity, the only quality metric; the tie on time does not enter the rank
-    assert summary["methods"]["a"]["mean_rank"] == 1.0
-    assert "at least 3 methods" in summary["tests"]["sensitivity_max"]["friedman"]["skipped"]
-    assert summary["tests"]["sensitivity_max"]["pairwise"][0]["better"] == "a"
+    assert summary.methods["a"].mean_rank == 1.0
+    assert "at least 3 methods" in summary.tests["sensitivity_max"].friedman.skipped
+    assert summary.tests["sensitivity_max"].pairwise[0].better == "a"
 
 
 def test_sensitivity_off_is_not_ranked():
     summary = summarize_rows(table({"a": [None, None], "b": [None, None]}, {"a": [1.0, 2.0], "b": [3.0, 4.0]}), n_boot=50)
-    assert list(summary["metrics"]) == [] and summary["rank_on"]["weights"] == {}
-    assert summary["metrics_skipped"] == {"sensitivity_max": "no method has a value"}
-    assert summary["methods"]["a"]["mean_rank"] is None
+    assert list(summary.metrics) == [] and summary.rank_on.weights == {}
+    assert summary.metrics_skipped == {"sensitivity_max": "no method has a value"}
+    assert summary.methods["a"].mean_rank is None
     # The cost is still there: (1 + 2) / 2 and (3 + 4) / 2 seconds per image.
-    assert [summary["cost"]["methods"][m]["seconds_per_image"] for m in "ab"] == [1.5, 3.5]
+    assert [summary.cost.methods[m].seconds_per_image for m in "ab"] == [1.5, 3.5]
 
 
 def test_registered_metrics_are_ranked_in_their_direction_and_unknown_columns_ignored():
@@ -188,35 +189,32 @@ def test_registered_metrics_are_ranked_in_their_direction_and_unknown_columns_ig
     rows["insertion_auc"] = [0.9, 0.8, 0.5, 0.4, 0.1, 0.2]  # a highest → best (higher is better)
     rows["made_up_score"] = 1.0
     summary = summarize_rows(rows, n_boot=50)
-    assert list(summary["metrics"]) == ["sensitivity_max", "insertion_auc"]
-    assert summary["methods"]["a"]["ranks"]["insertion_auc"]["mean_rank"] == 1.0
-    assert summary["methods"]["a"]["insertion_auc"]["direction"] == "higher"
-    assert "made_up_score" not in summary["methods"]["a"] and "target_prob" not in summary["metrics"]
+    assert list(summary.metrics) == ["sensitivity_max", "insertion_auc"]
+    assert summary.methods["a"].ranks["insertion_auc"].mean_rank == 1.0
+    assert summary.methods["a"].values["insertion_auc"].direction == "higher"
+    assert "made_up_score" not in summary.methods["a"].values and "target_prob" not in summary.metrics
 
     metrics_info.register_metric("made_up_score", "lower", "Made up")
     try:
-        assert "made_up_score" in summarize_rows(rows, n_boot=50)["metrics"]
+        assert "made_up_score" in summarize_rows(rows, n_boot=50).metrics
     finally:
         metrics_info._METRICS.pop("made_up_score")
 
 
-def test_metrics_registered_by_worker_modules_are_already_known_to_summarize():
-    # `summarize` never imports the torch-side modules; anything they register must already be in metrics_info.
+def test_summarize_knows_every_metric_column_without_importing_torch():
+    # `summarize` never imports torch: the registry it reads must hold every built-in metric on its own.
     code = """
-import importlib, importlib.util
-from xcv_batch.metrics import registry as metrics_info
-before = metrics_info.registered_metrics()
-for name in ("faithfulness", "localisation", "quality"):
-    if importlib.util.find_spec(f"xcv_batch.{name}"):
-        module = importlib.import_module(f"xcv_batch.{name}")
-        for column, direction in getattr(module, "FAITHFULNESS_COLUMNS", {}).items():
-            assert metrics_info.metric_info(column).direction == direction, column
-after = metrics_info.registered_metrics()
-assert set(after) == set(before), set(after) ^ set(before)
-print("same")
+import sys
+from xcv_batch.metrics import registry
+names = [info.name for info in registry.registered_metrics()]
+assert "torch" not in sys.modules, "reading the metric registry imported torch"
+print(",".join(names))
 """
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert done.stdout.strip() == "same", done.stderr[-2000:]
+    assert done.stdout.strip().split(",") == [
+        "sensitivity_max", "infidelity", "deletion_auc", "insertion_auc", "randomisation_spearman",
+        "randomisation_ssim", "sparseness", "effective_complexity", "pointing_game", "relevance_mass",
+        "relevance_rank"], done.stderr[-2000:]
 
 
 def test_cis_contain_the_truth_on_synthetic_data():
@@ -227,31 +225,31 @@ def test_cis_contain_the_truth_on_synthetic_data():
               "c": list(rng.lognormal(0.0, 0.5, n))}
     summary = summarize_rows(table(values), n_boot=1000, seed=3)
     for m in values:
-        lo, hi = summary["methods"][m]["sensitivity_max"]["ci95"]
+        lo, hi = summary.methods[m].values["sensitivity_max"].ci95
         assert lo < 1.0 < hi  # median of lognormal(0, σ) is 1
-        lo, hi = summary["methods"][m]["ranks"]["sensitivity_max"]["mean_rank_ci95"]
+        lo, hi = summary.methods[m].ranks["sensitivity_max"].mean_rank_ci95
         assert lo < 2.0 < hi  # iid methods: expected rank 2
-    assert summary["tests"]["sensitivity_max"]["friedman"]["p"] > 0.05
-    assert not any(p["reject"] for p in summary["tests"]["sensitivity_max"]["pairwise"])
+    assert summary.tests["sensitivity_max"].friedman.p > 0.05
+    assert not any(p.reject for p in summary.tests["sensitivity_max"].pairwise)
 
 
 def test_same_seed_same_summary_and_holm_over_the_pairs():
     rows = seed_like_rows()
     first, second = summarize_rows(rows, n_boot=200, seed=1), summarize_rows(rows, n_boot=200, seed=1)
     assert first == second
-    pairs = first["tests"]["sensitivity_max"]["pairwise"]
+    pairs = first.tests["sensitivity_max"].pairwise
     assert len(pairs) == 10
     # 6 images, no ties, all differences one-signed: exact two-sided p = 2/2^6 for every pair; Holm ×10 → 0.3125
-    assert all(p["p"] == pytest.approx(2 / 64) for p in pairs)
-    assert all(p["p_holm"] == pytest.approx(min(1.0, 10 * 2 / 64)) for p in pairs)
-    assert first["tests"]["sensitivity_max"]["nemenyi"]["cd"] == pytest.approx(2.728 * np.sqrt(5 * 6 / (6 * 6)))
+    assert all(p.p == pytest.approx(2 / 64) for p in pairs)
+    assert all(p.p_holm == pytest.approx(min(1.0, 10 * 2 / 64)) for p in pairs)
+    assert first.tests["sensitivity_max"].nemenyi.cd == pytest.approx(2.728 * np.sqrt(5 * 6 / (6 * 6)))
 
 
 def test_duplicate_rows_keep_the_ok_one():
     rows = table({"a": [0.1], "b": [0.2], "c": [0.3]})
     stale = row("img0", "a", None, None, status="error", error="worker died")
     summary = summarize_rows(pd.concat([pd.DataFrame([stale]), rows], ignore_index=True), n_boot=20)
-    assert summary["methods"]["a"]["n_ok"] == 1 and summary["methods"]["a"]["n_error"] == 0
+    assert summary.methods["a"].n_ok == 1 and summary.methods["a"].n_error == 0
 
 
 # --- quality apart from cost: the metrics and weights of the rank ---------------------------------------------------
@@ -268,8 +266,8 @@ def test_the_rank_ignores_cost_by_default():
     # a is 500× faster than b and c but the least stable on every image: it must rank last.
     values = {"a": [0.9, 0.8, 0.7], "b": [0.1, 0.2, 0.1], "c": [0.2, 0.1, 0.2]}
     summary = summarize_rows(table(values, {"a": [0.01] * 3, "b": [5.0] * 3, "c": [5.0] * 3}), n_boot=50)
-    assert summary["methods"]["a"]["mean_rank"] == 3.0 and summary["rank_on"] == {
-        "weights": {"sensitivity_max": 1.0}, "chosen": False}
+    assert summary.methods["a"].mean_rank == 3.0 and summary.rank_on == RankOn(
+        weights={"sensitivity_max": 1.0}, chosen=False)
     assert "Max-Sensitivity ×1" in render_markdown(summary) and "never averaged in" in render_markdown(summary)
 
 
@@ -277,15 +275,15 @@ def test_rank_on_weights_the_per_metric_mean_ranks():
     rows = two_metric_rows()
     # Per metric, mean ranks: sensitivity a 2, b 1.5, c 2.5; deletion a 2, b 2.5, c 1.5.
     default = summarize_rows(rows, n_boot=50)  # two families, one metric each: weight 1 each
-    assert [default["methods"][m]["mean_rank"] for m in "abc"] == [2.0, 2.0, 2.0]
+    assert [default.methods[m].mean_rank for m in "abc"] == [2.0, 2.0, 2.0]
     chosen = summarize_rows(rows, n_boot=50, rank_on={"sensitivity_max": 1, "deletion_auc": 2})
-    assert [chosen["methods"][m]["mean_rank"] for m in "abc"] == pytest.approx([6 / 3, 6.5 / 3, 5.5 / 3])
+    assert [chosen.methods[m].mean_rank for m in "abc"] == pytest.approx([6 / 3, 6.5 / 3, 5.5 / 3])
     # Wins: sensitivity a, b (one image each); deletion c, a → weighted (1 · w_s + 2 · w_d) / 3.
-    assert [chosen["methods"][m]["win_rate"] for m in "abc"] == pytest.approx([1.5 / 3, 0.5 / 3, 1 / 3])
-    assert chosen["rank_on"] == {"weights": {"sensitivity_max": 1.0, "deletion_auc": 2.0}, "chosen": True}
+    assert [chosen.methods[m].win_rate for m in "abc"] == pytest.approx([1.5 / 3, 0.5 / 3, 1 / 3])
+    assert chosen.rank_on == RankOn(weights={"sensitivity_max": 1.0, "deletion_auc": 2.0}, chosen=True)
     only = summarize_rows(rows, n_boot=50, rank_on={"sensitivity_max": 1})
-    assert [only["methods"][m]["mean_rank"] for m in "abc"] == [2.0, 1.5, 2.5]
-    assert only["metrics"]["deletion_auc"]["weight"] == 0.0 and "deletion_auc" in only["tests"]  # still reported
+    assert [only.methods[m].mean_rank for m in "abc"] == [2.0, 1.5, 2.5]
+    assert only.metrics["deletion_auc"].weight == 0.0 and "deletion_auc" in only.tests  # still reported
     assert "(not in rank)" in str(render_table(only).columns[6].header)
 
 
@@ -295,7 +293,7 @@ def test_default_weights_give_each_metric_family_one_vote():
                            ("relevance_rank", [0.5, 0.2, 0.3, 0.4, 0.1, 0.9])):
         rows[column] = values
     summary = summarize_rows(rows, n_boot=20)
-    assert summary["rank_on"]["weights"] == pytest.approx({"sensitivity_max": 1.0, "deletion_auc": 1.0,
+    assert summary.rank_on.weights == pytest.approx({"sensitivity_max": 1.0, "deletion_auc": 1.0,
                                                            "pointing_game": 1 / 3, "relevance_mass": 1 / 3,
                                                            "relevance_rank": 1 / 3})
 
@@ -326,19 +324,19 @@ def agreement_rows() -> pd.DataFrame:
 
 def test_agreement_is_the_mean_per_image_kendall_tau_and_w_by_hand():
     summary = summarize_rows(agreement_rows(), n_boot=200)
-    agreement = summary["agreement"]
-    (pair,) = agreement["pairs"]
+    agreement = summary.agreement
+    (pair,) = agreement.pairs
     # τ per image: 1, −1, (2 concordant − 1 discordant) / 3; the mean 1/9.
-    assert (pair["a"], pair["b"], pair["n_images"]) == ("sensitivity_max", "insertion_auc", 3)
-    assert pair["tau"] == pytest.approx(1 / 9)
+    assert (pair.a, pair.b, pair.n_images) == ("sensitivity_max", "insertion_auc", 3)
+    assert pair.tau == pytest.approx(1 / 9)
     by_scipy = [scipy_stats.kendalltau([0.1, 0.2, 0.3], [-x for x in ins]).statistic
                 for ins in ([0.9, 0.8, 0.7], [0.7, 0.8, 0.9], [0.9, 0.7, 0.8])]
-    assert pair["tau"] == pytest.approx(np.mean(by_scipy))
-    assert pair["ci95"][0] <= 1 / 9 <= pair["ci95"][1]
-    assert agreement["matrix"] == [[1.0, pytest.approx(1 / 9)], [pytest.approx(1 / 9), 1.0]]
+    assert pair.tau == pytest.approx(np.mean(by_scipy))
+    assert pair.ci95[0] <= 1 / 9 <= pair.ci95[1]
+    assert agreement.matrix == [[1.0, pytest.approx(1 / 9)], [pytest.approx(1 / 9), 1.0]]
     # W for two metrics: per image 1, 0 and 12·S/(m²(k³ − k)) with rank sums (2, 5, 5), S = 6 → 0.75.
-    assert agreement["kendalls_w"]["value"] == pytest.approx((1 + 0 + 0.75) / 3)
-    assert agreement["disagreeing"] == [["sensitivity_max", "insertion_auc"]]
+    assert agreement.kendalls_w.value == pytest.approx((1 + 0 + 0.75) / 3)
+    assert agreement.disagreeing == [["sensitivity_max", "insertion_auc"]]
     sentence = agreement_sentence(summary)
     assert sentence.startswith("The metrics disagree on the order of the methods: 1 of 1 pairs")
     assert "Max-Sensitivity vs Insertion AUC τ = 0.11" in sentence and "0.3" in sentence and "65%" in sentence
@@ -353,15 +351,15 @@ def test_agreement_on_random_tables_equals_scipy_kendalltau_per_image():
     rows["deletion_auc"] = [deletion[i, j] for j in range(4) for i in range(n)]
     expected = [scipy_stats.kendalltau(sens[i], deletion[i]).statistic for i in range(n)]
     expected = [t for t in expected if np.isfinite(t)]
-    (pair,) = summarize_rows(rows, n_boot=50)["agreement"]["pairs"]
-    assert pair["n_images"] == len(expected) and pair["tau"] == pytest.approx(np.mean(expected))
+    (pair,) = summarize_rows(rows, n_boot=50).agreement.pairs
+    assert pair.n_images == len(expected) and pair.tau == pytest.approx(np.mean(expected))
 
 
 def test_metrics_that_agree_say_so():
     rows = agreement_rows()
     rows["insertion_auc"] = [0.9] * 3 + [0.8] * 3 + [0.7] * 3  # a best, c worst, as sensitivity says
     summary = summarize_rows(rows, n_boot=50)
-    assert summary["agreement"]["pairs"][0]["tau"] == 1.0 and summary["agreement"]["disagreeing"] == []
+    assert summary.agreement.pairs[0].tau == 1.0 and summary.agreement.disagreeing == []
     assert agreement_sentence(summary).startswith("The ranked metrics agree")
     assert agreement_sentence(summarize_rows(table({"a": [0.1], "b": [0.2]}), n_boot=10)) is None  # one metric
 
@@ -374,29 +372,29 @@ def test_cost_is_throughput_from_the_rows_and_the_job():
                  {"occlusion": [0.5, 0.5, 1.0], "lime": [1.0, 1.0, 1.0]})
     job = seed_job(**{"model.resolution": 32, "compute": {"batch_size": 4},
                       "methods": {"occlusion": {"window": 8, "stride": 4}, "lime": {}, "integrated_gradients": {}}})
-    cost = summarize_rows(rows, n_boot=10, job=job)["cost"]
-    occlusion = cost["methods"]["occlusion"]
+    cost = summarize_rows(rows, n_boot=10, job=job).cost
+    occlusion = cost.methods["occlusion"]
     # 2 s for 3 images; windows: ceil((32 − 8) / 4) + 1 = 7 a side, 49 + the clean image = 50 forwards.
-    assert occlusion["seconds_per_image"] == pytest.approx(2 / 3) and occlusion["images_per_second"] == 1.5
-    assert (occlusion["passes_per_image"], occlusion["passes"]) == (50, "50 forward")
-    assert occlusion["forward_equivalents_per_second"] == pytest.approx(75.0)
-    assert cost["methods"]["lime"]["passes_per_image"] == 1000  # lime's default num_samples
+    assert occlusion.seconds_per_image == pytest.approx(2 / 3) and occlusion.images_per_second == 1.5
+    assert (occlusion.passes_per_image, occlusion.passes) == (50, "50 forward")
+    assert occlusion.forward_equivalents_per_second == pytest.approx(75.0)
+    assert cost.methods["lime"].passes_per_image == 1000  # lime's default num_samples
     # IG's 200 default steps, each a forward and a backward (two forwards' work): 600 forward-equivalents.
     ig = summarize_rows(table({"integrated_gradients": [0.1]}, {"integrated_gradients": [2.0]}), n_boot=10, job=job)
-    assert ig["cost"]["methods"]["integrated_gradients"]["forward_equivalents_per_image"] == 600
-    assert ig["cost"]["methods"]["integrated_gradients"]["forward_equivalents_per_second"] == 300
+    assert ig.cost.methods["integrated_gradients"].forward_equivalents_per_image == 600
+    assert ig.cost.methods["integrated_gradients"].forward_equivalents_per_second == 300
     # Share of the summed seconds (attribution + sensitivity, 10× here): (2 + 20) / (2 + 20 + 3 + 30).
-    assert occlusion["share_of_run"] == pytest.approx(22 / 55) and cost["batch_size"] == 4
+    assert occlusion.share_of_run == pytest.approx(22 / 55) and cost.batch_size == 4
 
 
 def test_ig_completeness_gap_is_a_diagnostic_with_its_images_above_tolerance():
     rows = table({"integrated_gradients": [0.1, 0.2, 0.3], "lime": [0.3, 0.2, 0.1]})
     rows["ig_completeness_gap"] = [0.01, 0.2, None, None, None, None]
     summary = summarize_rows(rows, n_boot=10)
-    assert "ig_completeness_gap" not in summary["metrics"]
-    gap = summary["diagnostics"]["ig_completeness_gap"]
-    assert (gap["n"], gap["n_above"], gap["tolerance"]) == (2, 1, 0.05)
-    assert gap["median"] == pytest.approx(0.105) and gap["above"] == [{"image_id": "img1", "value": 0.2}]
+    assert "ig_completeness_gap" not in summary.metrics
+    gap = summary.diagnostics["ig_completeness_gap"]
+    assert (gap.n, gap.n_above, gap.tolerance) == (2, 1, 0.05)
+    assert gap.median == pytest.approx(0.105) and gap.above == [DiagnosticImage(image_id="img1", value=0.2)]
     assert "1 of 2 images above the tolerance 0.05" in render_markdown(summary)
     with pytest.raises(ConfigError, match="diagnostic of Integrated Gradients"):
         summarize_rows(rows, n_boot=10, rank_on={"ig_completeness_gap": 1})
@@ -473,9 +471,9 @@ def test_an_object_store_prefix_reads_and_writes_like_a_folder(tmp_path):
         res = open_results("memory://bucket/run")
         assert len(res.rows()) == 15 and res.attribution("img1", "lime")[0].max() == pytest.approx(5.0, rel=1e-3)
         summary = summarize("memory://bucket/run", n_boot=50)
-        assert summary["complete"] is True
+        assert summary.run.complete is True
         write_summary("memory://bucket/run", summary)
-        assert json.loads(memory.cat("/bucket/run/summary.json")) == summary
+        assert json.loads(memory.cat("/bucket/run/summary.json")) == summary.to_dict()
     finally:
         memory.rm("/bucket/run", recursive=True)
 
@@ -486,22 +484,22 @@ def test_an_object_store_prefix_reads_and_writes_like_a_folder(tmp_path):
 def test_summarize_complete_run_and_round_trip(tmp_path):
     out = write_out(tmp_path / "out", seed_like_rows(6), n_images=6)
     summary = summarize(str(out), n_boot=200)
-    assert summary["complete"] is True and summary["n_images"] == summary["n_expected"] == 6
+    assert summary.run.complete is True and summary.n_images == summary.run.n_expected == 6
     # LIME has the best sensitivity and is the slowest: its slowness is reported, not averaged into its rank.
-    assert summary["methods"]["lime"]["mean_rank"] == 1.0
-    assert max(summary["cost"]["methods"], key=lambda m: summary["cost"]["methods"][m]["seconds_per_image"]) == "lime"
-    assert summary["seed_settings"] == {"matches": True, "differences": []}
+    assert summary.methods["lime"].mean_rank == 1.0
+    assert max(summary.cost.methods, key=lambda m: summary.cost.methods[m].seconds_per_image) == "lime"
+    assert summary.run.seed_settings == SeedSettings(matches=True, differences=[])
     paths = write_summary(str(out), summary)
     assert paths == [f"{out}/summary.json", f"{out}/summary.md"]
-    assert json.loads(Path(paths[0]).read_text()) == summary
+    assert json.loads(Path(paths[0]).read_text()) == summary.to_dict()
 
 
 def test_summarize_partial_run_says_so(tmp_path):
     rows = seed_like_rows(6)
     out = write_out(tmp_path / "out", rows[rows["index"] < 4], n_images=6)
     summary = summarize(str(out), n_boot=50)
-    assert summary["complete"] is False and summary["n_images"] == 4 and summary["n_expected"] == 6
-    assert summary["n_missing_rows"] == 2 * 5
+    assert summary.run.complete is False and summary.n_images == 4 and summary.run.n_expected == 6
+    assert summary.run.n_missing_rows == 2 * 5
     assert "4 of 6 images (partial" in render_markdown(summary)
 
 
@@ -524,7 +522,7 @@ def test_summary_md_leaves_out_the_seed_values_when_settings_differ(tmp_path):
     job = seed_job(**{"model.resolution": 64, "sensitivity.n_perturb_samples": 2})
     out = write_out(tmp_path / "out", seed_like_rows(4), n_images=4, job=job)
     summary = summarize(str(out), n_boot=50)
-    assert summary["seed_settings"]["differences"] == ["sensitivity.n_perturb_samples=2 (seed: 10)",
+    assert summary.run.seed_settings.differences == ["sensitivity.n_perturb_samples=2 (seed: 10)",
                                                       "model.resolution=64 (seed: 224)"]
     markdown = render_markdown(summary)
     assert "seed (Table I)" not in markdown and "74.29" not in markdown
@@ -543,5 +541,30 @@ def test_render_table_has_a_row_per_method_best_first():
                                                  "Integrated Gradients"]
     assert list(rich_table.columns[3].cells) == [f"{r}.00\n[{r}.00, {r}.00]" for r in range(1, 6)]
     # Seconds per image sit in the last column, apart from the rank: LIME's Table I time is 85.97 s.
-    assert list(rich_table.columns[-1].cells)[0] == f"{summary['cost']['methods']['lime']['seconds_per_image']:.3g}"
+    assert list(rich_table.columns[-1].cells)[0] == f"{summary.cost.methods['lime'].seconds_per_image:.3g}"
     assert list(rich_table.columns[1].cells) == ["4"] * 5
+
+
+def test_summary_json_keeps_its_keys_in_order_and_reads_back_as_the_summary(tmp_path):
+    out = write_out(tmp_path / "out", seed_like_rows(4), n_images=4)
+    summary = summarize(str(out), n_boot=50)
+    text = Path(write_summary(str(out), summary)[0]).read_text()
+    assert text == summary.to_json()
+    plain = json.loads(text)
+    # summary.json is what users read: its layout is the contract the typed summary keeps.
+    assert list(plain) == ["schema", "n_images", "n_boot", "seed", "alpha", "metrics", "metrics_skipped", "methods",
+                           "tests", "rank_on", "agreement", "cost", "diagnostics", "failures", "n_failed_images",
+                           "out", "job_name", "fingerprint", "model", "target", "n_expected", "complete",
+                           "n_missing_rows", "seed_settings"]
+    lime = plain["methods"]["lime"]
+    assert list(lime) == ["label", "mean_rank", "mean_rank_ci95", "win_rate", "n_ok", "n_error", "ranks",
+                          "sensitivity_max"]
+    assert lime["sensitivity_max"] == {"median": summary.methods["lime"].values["sensitivity_max"].median,
+                                       "ci95": summary.methods["lime"].values["sensitivity_max"].ci95,
+                                       "mean": summary.methods["lime"].values["sensitivity_max"].mean,
+                                       "n": 4, "n_missing": 0, "direction": "lower"}
+    assert list(plain["tests"]["sensitivity_max"]["pairwise"][0]) == ["a", "b", "n", "statistic", "p", "effect_size",
+                                                                      "better", "p_holm", "reject"]
+    assert plain["model"] == {"arch": "resnet18", "weights": "none", "resolution": 224}
+    # A summary of bare rows has no run facts, and none in its dict.
+    assert "out" not in summarize_rows(seed_like_rows(4), n_boot=20).to_dict()

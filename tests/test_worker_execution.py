@@ -14,7 +14,8 @@ from xcv_batch.methods import segmentation
 from xcv_batch.config import load_job
 from xcv_batch.driver import run_job
 from xcv_batch.driver.local import InProcessExecutor
-from xcv_batch.execution.worker import CPU_FORWARD_BATCH, ShardWorker
+from xcv_batch.execution.explain import CPU_FORWARD_BATCH, segmentation_workers
+from xcv_batch.execution.worker import ShardWorker
 
 
 def run(tmp_path, photo_folder, executor_type=InProcessExecutor, **changes):
@@ -94,7 +95,7 @@ def test_auto_forward_batch_is_probed_from_device_memory_per_kind_of_pass(tmp_pa
     assert {name: m.forward_batch for name, m in worker.methods.items()} == {
         "occlusion": 800, "integrated_gradients": 200, "guided_gradcam": 200, "lime": 800,
     }
-    assert worker.quality.forward_batch == 200  # the metrics' forwards take the smallest, safe for all
+    assert worker.explainer.forward_batch == 200  # the metrics' forwards take the smallest, safe for all
 
 
 class TightMemoryExecutor(InProcessExecutor):
@@ -132,11 +133,11 @@ def test_segmentation_processes_follow_the_device_and_the_setting(tmp_path, phot
         ShardWorker(load_job(write_job(tmp_path / "job.yaml", photo_folder, compute__segmentation_workers=3)))
         assert segmentation.segmentation_workers() == 3
 
-        worker = ShardWorker(job)
-        monkeypatch.setattr("xcv_batch.execution.worker.usable_cores", lambda: 8)
-        worker.classifier = dataclasses.replace(worker.classifier, device=torch.device("cuda"))
-        assert worker._segmentation_workers(torch_threads=None) == 7  # a GPU worker: all cores but the feeder's
-        assert worker._segmentation_workers(torch_threads=4) == 3  # a GPU worker's share of a shared node
+        monkeypatch.setattr("xcv_batch.execution.explain.usable_cores", lambda: 8)
+        cuda = torch.device("cuda")
+        assert segmentation_workers("auto", cuda, torch_threads=None) == 7  # a GPU worker: all cores but the feeder's
+        assert segmentation_workers("auto", cuda, torch_threads=4) == 3  # a GPU worker's share of a shared node
+        assert segmentation_workers(3, cuda, torch_threads=4) == 3
     finally:
         segmentation.set_segmentation_workers(None)
 

@@ -263,7 +263,7 @@ def test_summarize_counts_the_images_from_the_image_array(plain_run):
     from xcv_batch.report.summarize import summarize
 
     summary = summarize(os.path.join(plain_run, "results", "demo"), n_boot=20)
-    assert summary["n_expected"] == 5 and summary["complete"] is True
+    assert summary.run.n_expected == 5 and summary.run.complete is True
 
 
 def test_an_image_that_kills_its_workers_leaves_its_objects_neighbour_intact(ray_session, reference_run, tmp_path,

@@ -25,6 +25,7 @@ verbs:
   show OUT            a Fig. 1-style panel of one image and each method's map
   synth OUT_DIR       generate the known-answer dataset (objects + masks on clutter)
   train MANIFEST      train a classifier on it (CPU, minutes) for model.weights
+  keys                every job-file key: type, default, meaning (--markdown: a table)
 
 examples:
   python -m xcv_batch run jobs/smoke.yaml
@@ -44,6 +45,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m xcv_batch", description=DESCRIPTION,
                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
     verbs = parser.add_subparsers(dest="verb", metavar="VERB", parser_class=_Parser)
 
     run = verbs.add_parser("run", help="run a job on this machine")
@@ -113,6 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resolution", type=int, default=64)
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+
+    keys = verbs.add_parser("keys", help="list every job-file key with its type, default and meaning")
+    keys.add_argument("--markdown", action="store_true", help="a markdown table (the README's reference)")
     return parser
 
 
@@ -169,7 +174,8 @@ def _summarize(args) -> int:
     from rich.console import Console
 
     from .output.results import open_results
-    from .report.summarize import parse_rank_on, render_table, summarize, summary_notes, write_summary
+    from .report.summarize import parse_rank_on, summarize, write_summary
+    from .report.summary_text import render_table, summary_notes
 
     rank_on = parse_rank_on(args.rank_on) if args.rank_on is not None else None
     results = open_results(args.out)  # shared by the summary and the report: every file is read once
@@ -220,8 +226,15 @@ def _train(args) -> int:
     return 0
 
 
+def _keys(args) -> int:
+    from .keys import job_keys, render_markdown, render_text
+
+    print((render_markdown if args.markdown else render_text)(job_keys()), end="")
+    return 0
+
+
 _VERBS = {"run": _run, "submit": _submit, "status": _status, "logs": _logs, "stop": _stop,
-          "summarize": _summarize, "show": _show, "synth": _synth, "train": _train}
+          "summarize": _summarize, "show": _show, "synth": _synth, "train": _train, "keys": _keys}
 
 
 def one_line(message: str) -> str:
@@ -232,6 +245,11 @@ def one_line(message: str) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.version:
+        from . import __version__
+
+        print(f"xcv_batch {__version__}")
+        return 0
     if args.verb is None:
         parser.print_help()
         return EXIT_USER_ERROR

@@ -11,6 +11,7 @@ import functools
 import hashlib
 import json
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -20,6 +21,10 @@ import yaml
 
 from .errors import ConfigError
 from .methods.settings import METHOD_SETTINGS
+from .metrics.registry import metric_specs
+from .metrics.settings import (  # noqa: F401 - the settings of the metrics, importable from here as before
+    CausalCurveConfig, ComplexityConfig, InfidelityConfig, InsertionConfig, RandomisationConfig, SensitivityConfig,
+)
 from .yaml_io import AliasRefused, load_yaml
 
 #: Job files are a few hundred bytes; a bound keeps a stray data file from being parsed as one.
@@ -28,8 +33,10 @@ MAX_JOB_FILE_BYTES = 1024**2
 
 @dataclass(frozen=True)
 class DataConfig:
+    #: The images: a folder (recursive), a glob, a .txt list or .csv/.parquet manifest (path[, label][, mask_path]),
+    #: an s3:// URL of any of those, or builtin:skimage (six photographs bundled with scikit-image).
     source: str = "builtin:skimage"
-    limit: Optional[int] = None
+    limit: Optional[int] = None  # explain only the first N images in image-id order; null: all of them
 
     def check(self) -> None:
         if not self.source:
@@ -46,118 +53,140 @@ MAX_RESOLUTION = 2048
 MAX_SEED = 2**63 - 1
 
 
+#: How an image is resized for a model, as torchvision names them (PIL's filters).
+INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")
+
+
+@dataclass(frozen=True)
+class PreprocessingConfig:
+    """The input transform, key by key; a key left out keeps what the weights say (ImageNet's, when they say nothing:
+    mean/std of ImageNet, resize = resolution · 256/224, bilinear)."""
+
+    mean: Optional[list[float]] = None  # per-channel mean of the [0, 1] RGB pixels, subtracted: three numbers
+    std: Optional[list[float]] = None  # per-channel standard deviation the pixels are divided by: three numbers > 0
+    resize: Optional[int] = None  # pixels of the short side after resizing, before the centre crop (≥ the crop)
+    crop: Optional[int] = None  # the centre crop; must equal model.resolution, the size of the inputs and every map
+    interpolation: Optional[Literal[INTERPOLATIONS]] = None  # the resize's filter (nearest, bilinear, bicubic, …)
+
+    def check(self) -> None:
+        for key in ("mean", "std"):
+            values = getattr(self, key)
+            if values is not None and len(values) != 3:
+                raise ConfigError(key, f"must be three numbers (red, green, blue), got {values!r}")
+        if self.std is not None and min(self.std) <= 0:
+            raise ConfigError("std", f"must be three numbers > 0, got {self.std!r}")
+        for key in ("resize", "crop"):
+            value = getattr(self, key)
+            if value is not None and not MIN_RESOLUTION <= value <= MAX_RESOLUTION:
+                raise ConfigError(key, f"must be {MIN_RESOLUTION} … {MAX_RESOLUTION} pixels, got {value}")
+        if self.resize is not None and self.crop is not None and self.resize < self.crop:
+            raise ConfigError("resize", f"must be ≥ crop ({self.crop}): the crop is taken from the resized image, "
+                                        f"got {self.resize}")
+
+
 @dataclass(frozen=True)
 class ModelConfig:
+    #: A torchvision classifier (resnet18, efficientnet_b0, convnext_tiny, …), timm:<name> (pip install
+    #: xcv_batch[timm]), or package.module:callable, a function of no arguments that returns the torch.nn.Module.
     arch: str = "resnet18"
+    #: torchvision: a weights name of the arch (IMAGENET1K_V1, DEFAULT); timm: pretrained (timm's download); any
+    #: arch: none (random init from the job seed) or the path of a state_dict file.
     weights: str = "IMAGENET1K_V1"
-    resolution: int = 224
-    categories: Optional[str] = None  # a text file with one class name a line, for weights without metadata
+    resolution: int = 224  # pixels of the square model input (the centre crop), and of every map (16 … 2048)
+    #: Class names: a text file with one name a line, or a list; default: the weights' own (named weights only).
+    categories: Union[str, list[str], None] = None
+    #: Overrides of the weights' input transform (mean, std, resize, crop, interpolation); needed when the weights
+    #: do not say it and ImageNet's is not right (a module:callable or timm model trained on other data).
+    preprocessing: Optional[PreprocessingConfig] = None
 
     def check(self) -> None:
         if not MIN_RESOLUTION <= self.resolution <= MAX_RESOLUTION:
             raise ConfigError("resolution", f"must be {MIN_RESOLUTION} … {MAX_RESOLUTION} pixels, got {self.resolution}")
+        check_arch_syntax(self.arch)
+        if isinstance(self.categories, list) and not self.categories:
+            raise ConfigError("categories", "is an empty list; name every class, or leave it out")
+        crop = self.preprocessing.crop if self.preprocessing is not None else None
+        if crop is not None and crop != self.resolution:
+            raise ConfigError("preprocessing.crop", f"must equal model.resolution ({self.resolution}), the size of the "
+                                                    f"inputs and maps; set model.resolution: {crop} instead")
 
 
-@dataclass(frozen=True)
-class SensitivityConfig:
-    """Captum ``sensitivity_max``: uniform L∞ noise of ``perturb_radius``, Frobenius norm, relative to ‖Φ(x)‖."""
-
-    n_perturb_samples: int = 10
-    perturb_radius: float = 0.02
-
-    def check(self) -> None:
-        if self.n_perturb_samples < 1:
-            raise ConfigError("n_perturb_samples", f"must be ≥ 1, got {self.n_perturb_samples}")
-        if self.perturb_radius <= 0:
-            raise ConfigError("perturb_radius", f"must be > 0, got {self.perturb_radius}")
+#: ``package.module:callable`` (a dotted path of identifiers on each side of the colon).
+_CALLABLE_ARCH = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
 
 
-@dataclass(frozen=True)
-class InfidelityConfig:
-    """Captum ``infidelity`` with ``normalize=True``; Gaussian noise I of ``noise_std``, perturbed input x − I."""
-
-    n_perturb_samples: int = 10
-    noise_std: float = 0.003  # Captum's documented example scheme; compare values only at the same noise_std
-
-    def check(self) -> None:
-        if self.n_perturb_samples < 1:
-            raise ConfigError("n_perturb_samples", f"must be ≥ 1, got {self.n_perturb_samples}")
-        if self.noise_std <= 0:
-            raise ConfigError("noise_std", f"must be > 0, got {self.noise_std}")
+def check_arch_syntax(arch: str) -> None:
+    """``arch`` has one of the three forms (whether the name exists is checked by the models package, which imports
+    torchvision, timm or the module)."""
+    if arch.startswith("timm:"):
+        if not arch[len("timm:"):].strip():
+            raise ConfigError("arch", "'timm:' needs a model name, e.g. timm:resnet18")
+    elif ":" in arch and not _CALLABLE_ARCH.match(arch):
+        raise ConfigError("arch", f"'{arch}' is neither a torchvision name, timm:<name>, nor package.module:callable")
+    elif not arch.strip():
+        raise ConfigError("arch", "must name a torchvision classifier, timm:<name> or package.module:callable")
 
 
-@dataclass(frozen=True)
-class CausalCurveConfig:
-    """RISE deletion/insertion (Petsiuk et al. 2018): ``n_steps`` equal fractions of the pixels, most relevant first."""
+class MetricsConfig(Mapping):
+    """The job's ``metrics:`` section: each registered metric's settings (None: off), in registration order.
 
-    n_steps: int = 50
-    substrate: Literal["zero", "blur", "mean"] = "zero"
-    blur_sigma: float = 5.0
+    Read as attributes (``metrics.infidelity``) or as a mapping. Built from the metric registry
+    (:mod:`xcv_batch.metrics.registry`), so a new metric needs no edit here; Max-Sensitivity has its own top-level
+    ``sensitivity:`` key and is not part of it.
+    """
 
-    def check(self) -> None:
-        if self.n_steps < 1:
-            raise ConfigError("n_steps", f"must be ≥ 1, got {self.n_steps}")
-        if self.blur_sigma <= 0:
-            raise ConfigError("blur_sigma", f"must be > 0, got {self.blur_sigma}")
+    def __init__(self, settings: Mapping[str, Any] | None = None):
+        specs = {spec.name: spec for spec in metric_specs() if spec.in_metrics_section}
+        given = dict(settings or {})
+        unknown = sorted(set(given) - set(specs))
+        if unknown:
+            raise ValueError(f"no metric {unknown[0]!r} is registered; registered: {', '.join(specs)}")
+        self._settings = {name: given.get(name, spec.default) for name, spec in specs.items()}
 
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        try:
+            return self._settings[name]
+        except KeyError:
+            raise AttributeError(f"no metric {name!r} is registered") from None
 
-@dataclass(frozen=True)
-class InsertionConfig(CausalCurveConfig):
-    substrate: Literal["zero", "blur", "mean"] = "blur"  # RISE inserts into a blurred copy
+    def __getitem__(self, name: str) -> Any:
+        return self._settings[name]
 
+    def __iter__(self):
+        return iter(self._settings)
 
-@dataclass(frozen=True)
-class RandomisationConfig:
-    """Adebayo et al. 2018, cascading: the top ``depth`` parameterised blocks re-initialised (seeded by the job)."""
+    def __len__(self) -> int:
+        return len(self._settings)
 
-    depth: int = 1
+    def __repr__(self) -> str:
+        return f"MetricsConfig({self._settings!r})"
 
-    def check(self) -> None:
-        if self.depth < 1:
-            raise ConfigError("depth", f"must be ≥ 1, got {self.depth}")
-
-
-@dataclass(frozen=True)
-class ComplexityConfig:
-    """Sparseness (Gini index of |Σ_c a| over pixels) and effective complexity (pixels above ``eps`` × the largest)."""
-
-    eps: float = 1e-5  # Quantus EffectiveComplexity's default, relative to the map's largest pixel relevance
-
-    def check(self) -> None:
-        if not 0 <= self.eps < 1:
-            raise ConfigError("eps", f"must be in [0, 1), got {self.eps}")
-
-
-@dataclass(frozen=True)
-class MetricsConfig:
-    """Quality metrics beyond Max-Sensitivity; each is off unless named (``infidelity: {}`` takes the defaults)."""
-
-    localisation: Union[Literal["auto"], bool] = "auto"  # auto: whenever the manifest gives a mask_path
-    infidelity: Optional[InfidelityConfig] = None
-    deletion: Optional[CausalCurveConfig] = None
-    insertion: Optional[InsertionConfig] = None
-    randomisation: Optional[RandomisationConfig] = None
-    complexity: Optional[ComplexityConfig] = None  # sparseness (Gini) and effective complexity
+    def to_dict(self) -> dict:
+        return {name: dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+                for name, value in self._settings.items()}
 
 
 @dataclass(frozen=True)
 class ComputeConfig:
+    #: Worker processes. auto: one per GPU, or one per two cores when there is no GPU; more than one runs on Ray.
     workers: Union[Literal["auto"], int] = "auto"
-    device: str = "auto"
+    device: str = "auto"  # a torch device (cpu, cuda, cuda:1); auto: cuda when present, else cpu
     batch_size: int = 8  # images explained together (one step of every method)
-    # Perturbed copies per forward pass, for every method. auto: on a GPU, probed from free memory per kind of pass
-    # (forward, forward+backward); on a CPU, 64 (cache and cores are the limit there, and 64 is at the plateau).
+    #: Perturbed copies per forward pass, for every method. auto: on a GPU, probed from free memory per kind of pass
+    #: (forward, forward+backward); on a CPU, 64 (cache and cores are the limit there, and 64 is at the plateau).
     forward_batch: Union[Literal["auto"], int] = "auto"
-    # fp32 (default) | bf16 | fp16: autocast of the model's convolutions and matmuls; changes the maps slightly.
+    #: fp32 (default) | bf16 | fp16: autocast of the model's convolutions and matmuls; changes the maps slightly.
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
-    # Run the methods on a copy of the model with BatchNorm folded into the convolutions and channels_last weights:
-    # the same function, ~1.2x faster, maps equal to the stock model's up to float rounding (relative 1e-6).
+    #: Run the methods on a copy of the model with BatchNorm folded into the convolutions and channels_last weights:
+    #: the same function, ~1.2x faster, maps equal to the stock model's up to float rounding (relative 1e-6).
     fast_execution: bool = True
-    # Processes that segment images for LIME. auto: one per core this worker's torch threads leave free, inline
-    # when none is; an integer overrides (1: inline).
+    #: Processes that segment images for LIME. auto: one per core this worker's torch threads leave free, inline
+    #: when none is; an integer overrides (1: inline).
     segmentation_workers: Union[Literal["auto"], int] = "auto"
     shard_size: int = 32  # images per shard: the unit of output files, retry and resume
-    decode_threads: int = 2
+    decode_threads: int = 2  # threads per worker decoding and resizing the next images while the model works
     # Ray runs (workers > 1, or RAY_ADDRESS): how lost work is retried and how much is queued on each worker.
     max_attempts: int = 3  # tries of a shard whose worker dies, hangs or raises; then its images one by one
     shard_timeout_s: Optional[float] = None  # a shard running longer counts as hung: its worker is killed
@@ -179,10 +208,10 @@ class ComputeConfig:
 
 @dataclass(frozen=True)
 class OutputConfig:
-    path: str = "results/run"
-    # Images stored together in one Zarr object (the sharding codec), per array: 1 is one object per image; more
-    # means N/K objects, which object stores list, copy and bill far more cheaply. Not in the fingerprint: the maps
-    # are the same either way.
+    path: str = "results/run"  # the run's OUT: a folder or an s3:// prefix (--out overrides it); never overwritten
+    #: Images stored together in one Zarr object (the sharding codec), per array: 1 is one object per image; more
+    #: means N/K objects, which object stores list, copy and bill far more cheaply. Not in the fingerprint: the maps
+    #: are the same either way.
     images_per_object: int = 1
 
     def check(self) -> None:
@@ -192,12 +221,14 @@ class OutputConfig:
 
 @dataclass(frozen=True)
 class Job:
-    name: str = "job"
-    seed: int = 0
+    name: str = "job"  # a label for the run, kept in OUT/job.yaml and the provenance; not in the fingerprint
+    seed: int = 0  # every random draw is seeded from (seed, image id, method); 0 … 2**63 − 1
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    #: The class each map explains: the model's top prediction, or the manifest's label column.
     target: Literal["predicted", "label"] = "predicted"
     methods: Mapping[str, Any] = field(default_factory=dict)  # name → that method's settings dataclass, job order
+    #: Max-Sensitivity of every map (on by default; null turns it off).
     sensitivity: Optional[SensitivityConfig] = field(default_factory=SensitivityConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     compute: ComputeConfig = field(default_factory=ComputeConfig)
@@ -221,7 +252,7 @@ class Job:
             "target": self.target,
             "methods": {name: dataclasses.asdict(s) for name, s in self.methods.items()},
             "sensitivity": dataclasses.asdict(self.sensitivity) if self.sensitivity else None,
-            "metrics": dataclasses.asdict(self.metrics),
+            "metrics": self.metrics.to_dict(),
             "compute": dataclasses.asdict(self.compute),
             "output": dataclasses.asdict(self.output),
         }
@@ -247,13 +278,21 @@ class Job:
         if "occlusion" in d["methods"]:
             d["methods"]["occlusion"].pop("incremental", None)
         # A metric added after runs existed, while off, leaves the hash as it was: their --resume still matches.
-        if d["metrics"].get("complexity") is None:
-            d["metrics"].pop("complexity", None)
+        for name, value in list(d["metrics"].items()):
+            if value is None and name not in _HASHED_WHEN_OFF:
+                d["metrics"].pop(name)
+        # Likewise model.preprocessing, added later: left out, it changes nothing, and older runs keep their hash.
+        if d["model"].get("preprocessing") is None:
+            d["model"].pop("preprocessing", None)
         # A weights file can be replaced under the same path: its content decides the results, not its name.
         digest = weights_file_digest(self.model.weights)
         if digest is not None:
             d["model"]["weights_sha256"] = digest
         return d
+
+
+#: The metrics that existed before off ones left the fingerprint: their ``null`` stays hashed, as it always was.
+_HASHED_WHEN_OFF = ("infidelity", "deletion", "insertion", "randomisation")
 
 
 def weights_file_digest(weights: str) -> str | None:
@@ -284,6 +323,9 @@ def _type_name(tp: Any) -> str:
         return " or ".join(_type_name(a) for a in typing.get_args(tp))
     if tp is type(None):
         return "null"
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        return "a list of " + {int: "integers", float: "numbers", str: "strings"}.get(item, _type_name(item))
     return {int: "an integer", float: "a number", str: "a string", bool: "true/false"}.get(tp, getattr(tp, "__name__", str(tp)))
 
 
@@ -305,6 +347,14 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if value is None:
             return None
         raise ConfigError(key, f"must be null, got {value!r}")
+    if origin is list:
+        if isinstance(value, list):
+            (item,) = typing.get_args(tp)
+            try:
+                return [_coerce(v, item, key) for v in value]
+            except ConfigError:
+                pass
+        raise ConfigError(key, f"must be {_type_name(tp)}, got {value!r}")
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -379,6 +429,27 @@ def _build_methods(raw: Any) -> dict:
     return methods
 
 
+def _build_metrics(raw: Any) -> MetricsConfig:
+    """The ``metrics:`` section: each key names a registered metric; absent ones take their spec's default."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, Mapping):
+        raise ConfigError("metrics", f"must be a mapping of settings, got {raw!r}")
+    specs = {spec.name: spec for spec in metric_specs() if spec.in_metrics_section}
+    unknown = sorted(set(raw) - set(specs))
+    if unknown:
+        raise ConfigError(f"metrics.{unknown[0]}", f"unknown key; allowed here: {', '.join(sorted(specs))}")
+    settings = {}
+    for name, value in raw.items():
+        spec, key = specs[name], f"metrics.{name}"
+        if dataclasses.is_dataclass(spec.settings):
+            # a mapping → those settings, null → off (the generic Optional handling of a dataclass)
+            settings[name] = None if value is None else build_dataclass(spec.settings, value, key)
+        else:
+            settings[name] = _coerce(value, spec.settings, key)
+    return MetricsConfig(settings)
+
+
 def job_from_mapping(raw: Any) -> Job:
     if not isinstance(raw, Mapping):
         raise ConfigError("", "a job file must be a YAML mapping (name, seed, data, model, methods, …)")
@@ -386,8 +457,9 @@ def job_from_mapping(raw: Any) -> Job:
     raw.pop("fingerprint", None)  # present in an OUT/job.yaml, which may be re-run
     raw.pop("weights_sha256", None)  # likewise: the weights file's content when that run started
     methods = _build_methods(raw.pop("methods", None))
+    metrics = _build_metrics(raw.pop("metrics", None))
     # sensitivity: absent → the defaults, null → off, a mapping → those settings (the generic Optional handling)
-    return dataclasses.replace(build_dataclass(Job, raw, ""), methods=methods)
+    return dataclasses.replace(build_dataclass(Job, raw, ""), methods=methods, metrics=metrics)
 
 
 # ------------------------------------------------------------------------------------------- file and overrides
@@ -448,7 +520,15 @@ def load_job(path: str, overrides: list[str] | None = None, output: str | None =
     raw = read_job_file(path)
     if not isinstance(raw, dict):
         raise ConfigError("", f"{path} must hold a YAML mapping")
-    raw = apply_overrides(raw, list(overrides or []))
+    return job_from_raw(raw, overrides, output)
+
+
+def job_from_raw(raw: Mapping, overrides: list[str] | None = None, output: str | None = None) -> Job:
+    """A job from the job file's data (a mapping as YAML gives it), ``--set`` overrides and ``--out``: every check
+    of :func:`load_job` but reading the file, for jobs that come as a dict (the Python API's :func:`xcv_batch.run`)."""
+    if not isinstance(raw, Mapping):
+        raise ConfigError("", "a job must be a mapping (name, seed, data, model, methods, …)")
+    raw = apply_overrides(dict(raw), list(overrides or []))
     if output is not None:
         raw.setdefault("output", {})
         if not isinstance(raw["output"], dict):

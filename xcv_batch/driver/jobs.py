@@ -159,7 +159,8 @@ def _note_what_stays_behind(job: Job, plan: UploadPlan) -> None:
               "node give --out s3://…", file=sys.stderr)
     for key, path in (("data.source", job.data.source), ("model.weights", job.model.weights),
                       ("model.categories", job.model.categories)):
-        if path and not os.path.isabs(path) and os.path.exists(path) and not _uploaded(path, plan):
+        if isinstance(path, str) and path and not os.path.isabs(path) and os.path.exists(path) \
+                and not _uploaded(path, plan):
             print(f"note: {key} {path} is not uploaded; the cluster reads its own {path} (add --include {path} to "
                   "send it)", file=sys.stderr)
 

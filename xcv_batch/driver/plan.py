@@ -9,10 +9,10 @@ perturbed copy is one row of a forward pass):
 * IG + SmoothGrad — ``nt_samples × n_steps`` rows, forward and backward;
 * Guided Grad-CAM — one forward and two backwards (the plain one to the layer, the guided one to the input);
 * LIME — ``num_samples`` forward rows;
-* Max-Sensitivity explains ``n_perturb_samples`` perturbed copies of each image again, so with it every count is
-  ``1 + n_perturb_samples`` times as large (Φ(x) itself is the map already computed);
-* quality metrics add their own rows: infidelity ``n_perturb_samples + 1`` forwards, deletion and insertion
-  ``n_steps + 1`` each, randomisation one more explanation on the randomised model.
+* each enabled metric adds the rows its registration's ``passes`` counts (metrics/settings.py): Max-Sensitivity
+  explains ``n_perturb_samples`` perturbed copies again (every count ``1 + n_perturb_samples`` times as large),
+  infidelity ``n_perturb_samples + 1`` forwards, deletion and insertion ``n_steps + 1`` each, randomisation one more
+  explanation on the randomised model.
 
 Work is counted in forward-equivalents: a backward costs about two forwards (it computes gradients for both the
 activations and, through them, the input), so a forward+backward row weighs 3.
@@ -25,6 +25,7 @@ from typing import Mapping
 
 from ..config import Job
 from ..methods.registry import BACKWARD_COST, Passes, method_spec
+from ..metrics.registry import enabled_metrics
 
 __all__ = ["BACKWARD_COST", "CLASSIFY", "Passes", "explanation_passes", "format_duration", "method_passes",
            "total_work"]
@@ -40,25 +41,18 @@ def explanation_passes(method: str, settings, resolution: int) -> Passes:
 
 
 def method_passes(job: Job) -> dict[str, Passes]:
-    """Per method, the rows one image costs in this job: the explanation, its Max-Sensitivity, its quality metrics."""
+    """Per method, the rows one image costs in this job: the explanation, then each enabled metric's (Max-Sensitivity
+    and the quality metrics, as their registrations count them)."""
+    metrics = enabled_metrics(job.sensitivity, job.metrics)
     counts = {}
     for name, settings in job.methods.items():
         once = explanation_passes(name, settings, job.model.resolution)
-        total = once.times(1 + (job.sensitivity.n_perturb_samples if job.sensitivity is not None else 0))
-        counts[name] = total + _metric_passes(job, once)
+        total = once
+        for spec, metric_settings in metrics:
+            if spec.passes is not None:
+                total = total + spec.passes(metric_settings, once)
+        counts[name] = total
     return counts
-
-
-def _metric_passes(job: Job, explanation: Passes) -> Passes:
-    metrics = job.metrics
-    forward = 0
-    if metrics.infidelity is not None:
-        forward += metrics.infidelity.n_perturb_samples + 1
-    for curve in (metrics.deletion, metrics.insertion):
-        if curve is not None:
-            forward += curve.n_steps + 1
-    extra = explanation if metrics.randomisation is not None else Passes()
-    return Passes(forward=forward) + extra
 
 
 #: Rows every image costs once, whatever the methods: the forward that picks its target.

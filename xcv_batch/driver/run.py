@@ -143,10 +143,9 @@ def _wants_ray(job: Job, n_shards: int) -> bool:
 
 
 def store_attributes(job: Job) -> dict:
-    from ..models.classifier import describe_weights, read_categories  # torchvision: the model is being built by now
+    from ..models.classifier import describe_model  # torchvision: the model is being built by now
 
-    preprocessing, categories = describe_weights(job.model.arch, job.model.weights, job.model.resolution)
-    categories = read_categories(job.model.categories) or categories
+    preprocessing, categories = describe_model(job.model)
     return {
         "name": job.name,
         "model": job.model.arch,

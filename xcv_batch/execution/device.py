@@ -65,13 +65,12 @@ def attribution_classifier(classifier, channels_last: bool = True, fold_batchnor
     """A copy of ``classifier`` whose network computes the same function faster, for the methods to run on.
 
     See :func:`optimised_net`. The original classifier is untouched: its state_dict still loads into the stock
-    architecture (the Captum references of the tests do that). The copy shares the guided-backprop switch, so
-    ``classifier.guided`` drives both, and Guided Grad-CAM's layer keeps its name.
+    architecture (the Captum references of the tests do that). Module names are kept, so Guided Grad-CAM's layer
+    has the same name on the copy (the method swaps the ReLUs of the network it is built on: here, the copy's).
     """
     size = classifier.preprocessing.crop_size
     example = torch.randn((2, 3, size, size), generator=torch.Generator().manual_seed(0)).to(classifier.device)
-    net = optimised_net(classifier.net, example, channels_last, fold_batchnorm,
-                        memo={id(classifier.guided): classifier.guided})
+    net = optimised_net(classifier.net, example, channels_last, fold_batchnorm)
     return dataclasses.replace(classifier, net=net)
 
 
@@ -271,10 +270,11 @@ def is_out_of_memory(error: BaseException) -> bool:
 
 @dataclasses.dataclass
 class HalveOnOutOfMemory:
-    """Runs a method's call; on out-of-memory halves that method's ``forward_batch`` and tries again.
+    """Runs a method's (or a metric's) call; on out-of-memory halves its ``forward_batch`` and tries again.
 
-    The halved size stays on the method (so its next calls, and its Max-Sensitivity calls, start there) and is noted
-    in ``remembered``. Methods' results do not depend on ``forward_batch``, so a retry changes nothing but memory.
+    The halved size stays on the object (so its next calls, and a method's Max-Sensitivity calls, start there) and is
+    noted in ``remembered`` under its name. Neither methods' nor metrics' results depend on ``forward_batch``, so a
+    retry changes nothing but memory.
     """
 
     min_batch: int = 1

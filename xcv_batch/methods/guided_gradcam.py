@@ -1,9 +1,14 @@
 """Guided Grad-CAM (Selvaraju et al. 2017) as Captum's ``GuidedGradCam(net, layer).attribute(x, target=t)``.
 
-Captum runs two full passes (LayerGradCam, then GuidedBackprop with ReLU hooks). The classifier's ReLUs read the
-guided-backprop switch at backward time, so here one forward pass per chunk serves both: a plain backward to the
-layer's output for Grad-CAM (kept with ``retain_graph``), then a guided backward to the input.
+Captum runs two full passes (LayerGradCam, then GuidedBackprop with ReLU hooks). Here the method swaps the network's
+ReLUs for switchable ones when it is built (:mod:`.guided_backprop`), which read the guided-backprop switch at
+backward time, so one forward pass per chunk serves both: a plain backward to the layer's output for Grad-CAM (kept
+with ``retain_graph``), then a guided backward to the input.
 Grad-CAM = relu(Σ_c mean_hw(∂y/∂A_c) · A_c), upsampled to the input size and multiplied into the guided gradient.
+
+A network whose activations are not all ``nn.ReLU`` modules (GELU, SiLU, Hardswish, functional ReLUs) is refused
+with :class:`~xcv_batch.errors.MethodUnavailable` when the method is built: guided backprop is defined for those
+modules only, so the result there would not be Guided Grad-CAM. The other methods of the job still run.
 """
 
 from __future__ import annotations
@@ -15,9 +20,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ConfigError, ModelError
-from ..models.classifier import auto_target_layer, check_forward, layer_candidates
+from ..errors import ConfigError, MethodUnavailable, ModelError
+from ..models.classifier import check_forward
+from ..models.layers import auto_target_layer, layer_candidates
 from .base import AttributionMethod, chunk_slices, target_outputs
+from .guided_backprop import guided_backprop_obstacle, install_guided_switch
 from .settings import GuidedGradCamSettings
 
 
@@ -46,7 +53,7 @@ def resolve_layer(classifier, layer: str) -> tuple[str, tuple[int, ...]]:
     """``settings.layer`` (``auto`` included) as a module name of ``classifier.net``, and the shape of its output for
     one blank image at the classifier's resolution; ``ConfigError`` unless it is a layer giving (N, C, h, w) maps."""
     net = classifier.net
-    name = auto_target_layer(net) if layer == "auto" else layer
+    name = auto_target_layer(net, classifier.preprocessing.crop_size) if layer == "auto" else layer
     if name not in dict(net.named_modules()):
         candidates = ", ".join(layer_candidates(net))
         raise ConfigError("methods.guided_gradcam.layer",
@@ -64,12 +71,18 @@ def resolve_layer(classifier, layer: str) -> tuple[str, tuple[int, ...]]:
 class GuidedGradCam(AttributionMethod):
     """Registered as ``guided_gradcam`` in methods/settings.py.
 
-    The layer is resolved and checked when the method is built (one blank forward through ``classifier.net``); the
-    guided-backprop switch stays on the classifier, since every SwitchableReLU of its network reads it.
+    Built in three steps, each before any image: the network's activations are checked (one blank forward; a
+    refusal leaves the network as it was), its ReLUs are made switchable (once per network: a second method on it
+    shares the switch), and the layer is resolved and checked (another blank forward).
     """
 
     def __init__(self, classifier, settings: GuidedGradCamSettings, forward_batch: int = 64):
         super().__init__(classifier, settings, forward_batch)
+        obstacle = guided_backprop_obstacle(classifier.net, classifier.preprocessing.crop_size)
+        if obstacle is not None:
+            raise MethodUnavailable(f"{self.name}: guided backprop needs nn.ReLU activations; {classifier.arch} "
+                                    f"{obstacle}")
+        self.switch = install_guided_switch(classifier.net)
         self.layer_name, self.layer_shape = resolve_layer(classifier, settings.layer)
         self.layer: nn.Module = dict(classifier.net.named_modules())[self.layer_name]
 
@@ -92,7 +105,7 @@ class GuidedGradCam(AttributionMethod):
                             "during the forward pass; pick a convolutional block"
                         )
                     (layer_grads,) = torch.autograd.grad(score, activations, retain_graph=True)
-                    with classifier.guided.enabled():
+                    with self.switch.enabled():
                         (guided_grads,) = torch.autograd.grad(score, images)
                 with torch.no_grad():
                     # float32 even under bf16/fp16 autocast: the channel means and the weighted sum lose little

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from ..models.classifier import SwitchableReLU
+from .guided_backprop import SwitchableReLU
 
 #: extra cost per incrementally computed FLOP (reading crops, writing rectangles) against a full forward's FLOP;
 #: it only moves where the incremental part ends, never what is computed

@@ -24,11 +24,11 @@ def _positive(key: str, value: int | float) -> None:
 class OcclusionSettings:
     """Captum ``Occlusion`` with a square window over all three channels (seed: 3×15×15, stride 3×8×8)."""
 
-    window: int = 15
-    stride: int = 8
+    window: int = 15  # side of the square patch, in pixels of the model input
+    stride: int = 8  # pixels the patch moves between windows (≤ window, so that every pixel is occluded)
     baseline: float = 0.0  # in model-input (normalised) space: 0 is the dataset mean colour, the seed's grey patch
-    # Exact incremental inference (each copy recomputes only what its window can change; same maps up to rounding):
-    # auto runs it where the layers' FLOPs predict a worthwhile saving, true wherever the model can be lowered.
+    #: Exact incremental inference (each copy recomputes only what its window can change; same maps up to rounding):
+    #: auto runs it where the layers' FLOPs predict a worthwhile saving, true wherever the model can be lowered.
     incremental: Union[Literal["auto"], bool] = "auto"
 
     def check(self) -> None:
@@ -61,7 +61,8 @@ IG_METHODS = ("gausslegendre", "riemann_trapezoid", "riemann_left", "riemann_rig
 class IntegratedGradientsSettings:
     """Captum ``IntegratedGradients`` from a zero baseline (seed: 200 steps, Gauss-Legendre)."""
 
-    n_steps: int = 200
+    n_steps: int = 200  # points on the path from the baseline to the image, one forward+backward each
+    #: Captum's quadrature rule over those points (riemann_* rules need n_steps ≥ 2).
     method: Literal["gausslegendre", "riemann_trapezoid", "riemann_left", "riemann_right", "riemann_middle"] = (
         "gausslegendre"
     )
@@ -87,10 +88,12 @@ def _check_quadrature(method: str, n_steps: int) -> None:
 class IGSmoothGradSettings:
     """Captum ``NoiseTunnel(IntegratedGradients)`` (seed: 10 samples, smoothgrad_sq, stdev 1.0 absolute, 50 steps)."""
 
-    nt_samples: int = 10
+    nt_samples: int = 10  # noisy copies of the image, each explained by Integrated Gradients
+    #: How the copies' maps combine: smoothgrad (mean), smoothgrad_sq (mean of squares), vargrad (variance).
     nt_type: Literal["smoothgrad", "smoothgrad_sq", "vargrad"] = "smoothgrad_sq"
-    stdevs: float = 1.0  # absolute, in model-input (normalised) space, as Captum
-    n_steps: int = 50
+    stdevs: float = 1.0  # Gaussian noise std, absolute, in model-input (normalised) space, as Captum
+    n_steps: int = 50  # Integrated Gradients' points per noisy copy
+    #: Integrated Gradients' quadrature rule (riemann_* rules need n_steps ≥ 2).
     method: Literal["gausslegendre", "riemann_trapezoid", "riemann_left", "riemann_right", "riemann_middle"] = (
         "gausslegendre"
     )
@@ -114,8 +117,10 @@ register(MethodSpec(
 class GuidedGradCamSettings:
     """Captum ``GuidedGradCam``; ``layer: auto`` is ResNet ``layer4`` / the last ReLU of a VGG's features."""
 
+    #: The module (a name from the model's named_modules(), e.g. layer4) whose output the CAM weighs; auto: ResNet
+    #: layer4, VGG the last ReLU of its features.
     layer: str = "auto"
-    interpolate_mode: Literal["nearest", "bilinear"] = "nearest"  # Captum's default is nearest
+    interpolate_mode: Literal["nearest", "bilinear"] = "nearest"  # the CAM's upsampling to the input; Captum: nearest
 
 
 register(MethodSpec(
@@ -135,18 +140,19 @@ class LimeSettings:
     ``sqrt(exp(-d²/width²))`` on the cosine distance of the binary sample rows.
     """
 
-    num_samples: int = 1000
-    segmentation: Literal["quickshift", "slic"] = "quickshift"
+    num_samples: int = 1000  # random on/off patterns of the superpixels, one forward each
+    segmentation: Literal["quickshift", "slic"] = "quickshift"  # scikit-image's superpixel algorithm
+    #: What a hidden superpixel shows: mean (its own mean colour, lime's None) or a value in model-input space.
     hide_color: Union[Literal["mean"], float] = "mean"
-    kernel_width: float = 0.25
-    alpha: float = 1.0
+    kernel_width: float = 0.25  # width of the kernel that weighs each sample by its cosine distance to the image
+    alpha: float = 1.0  # Ridge regularisation of the weighted linear surrogate
     # quickshift (lime's SegmentationAlgorithm defaults)
-    kernel_size: float = 4.0
-    max_dist: float = 200.0
-    ratio: float = 0.2
+    kernel_size: float = 4.0  # quickshift's Gaussian smoothing width: larger, fewer superpixels
+    max_dist: float = 200.0  # quickshift's cut-off distance: larger, fewer superpixels
+    ratio: float = 0.2  # quickshift's weight of colour against position, 0 … 1: larger, more weight on colour
     # slic
-    n_segments: int = 50
-    compactness: float = 10.0
+    n_segments: int = 50  # slic's approximate number of superpixels
+    compactness: float = 10.0  # slic's weight of position against colour: larger, squarer superpixels
 
     def check(self) -> None:
         _positive("num_samples", self.num_samples)

@@ -1,1 +1,1 @@
-"""Quality metrics of attribution maps: Max-Sensitivity and the rest, their registry and the runner that evaluates them per batch."""
+"""Quality metrics of attribution maps: one registration per metric (registry, settings), one file per metric, and the runner that evaluates the enabled ones on each batch of maps."""

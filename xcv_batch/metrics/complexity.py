@@ -21,15 +21,10 @@ from __future__ import annotations
 
 import torch
 
-from .registry import register_metric
+from .base import ALL_ZERO_MAP, Evaluation, MapBatch, Metric
 
-#: Parquet column → which way is better.
-COMPLEXITY_COLUMNS = {"sparseness": "higher", "effective_complexity": "lower"}
 #: Quantus' default threshold, relative to the map's largest relevance.
 DEFAULT_EFFECTIVE_COMPLEXITY_EPS = 1e-5
-
-register_metric("sparseness", "higher", "Sparseness", family="complexity")
-register_metric("effective_complexity", "lower", "Effective complexity", "px", family="complexity")
 
 
 def pixel_relevance(attributions: torch.Tensor) -> torch.Tensor:
@@ -58,5 +53,15 @@ def effective_complexity(attributions: torch.Tensor, eps: float = DEFAULT_EFFECT
 
 
 def complexity_metrics(attributions: torch.Tensor, eps: float = DEFAULT_EFFECTIVE_COMPLEXITY_EPS) -> dict[str, torch.Tensor]:
-    """Both, keyed by their Parquet column names (:data:`COMPLEXITY_COLUMNS`)."""
+    """Both, keyed by their Parquet column names."""
     return {"sparseness": sparseness(attributions), "effective_complexity": effective_complexity(attributions, eps)}
+
+
+class Complexity(Metric):
+    """Both complexity columns of each map; an all-zero map's are missing, and say why."""
+
+    def evaluate(self, batch: MapBatch) -> Evaluation:
+        values = complexity_metrics(batch.attributions, self.settings.eps)
+        reasons = {column: [ALL_ZERO_MAP if v != v else None for v in tensor.cpu().tolist()]
+                   for column, tensor in values.items()}
+        return Evaluation(values, reasons)

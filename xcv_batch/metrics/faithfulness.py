@@ -8,6 +8,9 @@ images share a batch (noise is seeded per image).
 Conventions, both following the methods (see ``methods/base.py``):
 - infidelity explains the target *logit*, the score every method attributes;
 - deletion / insertion follow RISE and read the target *probability* (softmax), whose curve lies in [0, 1].
+
+:class:`Infidelity`, :class:`Deletion` and :class:`Insertion` are these as metrics for the runner; each runs on the
+model passes run on, its own ``forward_batch`` copies a pass.
 """
 
 from __future__ import annotations
@@ -20,9 +23,8 @@ import torchvision.transforms.functional as TF
 from torch import nn
 
 from ..methods.base import chunk_slices, target_outputs
-
-#: metric column → which way is better (for ``metrics_info.register_metric`` and the summary's ranks)
-FAITHFULNESS_COLUMNS = {"infidelity": "lower", "deletion_auc": "lower", "insertion_auc": "higher"}
+from ..seeding import derive_seed
+from .base import Evaluation, MapBatch, Metric
 
 #: Captum ships no default perturbation for infidelity; its docstring's example draws I ~ N(0, 0.003²) per input
 #: element (in model-input space) and perturbs to x − I. We use that scheme and that σ.
@@ -225,3 +227,36 @@ def insertion_auc(
         "insertion", net, inputs, targets, attributions, n_steps=n_steps, substrate=substrate,
         blur_sigma=blur_sigma, blur_kernel_size=blur_kernel_size, forward_batch=forward_batch,
     )
+
+
+# ------------------------------------------------------------------------------------------------ the metrics
+class Infidelity(Metric):
+    """:func:`infidelity` of each map, its noise seeded per (image, method)."""
+
+    def evaluate(self, batch: MapBatch) -> Evaluation:
+        noise_seeds = [derive_seed(self.context.seed, image_id, batch.method_name, "infidelity")
+                       for image_id in batch.image_ids]
+        return Evaluation({"infidelity": infidelity(
+            self.context.executed.net, batch.inputs, batch.targets, batch.attributions, noise_seeds,
+            n_perturb_samples=self.settings.n_perturb_samples, noise_std=self.settings.noise_std,
+            forward_batch=self.forward_batch)})
+
+
+class Deletion(Metric):
+    """:func:`deletion_auc` of each map."""
+
+    def evaluate(self, batch: MapBatch) -> Evaluation:
+        c = self.settings
+        return Evaluation({"deletion_auc": deletion_auc(
+            self.context.executed.net, batch.inputs, batch.targets, batch.attributions, n_steps=c.n_steps,
+            substrate=c.substrate, blur_sigma=c.blur_sigma, forward_batch=self.forward_batch)})
+
+
+class Insertion(Metric):
+    """:func:`insertion_auc` of each map."""
+
+    def evaluate(self, batch: MapBatch) -> Evaluation:
+        c = self.settings
+        return Evaluation({"insertion_auc": insertion_auc(
+            self.context.executed.net, batch.inputs, batch.targets, batch.attributions, n_steps=c.n_steps,
+            substrate=c.substrate, blur_sigma=c.blur_sigma, forward_batch=self.forward_batch)})

@@ -24,14 +24,7 @@ from __future__ import annotations
 
 import torch
 
-from .registry import register_metric
-
-# Parquet column → which way is better, for [report]'s rankings.
-LOCALISATION_COLUMNS = {"pointing_game": "higher", "relevance_mass": "higher", "relevance_rank": "higher"}
-
-_LABELS = {"pointing_game": "Pointing game", "relevance_mass": "Relevance mass", "relevance_rank": "Relevance rank"}
-for _name, _direction in LOCALISATION_COLUMNS.items():
-    register_metric(_name, _direction, _LABELS[_name], family="localisation")
+from .base import EMPTY_MASK, Evaluation, MapBatch, Metric
 
 
 def positive_relevance(attributions: torch.Tensor) -> torch.Tensor:
@@ -96,9 +89,29 @@ def relevance_rank_accuracy(attributions: torch.Tensor, masks: torch.Tensor) -> 
 
 
 def localisation_metrics(attributions: torch.Tensor, masks: torch.Tensor) -> dict[str, torch.Tensor]:
-    """All three, keyed by their Parquet column names (:data:`LOCALISATION_COLUMNS`)."""
+    """All three, keyed by their Parquet column names."""
     return {
         "pointing_game": pointing_game(attributions, masks),
         "relevance_mass": relevance_mass_accuracy(attributions, masks),
         "relevance_rank": relevance_rank_accuracy(attributions, masks),
     }
+
+
+class Localisation(Metric):
+    """Localisation of every image of a batch that has a mask.
+
+    An image without one has no localisation (its columns and cost stay empty, as in a run without masks, whatever
+    its batch holds), so it never costs the rest of its batch their values; an empty mask gives NaN and says why.
+    A batch where no image has a mask is not evaluated at all.
+    """
+
+    def evaluate(self, batch: MapBatch) -> Evaluation | None:
+        if batch.masks is None:
+            return None
+        attributions = batch.attributions
+        height, width = attributions.shape[2:]
+        no_mask = torch.zeros((height, width), dtype=torch.bool, device=attributions.device)
+        stacked = torch.stack([no_mask if m is None else m.to(attributions.device) for m in batch.masks])
+        values = localisation_metrics(attributions, stacked)
+        why = [EMPTY_MASK if m is not None and not bool(m.any()) else None for m in batch.masks]
+        return Evaluation(values, {column: why for column in values}, evaluated=[m is not None for m in batch.masks])

@@ -6,7 +6,8 @@ from the trained model with the map the same method gives on the randomised copy
 and the SSIM of the absolute-value maps (the paper's "absolute value" variant). Low similarity passes.
 
 The randomised copy is built once per job (``randomised_copy``) and then used like any classifier, e.g.
-``build_method(name, randomised_classifier, settings, forward_batch)``.
+``build_method(name, randomised_classifier, settings, forward_batch)``: :class:`Randomisation`, the metric the runner
+evaluates, builds every method of the job on it once per worker.
 """
 
 from __future__ import annotations
@@ -19,11 +20,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
-from ..models.classifier import Classifier, GuidedBackpropSwitch, place_on_device
+from ..methods import build_method
+from ..models.classifier import Classifier, place_on_device
 from ..seeding import derive_seed
-
-#: metric column → which way is better (lower: the map changed more, i.e. it depends on the learned weights)
-RANDOMISATION_COLUMNS = {"randomisation_spearman": "lower", "randomisation_ssim": "lower"}
+from .base import Evaluation, MapBatch, Metric, MetricContext
 
 #: A method passes when its median Spearman correlation (absolute maps, trained vs randomised) is below this. The
 #: paper sets no number and judges by eye; 0.5 is our convention: a map that keeps most of its pixel ranking after
@@ -50,8 +50,8 @@ def randomised_copy(classifier: Classifier, depth: int, seed: int) -> Classifier
     Every module in those blocks with a ``reset_parameters`` (conv, linear, batch norm: weights and running
     statistics) is reset under a forked RNG seeded from (``seed``, block name), on the CPU, so the weights are the
     same on every worker and device, and a block gets the same weights at every depth (the cascade only adds blocks).
-    Parameters held directly by a module without ``reset_parameters`` keep their values. The copy has its own
-    GuidedBackpropSwitch wired to its own ReLUs.
+    Parameters held directly by a module without ``reset_parameters`` keep their values. A method built on the copy
+    (Guided Grad-CAM's ReLU switch included) acts on the copy alone.
     """
     blocks = parameterised_blocks(classifier.net)
     if not 1 <= depth <= len(blocks):
@@ -60,10 +60,9 @@ def randomised_copy(classifier: Classifier, depth: int, seed: int) -> Classifier
             f"must be between 1 and {len(blocks)} (the parameterised blocks of {classifier.arch}: "
             f"{', '.join(reversed(blocks))}), got {depth}",
         )
-    # The copy gets its own guided-backprop switch, wired to its own ReLUs by the deep copy itself; it keeps eval
-    # mode and frozen parameters (reset_parameters changes values in place, not those flags).
-    switch = GuidedBackpropSwitch()
-    net = copy.deepcopy(classifier.net, memo={id(classifier.guided): switch}).to("cpu")
+    # The copy keeps eval mode and frozen parameters (reset_parameters changes values in place, not those flags);
+    # switchable ReLUs a Guided Grad-CAM put in the original are copied with a switch of their own.
+    net = copy.deepcopy(classifier.net).to("cpu")
     children = dict(net.named_children())
     for name in blocks[-depth:]:
         with torch.random.fork_rng(devices=[]):
@@ -76,7 +75,6 @@ def randomised_copy(classifier: Classifier, depth: int, seed: int) -> Classifier
     return dataclasses.replace(
         classifier,
         net=place_on_device(net, classifier.device),
-        guided=switch,
         weights=f"{classifier.weights}, top {depth} blocks re-initialised (seed {seed})",
     )
 
@@ -162,3 +160,26 @@ def map_similarity(a: torch.Tensor, b: torch.Tensor) -> dict[str, torch.Tensor]:
 def passes_randomisation(spearman_median: float, threshold: float = RANDOMISATION_SPEARMAN_THRESHOLD) -> bool:
     """Whether a method passes: its median ``randomisation_spearman`` is below ``threshold`` (NaN fails)."""
     return bool(spearman_median < threshold)
+
+
+class Randomisation(Metric):
+    """Each map against the same method's map of the same image on the randomised model (same seeds)."""
+
+    def __init__(self, settings, context: MetricContext):
+        super().__init__(settings, context)
+        # Built once per worker; seeded by the job, so every worker holds the same randomised weights.
+        randomised = context.execution(randomised_copy(context.classifier, settings.depth, seed=context.seed))
+        self.randomised_methods = {
+            name: build_method(name, randomised, context.method_settings[name], method.forward_batch)
+            for name, method in context.methods.items()
+        }
+        for name, method in self.randomised_methods.items():
+            method.name = f"{name} on the randomised model"  # what out-of-memory halving logs and remembers
+
+    def evaluate(self, batch: MapBatch) -> Evaluation:
+        randomised = self.randomised_methods[batch.method_name]
+        return Evaluation(map_similarity(
+            batch.attributions, randomised.attribute(batch.inputs, batch.targets, batch.seeds).float()))
+
+    def sized(self, batch: MapBatch):
+        return self.randomised_methods[batch.method_name]

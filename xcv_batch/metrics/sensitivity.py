@@ -13,6 +13,9 @@ Differences from calling Captum per image, none of which changes the definition:
   RNG, so a value does not depend on batching or worker count;
 - Φ(x) is the attribution the run already computed (same seed, so identical to recomputing it), saving one call;
 - a stochastic method explains copy ``j`` of an image with its own seed, derived from the image's seed and ``j``.
+
+:class:`MaxSensitivity` is its metric for the runner (registered in settings.py under the job's top-level
+``sensitivity:`` key); its passes are the method's, so out-of-memory halving shrinks the method's ``forward_batch``.
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ from typing import Sequence
 import torch
 
 from ..methods.base import AttributionMethod, chunk_slices
-from ..seeding import perturbation_seed
+from ..seeding import derive_seed, perturbation_seed
+from .base import Evaluation, MapBatch, Metric
 
 
 def uniform_perturbations(
@@ -72,3 +76,21 @@ def sensitivity_max(
         change = reference[owner] - explained.reshape(explained.shape[0], -1).to(torch.float32)
         ratios[part] = torch.linalg.vector_norm(change, dim=1) / reference_norm[owner]
     return ratios.view(-1, n).max(dim=1).values
+
+
+class MaxSensitivity(Metric):
+    """``sensitivity_max`` of each map, with noise seeded per (image, method); NaN values stay as they are (the
+    explainer notes an all-zero map's, which has none)."""
+
+    def evaluate(self, batch: MapBatch) -> Evaluation:
+        noise_seeds = [derive_seed(self.context.seed, image_id, batch.method_name, "sensitivity")
+                       for image_id in batch.image_ids]
+        values = sensitivity_max(
+            batch.method, batch.inputs, batch.targets, batch.seeds, batch.attributions, noise_seeds=noise_seeds,
+            n_perturb_samples=self.settings.n_perturb_samples,
+            perturb_radius=self.settings.perturb_radius,  # all B·n copies in one call: the method fills passes
+        )
+        return Evaluation({"sensitivity_max": values.cpu().tolist()})
+
+    def sized(self, batch: MapBatch):
+        return batch.method

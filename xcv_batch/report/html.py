@@ -4,7 +4,7 @@ Sections: a header (model, weights, resolution, target rule, images, failures; a
 ranking table with the metrics that entered the rank, the cost beside it, the metrics' agreement (heat map of
 Kendall's τ), per-method diagnostics (IG's completeness gap), tests, distributions, quality rank vs cost with the
 Pareto front, critical-difference diagrams, a gallery of Fig. 1-style panels (most and least stable images),
-failures, the job.
+failures, the job. The tables and sentences are summary.md's (summary_text.py), laid out as HTML by tables.py.
 """
 
 from __future__ import annotations
@@ -23,9 +23,11 @@ from . import stats
 from ..output.layout import JOB_FILE
 from .panel import panel_figure
 from ..output.results import Results, method_label, open_results
-from ..metrics.registry import metric_title
-from .summarize import (agreement_rows, agreement_sentence, cost_rows, cost_sentence, diagnostic_sentences, fmt,
-                        fmt_ci, fmt_rank, friedman_sentence, ordered_methods, rank_sentence, status_line)
+from .summary_text import (SEED, agreement_matrix_table, agreement_pairs_table, agreement_sentence,
+                           cost_sentence, cost_table, diagnostic_sentences, fmt, friedman_sentence, pairwise_table,
+                           rank_sentence, ranking_table)
+from .summary_types import Summary
+from .tables import Table, to_html
 
 _FAILURES_SHOWN = 200
 
@@ -56,34 +58,35 @@ def _log_scale_helps(values: list[np.ndarray]) -> bool:
     return len(joined) > 0 and joined.min() > 0 and joined.max() / joined.min() > 100
 
 
-def distribution_figure(rows: pd.DataFrame, summary: dict) -> Figure | None:
+def distribution_figure(rows: pd.DataFrame, summary: Summary) -> Figure | None:
     """One box plot per ranked metric, a box per method."""
-    metrics = list(summary["metrics"])
+    metrics = list(summary.metrics)
     if not metrics:
         return None
-    methods = ordered_methods(summary)
+    methods = summary.best_first()
     figure = Figure(figsize=(5.5 * len(metrics), 4.0), dpi=100)
     for ax, metric in zip(figure.subplots(1, len(metrics), squeeze=False)[0], metrics):
-        info = summary["metrics"][metric]
+        info = summary.metrics[metric]
         values = [_ok_values(rows, metric, m) for m in methods]
         shown = [(v, method_label(m)) for v, m in zip(values, methods) if len(v)]
         ax.boxplot([v for v, _ in shown], showfliers=True, flierprops={"markersize": 2})
         ax.set_xticks(range(1, len(shown) + 1), [label for _, label in shown], rotation=30, ha="right", fontsize=8)
         if _log_scale_helps(values):
             ax.set_yscale("log")
-        ax.set_title(f"{metric_title(info)}, {info['direction']} is better", fontsize=10)
+        ax.set_title(f"{info.title}, {info.direction} is better", fontsize=10)
     figure.tight_layout()
     return figure
 
 
-def cost_quality_figure(summary: dict) -> Figure | None:
+def cost_quality_figure(summary: Summary) -> Figure | None:
     """Each method's cost (attribution seconds per image) against its quality (overall mean rank, 95 % CI), with
     the Pareto front of the methods no other beats on both. Cost is a method-level figure: per-image times are
     batch shares, so no per-image dots."""
     points, names = [], []
-    for name in ordered_methods(summary):
-        seconds = ((summary.get("cost") or {}).get("methods", {}).get(name) or {}).get("seconds_per_image")
-        rank = summary["methods"][name]["mean_rank"]
+    for name in summary.best_first():
+        cost = summary.cost.methods.get(name)
+        seconds = cost.seconds_per_image if cost else None
+        rank = summary.methods[name].mean_rank
         if seconds is not None and seconds > 0 and rank is not None:
             points.append((seconds, rank))
             names.append(name)
@@ -91,9 +94,9 @@ def cost_quality_figure(summary: dict) -> Figure | None:
         return None
     figure = Figure(figsize=(7.5, 5.0), dpi=100)
     ax = figure.subplots()
-    colors = {m: f"C{i}" for i, m in enumerate(summary["methods"])}
+    colors = {m: f"C{i}" for i, m in enumerate(summary.methods)}
     for (seconds, rank), name in zip(points, names):
-        lo, hi = summary["methods"][name]["mean_rank_ci95"]
+        lo, hi = summary.methods[name].mean_rank_ci95
         errors = [[rank - lo], [hi - rank]] if lo is not None and hi is not None else None
         ax.errorbar(seconds, rank, yerr=errors, fmt="o", markersize=9, color=colors[name], markeredgecolor="black",
                     capsize=4, zorder=3, label=method_label(name))
@@ -112,15 +115,14 @@ def cost_quality_figure(summary: dict) -> Figure | None:
     return figure
 
 
-def agreement_figure(summary: dict) -> Figure | None:
+def agreement_figure(summary: Summary) -> Figure | None:
     """Heat map of the mean Kendall's τ between every pair of ranked metrics (1: same method order on every image,
     0: unrelated, −1: reversed)."""
-    agreement = summary.get("agreement") or {}
-    names = agreement.get("metrics") or []
+    names = summary.agreement.metrics
     if len(names) < 2:
         return None
-    matrix = np.array([[np.nan if v is None else v for v in row] for row in agreement["matrix"]], dtype=float)
-    labels = [summary["metrics"][m]["label"] for m in names]
+    matrix = np.array([[np.nan if v is None else v for v in row] for row in summary.agreement.matrix], dtype=float)
+    labels = [summary.metrics[m].label for m in names]
     size = 1.6 + 0.75 * len(names)
     figure = Figure(figsize=(size + 1.8, size), dpi=100)
     ax = figure.subplots()
@@ -151,17 +153,17 @@ def cliques(mean_ranks: list[float], cd: float) -> list[tuple[int, int]]:
     return runs
 
 
-def cd_figure(summary: dict, metric: str) -> Figure | None:
+def cd_figure(summary: Summary, metric: str) -> Figure | None:
     """Demšar's critical-difference diagram of one metric: mean ranks on an axis, the CD bar, and bars joining the
     methods that Nemenyi's test cannot tell apart."""
-    info = summary["metrics"][metric]
-    cd = info.get("nemenyi_cd")
-    ranked = [(summary["methods"][m]["ranks"][metric]["mean_rank"], m) for m in info["methods"]
-              if summary["methods"][m]["ranks"].get(metric, {}).get("mean_rank") is not None]
+    info = summary.metrics[metric]
+    cd = info.nemenyi_cd
+    ranks = {m: summary.methods[m].ranks.get(metric) for m in info.methods}
+    ranked = [(r.mean_rank, m) for m, r in ranks.items() if r is not None and r.mean_rank is not None]
     if cd is None or len(ranked) < 2:
         return None
     ranked.sort()
-    k = len(info["methods"])
+    k = len(info.methods)
     figure = Figure(figsize=(7.5, 1.3 + 0.35 * ((len(ranked) + 1) // 2)), dpi=100)
     ax = figure.subplots()
     ax.set_xlim(0.3, k + 0.7)
@@ -184,7 +186,7 @@ def cd_figure(summary: dict, metric: str) -> Figure | None:
     for level, (first, last) in enumerate(cliques([r for r, _ in ranked], cd)):
         y = -0.12 - 0.1 * level
         ax.plot([ranked[first][0] - 0.03, ranked[last][0] + 0.03], [y, y], color="black", linewidth=3)
-    ax.set_title(f"{info['label']}: mean rank (1 = best), n = {info['n_images']} images", fontsize=10)
+    ax.set_title(f"{info.label}: mean rank (1 = best), n = {info.n_images} images", fontsize=10)
     figure.tight_layout()
     return figure
 
@@ -247,132 +249,104 @@ def _img(figure: Figure | None, alt: str) -> str:
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
 
 
-def _table(header: list[str], body: list[list[str]]) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    rows = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>\n" for row in body)
-    return f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{rows}</tbody>\n</table>"
+def _ranking_table(summary: Summary) -> str:
+    """The ranking with each metric's mean rank beside its median (the seed's values are summary.md's alone)."""
+    return to_html(ranking_table(summary).select(drop={SEED}))
 
 
-def _ranking_table(summary: dict) -> str:
-    metrics = summary["metrics"]
-    header = ["Method", "n ok", "n failed", "Mean rank [95% CI]", "Win rate"]
-    header += [f"{metric_title(info)} median [95% CI]" + ("" if info.get("weight") else " (not in rank)")
-               for info in metrics.values()]
-    header += [f"{i['label']} rank" for i in metrics.values()]
-    header += ["Cost: s / image"]
-    body = []
-    for name in ordered_methods(summary):
-        entry = summary["methods"][name]
-        cost = (summary.get("cost") or {}).get("methods", {}).get(name) or {}
-        body.append(
-            [entry["label"], entry["n_ok"], entry["n_error"], fmt_rank(entry["mean_rank"], entry["mean_rank_ci95"]),
-             fmt_rank(entry["win_rate"])]
-            + [fmt_ci(entry.get(m, {}).get("median"), entry.get(m, {}).get("ci95")) for m in metrics]
-            + [fmt_rank(entry["ranks"].get(m, {}).get("mean_rank"), entry["ranks"].get(m, {}).get("mean_rank_ci95"))
-               for m in metrics]
-            + [fmt(cost.get("seconds_per_image"), 3)]
-        )
-    return _table(header, body)
-
-
-def _header(summary: dict) -> str:
+def _header(summary: Summary) -> str:
     """What was explained: model, weights, resolution, target rule, images and failures; a banner when the weights
     are random, since then every map explains noise."""
-    model = summary.get("model") or {}
+    facts = summary.facts
+    model = facts.model
     target = {"predicted": "the model's predicted class", "label": "the manifest's label"}.get(
-        summary.get("target"), str(summary.get("target") or "–"))
-    failed = summary.get("n_failed_images", 0)
-    facts = (f"<p><strong>Model</strong> {html.escape(str(model.get('arch') or '–'))}, "
-             f"<strong>weights</strong> {html.escape(str(model.get('weights') or '–'))}, "
-             f"<strong>resolution</strong> {html.escape(str(model.get('resolution') or '–'))} px; "
-             f"<strong>target</strong>: {html.escape(target)}; "
-             f"<strong>images</strong>: {html.escape(status_line(summary))}, {failed} with failures.</p>")
-    if str(model.get("weights") or "").lower() != "none":
-        return facts
-    return (facts + '<p class="warning">Random weights (model.weights: none): this network was never trained. Its '
-            "maps explain random features, so these rankings say nothing about how the methods explain a trained "
+        facts.target, str(facts.target or "–"))
+    failed = summary.n_failed_images
+    facts_html = (f"<p><strong>Model</strong> {html.escape(str(model.arch or '–'))}, "
+                  f"<strong>weights</strong> {html.escape(str(model.weights or '–'))}, "
+                  f"<strong>resolution</strong> {html.escape(str(model.resolution or '–'))} px; "
+                  f"<strong>target</strong>: {html.escape(target)}; "
+                  f"<strong>images</strong>: {html.escape(summary.status_line())}, {failed} with failures.</p>")
+    if str(model.weights or "").lower() != "none":
+        return facts_html
+    return (facts_html + '<p class="warning">Random weights (model.weights: none): this network was never trained. '
+            "Its maps explain random features, so these rankings say nothing about how the methods explain a trained "
             "classifier.</p>")
 
 
-def _cost_section(summary: dict) -> str:
-    header, body = cost_rows(summary)
-    return f"<p>{html.escape(cost_sentence(summary))}</p>" + _table(header, body)
+def _cost_section(summary: Summary) -> str:
+    return f"<p>{html.escape(cost_sentence(summary))}</p>" + to_html(cost_table(summary))
 
 
-def _agreement_section(summary: dict) -> str:
-    agreement = summary.get("agreement") or {}
-    if len(agreement.get("metrics") or []) < 2:
+def _agreement_section(summary: Summary) -> str:
+    agreement = summary.agreement
+    if len(agreement.metrics) < 2:
         return "<p>One ranked metric: no agreement to measure.</p>"
     parts = ["<p>Per image, Kendall's τ-b between the method orders two metrics give, averaged over images "
              "(bootstrap 95 % CI). Kendall's W: concordance of the metrics that entered the rank.</p>"]
     sentence = agreement_sentence(summary)
     if sentence:
-        css = ' class="warning"' if agreement.get("disagreeing") else ""
+        css = ' class="warning"' if agreement.disagreeing else ""
         parts.append(f"<p{css}>{html.escape(sentence)}</p>")
     parts.append(_img(agreement_figure(summary), "agreement between metrics: mean Kendall's tau"))
-    header, body = agreement_rows(summary)
-    parts.append(_table(header, body))
-    parts.append(_table(["A", "B", "mean τ [95% CI]", "n images", "both in the rank"], [
-        [summary["metrics"][p["a"]]["label"], summary["metrics"][p["b"]]["label"], fmt_rank(p["tau"], p["ci95"]),
-         p["n_images"], "yes" if p["in_rank"] else "no"] for p in agreement["pairs"]]))
+    parts.append(to_html(agreement_matrix_table(summary)))
+    parts.append(to_html(agreement_pairs_table(summary)))
     return "\n".join(parts)
 
 
-def _diagnostics_section(summary: dict) -> str:
-    diagnostics = summary.get("diagnostics") or {}
+def _diagnostics_section(summary: Summary) -> str:
+    diagnostics = summary.diagnostics
     if not diagnostics:
         return ""
     parts = ["<h2>Diagnostics</h2>", "<p>Checks of a method's own output; reported, not ranked.</p>"]
     for sentence, info in zip(diagnostic_sentences(summary), diagnostics.values()):
-        css = ' class="warning"' if info["n_above"] else ""
-        parts.append(f"<p{css}>{html.escape(sentence)} {html.escape(info['meaning'])}.</p>")
-        if info["above"]:
-            parts.append(_table(["Image", info["label"]], [[a["image_id"], fmt(a["value"], 3)] for a in info["above"]]))
+        css = ' class="warning"' if info.n_above else ""
+        parts.append(f"<p{css}>{html.escape(sentence)} {html.escape(info.meaning)}.</p>")
+        if info.above:
+            parts.append(to_html(Table.from_rows(["Image", info.label],
+                                                 [[a.image_id, fmt(a.value, 3)] for a in info.above])))
     return "\n".join(parts)
 
 
-def _tests_section(summary: dict) -> str:
+def _tests_section(summary: Summary) -> str:
     parts = []
-    for metric, tests in summary["tests"].items():
-        info = summary["metrics"][metric]
-        parts.append(f"<h3>{html.escape(info['label'])}</h3><p>{html.escape(friedman_sentence(tests['friedman']))}"
-                     + (f" Nemenyi CD = {tests['nemenyi']['cd']:.3f}." if tests["nemenyi"]["cd"] is not None else "")
+    for metric, tests in summary.tests.items():
+        info = summary.metrics[metric]
+        parts.append(f"<h3>{html.escape(info.label)}</h3><p>{html.escape(friedman_sentence(tests.friedman))}"
+                     + (f" Nemenyi CD = {tests.nemenyi.cd:.3f}." if tests.nemenyi.cd is not None else "")
                      + "</p>")
-        if tests["pairwise"]:
-            parts.append(_table(
-                ["A", "B", "n", "p", "p (Holm)", "rank-biserial r (A − B)", "better", "significant"],
-                [[method_label(p["a"]), method_label(p["b"]), p["n"], fmt(p["p"], 3), fmt(p["p_holm"], 3),
-                  fmt(p["effect_size"], 3), method_label(p["better"]) if p["better"] else "–",
-                  "yes" if p["reject"] else "no"] for p in tests["pairwise"]],
-            ))
+        if tests.pairwise:
+            parts.append(to_html(pairwise_table(tests)))
     return "\n".join(parts) or "<p>No metric to test.</p>"
 
 
-def _failures_section(summary: dict) -> str:
-    failures = summary.get("failures") or []
+def _failures_section(summary: Summary) -> str:
+    failures = summary.failures
     if not failures:
         return "<p>No failed images.</p>"
-    note = f"<p>{len(failures)} failed rows on {summary.get('n_failed_images')} images"
+    note = f"<p>{len(failures)} failed rows on {summary.n_failed_images} images"
     note += f"; the first {_FAILURES_SHOWN}:</p>" if len(failures) > _FAILURES_SHOWN else ":</p>"
-    return note + _table(["Image", "Method", "Message"],
-                         [[f["image_id"], method_label(f["method"]), f["error"] or ""] for f in failures[:_FAILURES_SHOWN]])
+    return note + to_html(Table.from_rows(["Image", "Method", "Message"],
+                                          [[f.image_id, method_label(f.method), f.error or ""]
+                                           for f in failures[:_FAILURES_SHOWN]]))
 
 
-def render_report(results: Results, summary: dict, gallery: int = 4) -> str:
+def render_report(results: Results, summary: Summary, gallery: int = 4) -> str:
     """The report's HTML text."""
     rows = results.rows()
-    status_class = "complete" if summary.get("complete") else "partial"
+    facts = summary.facts
+    status_class = "complete" if facts.complete else "partial"
     job = results.job
-    title = html.escape(str(summary.get("job_name") or results.out))
+    title = html.escape(str(facts.job_name or results.out))
     parts = [
         "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
         f"<title>xcv_batch report: {title}</title>", f"<style>{_CSS}</style></head><body>",
         f"<h1>xcv_batch report: {title}</h1>",
-        f'<p class="{status_class}"><strong>{html.escape(status_line(summary))}</strong></p>',
+        f'<p class="{status_class}"><strong>{html.escape(summary.status_line())}</strong></p>',
         _header(summary),
         f"<p>Output: <code>{html.escape(results.out)}</code>. Fingerprint: "
-        f"<code>{html.escape(str(summary.get('fingerprint') or results.fingerprint))}</code>. "
-        f"CIs: percentile bootstrap over images, {summary['n_boot']} resamples, seed {summary['seed']}.</p>",
+        f"<code>{html.escape(str(facts.fingerprint or results.fingerprint))}</code>. "
+        f"CIs: percentile bootstrap over images, {summary.n_boot} resamples, seed {summary.seed}.</p>",
         "<h2>Ranking</h2>",
         "<p>Per image, the methods are ranked on each quality metric (1 = best, ties share the average rank); the "
         "win rate is the share of images a method ranks first on (ties shared). "
@@ -387,7 +361,7 @@ def render_report(results: Results, summary: dict, gallery: int = 4) -> str:
         "<h2>Critical-difference diagrams</h2>",
         "<p>Methods joined by a bar are not significantly different (Nemenyi, α = 0.05).</p>",
     ]
-    parts += [_img(cd_figure(summary, metric), f"critical-difference diagram: {metric}") for metric in summary["metrics"]]
+    parts += [_img(cd_figure(summary, metric), f"critical-difference diagram: {metric}") for metric in summary.metrics]
     picked = gallery_images(rows, gallery)
     parts.append("<h2>Gallery</h2>")
     if picked:
@@ -403,7 +377,7 @@ def render_report(results: Results, summary: dict, gallery: int = 4) -> str:
     return "\n".join(p for p in parts if p)
 
 
-def write_report(out: "str | Results", summary: dict, gallery: int = 4) -> str:
+def write_report(out: "str | Results", summary: Summary, gallery: int = 4) -> str:
     """Write ``OUT/report.html`` (``out`` a path or its open Results); returns its path."""
     results = open_results(out)
     path = f"{results.out}/report.html"

@@ -1,0 +1,205 @@
+"""The Python API: ``Explainer`` gives a ``run``'s numbers on the same images, ids, seed and settings; ``run`` runs a
+job given as a path, a dict or a Job; the README's notebook example runs as written."""
+
+from __future__ import annotations
+
+import os
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torchvision
+from captum.attr import IntegratedGradients as CaptumIntegratedGradients
+from PIL import Image
+
+import xcv_batch
+from xcv_batch import ConfigError, Explainer
+from xcv_batch.errors import ModelError
+from xcv_batch.output.layout import ROW_COLUMN_NAMES
+
+README = os.path.join(os.path.dirname(__file__), "..", "README.md")
+
+METHODS = {
+    "occlusion": {"window": 8, "stride": 8},
+    "integrated_gradients": {"n_steps": 8},
+    "ig_smoothgrad": {"nt_samples": 2, "n_steps": 4},
+    "lime": {"num_samples": 32},
+}
+SENSITIVITY = {"n_perturb_samples": 2, "perturb_radius": 0.02}
+#: a run's columns that differ between two computations of the same numbers: its costs and where it ran
+UNCOMPARED = ("shard",)
+
+
+def _job(out: str, source: str = "builtin:skimage") -> dict:
+    return {
+        "name": "api", "seed": 4,
+        "data": {"source": source, "limit": 3},
+        "model": {"arch": "resnet18", "weights": "none", "resolution": 32},
+        "methods": METHODS,
+        "sensitivity": SENSITIVITY,
+        "metrics": {"complexity": {}, "deletion": {"n_steps": 4}},
+        "compute": {"workers": 1, "batch_size": 2, "shard_size": 2},
+        "output": {"path": out},
+    }
+
+
+def _comparable(rows: pd.DataFrame) -> pd.DataFrame:
+    keep = [c for c in rows.columns if not c.endswith("_seconds") and c not in UNCOMPARED]
+    return rows[keep].sort_values(["image_id", "method"]).reset_index(drop=True)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """A run of the job (dict form through ``xcv_batch.run``) and its opened results."""
+    out = str(tmp_path_factory.mktemp("api") / "run")
+    return xcv_batch.run(_job(out))
+
+
+def test_run_returns_the_opened_results_of_the_job(reference):
+    rows = reference.rows()
+    assert sorted(rows.method.unique()) == sorted(METHODS)
+    assert len(rows) == 3 * len(METHODS)
+    assert (rows.status == "ok").all()
+    assert reference.job["seed"] == 4
+
+
+def test_explainer_on_a_named_model_and_paths_gives_the_runs_numbers(reference):
+    """Same images (as paths), same ids, same seed and settings: equal maps and equal rows."""
+    rows = reference.rows()
+    ids = list(reference.image_ids)
+    paths = [rows[rows.image_id == i].image_path.iloc[0] for i in ids]
+    explainer = Explainer("resnet18", weights="none", resolution=32, methods=METHODS, sensitivity=SENSITIVITY,
+                          metrics={"complexity": {}, "deletion": {"n_steps": 4}}, seed=4, batch_size=3)
+    explained = explainer.explain(paths, image_ids=ids)
+
+    for method in METHODS:
+        for i, image_id in enumerate(ids):
+            np.testing.assert_array_equal(explained.maps[method][i].numpy(), reference.attribution(image_id, method))
+    mine, theirs = _comparable(explained.rows), _comparable(rows)
+    assert list(explained.rows.columns[: len(ROW_COLUMN_NAMES)]) == list(ROW_COLUMN_NAMES)
+    pd.testing.assert_frame_equal(mine[theirs.columns], theirs, check_dtype=False)
+
+
+def test_explainer_on_an_nn_module_and_tensors_gives_the_runs_numbers(tmp_path):
+    """A user's nn.Module (saved as a state_dict for the run) and the run's stored inputs as a tensor."""
+    torch.manual_seed(0)
+    net = torchvision.models.resnet18(num_classes=7)
+    weights = tmp_path / "net.pt"
+    torch.save(net.state_dict(), weights)
+    job = _job(str(tmp_path / "run"))
+    job["model"] = {"arch": "resnet18", "weights": str(weights), "resolution": 32}
+    job["methods"] = {"integrated_gradients": {"n_steps": 8}, "occlusion": {"window": 8, "stride": 8}}
+    results = xcv_batch.run(job)
+    ids = list(results.image_ids)
+    inputs = torch.stack([torch.from_numpy(results.model_input(i)) for i in ids])
+
+    explained = Explainer(net, methods=job["methods"], sensitivity=SENSITIVITY,
+                          metrics={"complexity": {}, "deletion": {"n_steps": 4}}, seed=4).explain(inputs, image_ids=ids)
+
+    for method in job["methods"]:
+        for i, image_id in enumerate(ids):
+            np.testing.assert_allclose(explained.maps[method][i].numpy(), results.attribution(image_id, method),
+                                       rtol=1e-5, atol=1e-6)
+    mine, theirs = _comparable(explained.rows), _comparable(results.rows())
+    assert mine.target.tolist() == theirs.target.tolist()
+    for column in ("target_prob", "sensitivity_max", "sparseness", "deletion_auc"):
+        np.testing.assert_allclose(mine[column].to_numpy(float), theirs[column].to_numpy(float), rtol=1e-4)
+
+
+def test_explainer_ig_equals_per_image_captum_on_a_custom_module():
+    torch.manual_seed(1)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                              torch.nn.Flatten(), torch.nn.Linear(8, 5)).eval()
+    x = torch.randn(3, 3, 16, 16)
+    explained = Explainer(net, methods={"integrated_gradients": {"n_steps": 16}}, sensitivity=None,
+                          fast_execution=False).explain(x)
+    targets = explained.rows.sort_values("index").target.to_numpy()
+    assert targets.tolist() == net(x).argmax(1).tolist()
+    reference = CaptumIntegratedGradients(net)
+    for i in range(3):
+        expected = reference.attribute(x[i: i + 1], target=int(targets[i]), n_steps=16, method="gausslegendre")
+        np.testing.assert_allclose(explained.maps["integrated_gradients"][i].numpy(), expected[0].detach().numpy(),
+                                   rtol=1e-4, atol=1e-6)
+    assert explained.rows.sensitivity_max.isna().all()  # sensitivity=None: off
+
+
+def test_explicit_targets_and_pil_images_with_preprocessing():
+    torch.manual_seed(2)
+    net = torchvision.models.resnet18(num_classes=4)
+    photo = Image.fromarray((np.random.default_rng(0).random((40, 50, 3)) * 255).astype(np.uint8))
+    explainer = Explainer(net, methods=["integrated_gradients"], sensitivity=None,
+                          preprocessing={"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25], "resize": 36, "crop": 32})
+    explained = explainer.explain([photo, photo], targets=[1, 3], image_ids=["a", "b"])
+    assert explained.maps["integrated_gradients"].shape == (2, 3, 32, 32)
+    assert explained.rows.set_index("image_id").target.to_dict() == {"a": 1, "b": 3}
+    # the inputs are the photo resized to 36 on its short side, centre-cropped to 32 and normalised by mean/std
+    assert explained.inputs.shape == (2, 3, 32, 32)
+    image = explained.input_image("a")
+    assert image.min() >= 0 and image.max() <= 1
+    np.testing.assert_allclose((explained.inputs[0] * 0.25 + 0.5).permute(1, 2, 0).numpy(), image, atol=1e-6)
+
+
+def test_plot_draws_the_panel_of_one_image(tmp_path):
+    net = torchvision.models.resnet18(num_classes=3)
+    explained = Explainer(net, methods=["integrated_gradients", "occlusion"], sensitivity=None,
+                          ).explain(torch.randn(2, 3, 32, 32))
+    figure = explained.plot(1, str(tmp_path / "panel.png"))
+    titles = [ax.get_title() for ax in figure.axes]
+    assert titles[0].startswith("image-1")
+    assert any(t.startswith("Integrated Gradients") for t in titles)
+    assert Image.open(tmp_path / "panel.png").size[0] > 100
+
+
+@pytest.mark.parametrize("kwargs, key", [
+    ({"methods": {"occlusion": {"windw": 4}}}, "methods.occlusion.windw"),
+    ({"methods": ["no_such_method"]}, "methods.no_such_method"),
+    ({"sensitivity": {"n_perturb_samples": "many"}}, "sensitivity.n_perturb_samples"),
+    ({"precision": "fp64"}, "compute.precision"),
+    ({"metrics": {"deletion": {"substrate": "grey"}}}, "metrics.deletion.substrate"),
+])
+def test_settings_errors_are_the_clis_one_line_config_errors(kwargs, key):
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 2))
+    with pytest.raises(ConfigError) as caught:
+        Explainer(net, **{"methods": ["integrated_gradients"], **kwargs})
+    assert caught.value.key == key
+    assert "\n" not in str(caught.value)
+
+
+def test_bad_inputs_are_one_line_errors():
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 2))  # takes 8 px images only
+    with pytest.raises(ModelError, match="cannot take 224 px inputs"):
+        Explainer(net, methods=["integrated_gradients"])
+    explainer = Explainer(net, methods=["integrated_gradients"], sensitivity=None, resolution=8)
+    with pytest.raises(ConfigError, match=r"\(N, 3, H, W\)"):
+        explainer.explain(torch.randn(3, 8, 8))
+    with pytest.raises(ConfigError, match="distinct"):
+        explainer.explain(torch.randn(2, 3, 8, 8), image_ids=["x", "x"])
+    with pytest.raises(ConfigError, match="targets"):
+        explainer.explain(torch.randn(2, 3, 8, 8), targets=[0])
+
+
+def test_run_takes_a_job_file_with_overrides_and_out(tmp_path):
+    out = str(tmp_path / "smoke")
+    results = xcv_batch.run(os.path.join(os.path.dirname(__file__), "..", "jobs", "smoke.yaml"), out=out,
+                            overrides={"data.limit": 1, "methods": {"integrated_gradients": {"n_steps": 4}}})
+    rows = results.rows()
+    assert rows.method.tolist() == ["integrated_gradients"]
+    assert results.job["methods"]["integrated_gradients"]["n_steps"] == 4
+    with pytest.raises(ConfigError) as caught:
+        xcv_batch.run({"methods": {"occlusion": {"window": 0}}}, out=str(tmp_path / "bad"))
+    assert caught.value.key.startswith("methods.occlusion")
+
+
+def test_the_readme_notebook_example_runs_as_written(tmp_path, monkeypatch):
+    text = open(README, encoding="utf-8").read()
+    blocks = re.findall(r"<!-- api-example:begin -->\s*```python\n(.*?)```\s*<!-- api-example:end -->", text, re.S)
+    assert len(blocks) == 1, "README has one marked notebook example"
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(blocks[0], "README.md example", "exec"), namespace)
+    explained = namespace["explained"]
+    assert set(explained.maps) == {"integrated_gradients", "occlusion", "lime"}
+    assert (explained.rows.status == "ok").all()
+    assert os.path.getsize(tmp_path / "panel.png") > 0

@@ -1,0 +1,54 @@
+"""The README's bring-your-own-model examples run as written: the timm job (offline, so with ``model.weights=none``)
+and the ``package.module:callable`` job with its module, each in a fresh folder through ``python -m xcv_batch``."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from xcv_batch import open_results
+
+README = os.path.join(os.path.dirname(__file__), "..", "README.md")
+
+
+def _block(name: str, language: str) -> str:
+    text = open(README, encoding="utf-8").read()
+    found = re.findall(rf"<!-- {name}:begin -->\s*```{language}\n(.*?)```\s*<!-- {name}:end -->", text, re.S)
+    assert len(found) == 1, f"README has one marked {name} block"
+    return found[0]
+
+
+def _run(folder, job: str, out: str, *extra: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "XCV_PROGRESS_INTERVAL_S": "0"}
+    return subprocess.run([sys.executable, "-m", "xcv_batch", "run", job, "--out", out, *extra], cwd=folder,
+                          env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_the_timm_job_runs_as_written_offline(tmp_path):
+    pytest.importorskip("timm", reason="timm is the optional [timm] extra; the test extra installs it")
+    (tmp_path / "timm.yaml").write_text(_block("timm-job", "yaml"))
+    done = _run(tmp_path, "timm.yaml", "results/timm-offline", "--set", "model.weights=none")
+    assert done.returncode == 0, done.stderr
+    rows = open_results(str(tmp_path / "results" / "timm-offline")).rows()
+    assert sorted(rows.method.unique()) == ["guided_gradcam", "integrated_gradients", "occlusion"]
+    assert (rows.status == "ok").all(), rows[rows.status != "ok"].error.tolist()
+    assert len(rows) == 2 * 3
+
+
+def test_the_custom_module_job_runs_as_written(tmp_path):
+    (tmp_path / "my_models.py").write_text(_block("custom-module", "python"))
+    (tmp_path / "custom.yaml").write_text(_block("custom-job", "yaml"))
+    done = _run(tmp_path, "custom.yaml", "results/my-cnn")
+    assert done.returncode == 0, done.stderr
+    results = open_results(str(tmp_path / "results" / "my-cnn"))
+    rows = results.rows()
+    assert (rows.status == "ok").all(), rows[rows.status != "ok"].error.tolist()
+    assert sorted(rows.method.unique()) == ["guided_gradcam", "integrated_gradients", "occlusion"]
+    # the job's class names and preprocessing reach the results
+    assert results.categories[:3] == ["airplane", "automobile", "bird"]
+    assert set(rows.target_name) <= set(results.categories)
+    assert results.job["model"]["preprocessing"]["mean"] == [0.49, 0.48, 0.45]

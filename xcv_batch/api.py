@@ -1,0 +1,295 @@
+"""The Python API: explain a batch of tensors or images in a notebook, or run a job from a script.
+
+:class:`Explainer` takes any classifier — an ``nn.Module`` of your own, or a model name as ``model.arch`` takes it —
+and the job file's settings as keyword arguments, and :meth:`Explainer.explain` returns an :class:`Explanation`: the
+maps per method, the rows with the Parquet columns, and a panel like ``show``. It runs the same
+:class:`~xcv_batch.execution.explain.BatchExplainer` as a ``run``, so with the same images, image ids, seed and
+settings it gives the same numbers (seeds derive from the image ids). :func:`run` runs a whole job and opens its
+results.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+from torch import nn
+
+from .config import Job, job_from_raw, load_job
+from .data.images import load_image, preprocess, to_rgb
+from .errors import ConfigError
+from .execution.explain import BatchExplainer
+from .models.classifier import Classifier
+from .output.results import Results, open_results
+from .output.store import rows_to_table
+
+#: Settings keyword arguments of :class:`Explainer` and the job key each one stands for.
+_COMPUTE_KEYS = ("device", "precision", "forward_batch", "batch_size", "fast_execution")
+
+#: What ``sensitivity`` means when it is not given: the job file's default (Max-Sensitivity on, with its defaults).
+DEFAULT = object()
+
+
+def _plain(settings: Any, key: str) -> Any:
+    """Job-file data from a settings value: dataclasses become their dicts, mappings are copied recursively."""
+    if dataclasses.is_dataclass(settings) and not isinstance(settings, type):
+        return dataclasses.asdict(settings)
+    if isinstance(settings, Mapping):
+        return {str(k): _plain(v, f"{key}.{k}") for k, v in settings.items()}
+    return settings
+
+
+def _methods_mapping(methods: Any) -> dict:
+    """``methods`` as the job file writes it: a name, a list of names (their default settings) or a mapping."""
+    if isinstance(methods, str):
+        return {methods: {}}
+    if isinstance(methods, Mapping):
+        return {name: _plain(settings, f"methods.{name}") or {} for name, settings in methods.items()}
+    if isinstance(methods, Sequence):
+        return {str(name): {} for name in methods}
+    raise ConfigError("methods", f"must be a method name, a list of names or a mapping name → settings, got {methods!r}")
+
+
+class Explainer:
+    """Attribution maps and quality metrics for batches of images, on any classifier.
+
+    ``model``: an ``nn.Module`` that maps normalised (N, 3, H, W) images to class scores (used as a copy: yours is
+    left as it is), or a model name as the job key ``model.arch`` takes it (then ``weights``, ``resolution`` and
+    ``categories`` are the ``model.*`` keys). For a module, ``resolution`` is its input size (default: the
+    ``preprocessing`` crop, else 224), checked by one blank forward.
+    ``methods``: method names (default settings) or a mapping name → settings (the job file's keys as a dict, or the
+    settings dataclasses); default: every registered method. ``sensitivity``: Max-Sensitivity's settings, None for
+    off. ``metrics``: the job's ``metrics:`` section. ``preprocessing``: ``{mean, std, resize, crop, interpolation}``
+    for PIL images and paths given to :meth:`explain` (tensors are taken as already normalised); a named model brings
+    its own. Every error is the CLI's one-line :class:`~xcv_batch.errors.ConfigError`, naming the job key.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module | str,
+        methods: Any = None,
+        sensitivity: Any = DEFAULT,
+        metrics: Any = None,
+        device: str = "auto",
+        precision: str = "fp32",
+        forward_batch: int | str = "auto",
+        seed: int = 0,
+        preprocessing: Mapping | None = None,
+        *,
+        target: str = "predicted",
+        batch_size: int = 8,
+        fast_execution: bool = True,
+        weights: str | None = None,
+        resolution: int | None = None,
+        categories: Sequence[str] | str | None = None,
+    ):
+        from .methods import method_names
+
+        raw: dict[str, Any] = {
+            "seed": seed,
+            "target": target,
+            "methods": _methods_mapping(method_names() if methods is None else methods),
+            "compute": {"device": device, "precision": precision, "forward_batch": forward_batch,
+                        "batch_size": batch_size, "fast_execution": fast_execution},
+        }
+        if sensitivity is not DEFAULT:
+            raw["sensitivity"] = _plain(sensitivity, "sensitivity")
+        if metrics is not None:
+            raw["metrics"] = _plain(metrics, "metrics")
+        model_keys = {"preprocessing": _plain(preprocessing, "model.preprocessing"), "categories": categories,
+                      "weights": weights, "resolution": resolution}
+        if isinstance(model, str):
+            raw["model"] = {"arch": model, **{k: v for k, v in model_keys.items() if v is not None}}
+        elif not isinstance(model, nn.Module):
+            raise ConfigError("model", f"must be an nn.Module or a model name (model.arch), got {type(model).__name__}")
+        #: the settings as a job: validated like a job file, and what :func:`run` would be given for the same numbers
+        self.job: Job = job_from_raw(raw)
+        if isinstance(model, str):
+            #: the methods and metrics on the model, as a run's worker holds them
+            self.engine = BatchExplainer.from_job(self.job)
+        else:
+            from .models.classifier import classifier_from_module
+            from .models.preprocessing import preprocessing_from
+
+            # A copy: wrapping freezes parameters and methods may swap activations; the caller's model stays as it is.
+            classifier = classifier_from_module(copy.deepcopy(model),
+                                                preprocessing=preprocessing_from(preprocessing, resolution),
+                                                categories=categories, device=self.job.compute.device)
+            self.engine = BatchExplainer(classifier, self.job.methods, self.job.sensitivity, self.job.metrics,
+                                         self.job.compute, self.job.seed, self.job.target)
+        self.classifier: Classifier = self.engine.classifier
+
+    @property
+    def methods(self) -> tuple[str, ...]:
+        return tuple(self.job.methods)
+
+    def explain(
+        self,
+        inputs: torch.Tensor | Sequence[Image.Image | str | os.PathLike],
+        targets: Sequence[int] | torch.Tensor | None = None,
+        image_ids: Sequence[str] | None = None,
+        labels: Sequence[int | None] | None = None,
+    ) -> "Explanation":
+        """Explain ``inputs``: a normalised (N, 3, H, W) tensor, or PIL images or image paths (preprocessed as the
+        model's preprocessing says). ``targets``: the class to explain per image (default: the predicted one, or
+        ``labels`` when the explainer's ``target`` is 'label'). ``image_ids`` name the images in the rows and seed
+        their random draws (default: ``image-0``, ``image-1``, … for tensors and PIL images, the paths for paths).
+        Images go through the model ``batch_size`` at a time."""
+        batch, paths = self._inputs(inputs)
+        n = batch.shape[0]
+        ids = [str(i) for i in image_ids] if image_ids is not None else (
+            [str(p) for p in paths] if paths is not None else [f"image-{i}" for i in range(n)])
+        if len(ids) != n or len(set(ids)) != n:
+            raise ConfigError("image_ids", f"need {n} distinct ids, one per image, got {len(ids)} ({len(set(ids))} distinct)")
+        for name, values in (("targets", targets), ("labels", labels)):
+            if values is not None and len(values) != n:
+                raise ConfigError(name, f"need one per image ({n}), got {len(values)}")
+        device = self.classifier.device
+        rows: list[dict] = []
+        maps = {name: torch.full((n, *batch.shape[1:]), float("nan")) for name in self.methods}
+        step = self.job.compute.batch_size
+        for start in range(0, n, step):
+            stop = min(n, start + step)
+            chunk = batch[start:stop].to(device)
+            if device.type == "cuda":
+                chunk = chunk.contiguous(memory_format=torch.channels_last)
+            result = self.engine.explain_batch(
+                chunk, ids[start:stop],
+                labels=None if labels is None else list(labels[start:stop]),
+                targets=None if targets is None else targets[start:stop],
+            )
+            shared = [{"image_id": ids[i], "image_path": None if paths is None else str(paths[i]), "index": i,
+                       "label": None if labels is None else labels[i]} for i in range(start, stop)]
+            rows.extend({**row, "shard": None} for row in result.rows(shared))
+            for r in result.results:
+                if r.attribution is not None:
+                    maps[r.method][start + r.image] = torch.from_numpy(r.attribution)
+        return Explanation(maps=maps, rows=_as_frame(rows), inputs=batch.float().cpu(), image_ids=ids,
+                           explainer=self)
+
+    def _inputs(self, inputs) -> tuple[torch.Tensor, list | None]:
+        """The normalised (N, 3, H, W) batch, and the paths when images came as paths."""
+        if isinstance(inputs, torch.Tensor):
+            if inputs.ndim != 4 or inputs.shape[1] != 3:
+                raise ConfigError("inputs", f"a tensor must be (N, 3, H, W) normalised images, got {tuple(inputs.shape)}")
+            return inputs.detach().float(), None
+        if isinstance(inputs, (str, os.PathLike, Image.Image)):
+            inputs = [inputs]
+        items = list(inputs)
+        if not items:
+            raise ConfigError("inputs", "no images given")
+        prep = self.classifier.preprocessing
+        pixels, paths = [], []
+        for item in items:
+            if isinstance(item, Image.Image):
+                pixels.append(preprocess(to_rgb(item), prep))
+                paths.append(None)
+            elif isinstance(item, (str, os.PathLike)):
+                pixels.append(load_image(os.fspath(item), prep))
+                paths.append(os.fspath(item))
+            else:
+                raise ConfigError("inputs", f"expected a tensor, PIL images or image paths, got {type(item).__name__}")
+        batch = prep.normalize(torch.stack(pixels))
+        return batch, (paths if all(p is not None for p in paths) else None)
+
+
+def _as_frame(rows: list[dict]) -> pd.DataFrame:
+    """The rows as a run's Parquet files hold them and :func:`~xcv_batch.output.results.open_results` reads them:
+    the same columns, order and types."""
+    return rows_to_table(rows).to_pandas()
+
+
+@dataclass
+class Explanation:
+    """What :meth:`Explainer.explain` returns.
+
+    ``maps``: method → (N, C, H, W) float32 CPU tensor (NaN for an image whose method failed: its row says why);
+    ``rows``: one row per image × method with the Parquet columns; ``inputs``: the normalised batch (CPU). It reads
+    like an opened run (:class:`~xcv_batch.output.results.Results`): ``attribution``, ``input_image``,
+    ``image_rows``, and :meth:`plot` draws the panel ``show`` draws.
+    """
+
+    maps: dict[str, torch.Tensor]
+    rows: pd.DataFrame
+    inputs: torch.Tensor
+    image_ids: list[str]
+    explainer: Explainer = field(repr=False)
+
+    @property
+    def methods(self) -> list[str]:
+        return list(self.maps)
+
+    @property
+    def categories(self) -> list[str] | None:
+        names = self.explainer.classifier.categories
+        return list(names) if names else None
+
+    @property
+    def job(self) -> dict:
+        return self.explainer.job.to_dict()
+
+    def _position(self, image: str | int) -> int:
+        if isinstance(image, int) and not isinstance(image, bool):
+            if not -len(self.image_ids) <= image < len(self.image_ids):
+                raise ConfigError("image", f"index {image} is out of range for {len(self.image_ids)} images")
+            return image % len(self.image_ids)
+        try:
+            return self.image_ids.index(str(image))
+        except ValueError:
+            raise ConfigError("image", f"no image {image!r} in this explanation") from None
+
+    def attribution(self, image: str | int, method: str) -> np.ndarray:
+        """The (C, H, W) map of ``method`` for one image (by id or position)."""
+        if method not in self.maps:
+            raise ConfigError("method", f"{method!r} was not explained; methods: {', '.join(self.maps)}")
+        return self.maps[method][self._position(image)].numpy()
+
+    def input_image(self, image: str | int) -> np.ndarray:
+        """The image as the model saw it, (H, W, 3) in [0, 1], for plotting."""
+        one = self.inputs[self._position(image)][None]  # denormalize takes a batch
+        pixels = self.explainer.classifier.preprocessing.denormalize(one)[0]
+        return pixels.clamp(0, 1).permute(1, 2, 0).numpy()
+
+    def image_rows(self, image: str | int) -> pd.DataFrame:
+        return self.rows[self.rows.image_id == self.image_ids[self._position(image)]]
+
+    def plot(self, image: str | int = 0, path: str | None = None):
+        """The panel of one image — the image and each method's map over it — as a matplotlib Figure; with
+        ``path``, also written there in the format its extension names."""
+        from .report.panel import panel_figure, render_panel
+
+        image_id = self.image_ids[self._position(image)]
+        if path is not None:
+            render_panel(self, image_id, path)
+        return panel_figure(self, image_id)
+
+
+def run(job_or_path: str | os.PathLike | Mapping | Job, out: str | None = None,
+        overrides: Sequence[str] | Mapping[str, Any] | None = None, resume: bool = False) -> Results:
+    """Run a job — a job file's path, its data as a dict, or a :class:`~xcv_batch.config.Job` — and open its results.
+
+    ``overrides``: ``["methods.occlusion.window=8", …]`` as ``--set`` takes them, or a mapping of dotted keys to
+    values; ``out`` replaces ``output.path``; ``resume`` continues a run in ``out`` as ``--resume`` does.
+    """
+    from .driver import run_job
+
+    if isinstance(overrides, Mapping):
+        import json
+
+        overrides = [f"{key}={json.dumps(value)}" for key, value in overrides.items()]
+    overrides = list(overrides or [])
+    if isinstance(job_or_path, Job):
+        job = job_from_raw(job_or_path.to_dict(), overrides, out)
+    elif isinstance(job_or_path, Mapping):
+        job = job_from_raw(_plain(job_or_path, ""), overrides, out)
+    else:
+        job = load_job(os.fspath(job_or_path), overrides, out)
+    report = run_job(job, resume=resume)
+    return open_results(report.out)

@@ -1,0 +1,40 @@
+"""Which kind of model ``model.arch`` names (torchvision, ``timm:``, ``package.module:callable``), and what building
+one gives back. Each kind lives in its own module with the same three functions:
+
+- ``check(name)``: the name exists (cheap; no network is built), else a one-line ``ConfigError``;
+- ``build(name, weights, seed, resolution) -> BuiltModel``: the network with the weights loaded;
+- ``describe(name, weights, resolution) -> (Preprocessing | None, class names | None)``: what ``build`` would give
+  for preprocessing and class names, without building it (the driver's Zarr attributes).
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from types import ModuleType
+
+from torch import nn
+
+from .preprocessing import Preprocessing
+
+TIMM_PREFIX = "timm:"
+
+
+@dataclass
+class BuiltModel:
+    net: nn.Module
+    #: the input transform the weights imply, at the job's resolution; None when they say nothing (ImageNet's then)
+    preprocessing: Preprocessing | None
+    #: class names from the weights' metadata, if they have any
+    categories: tuple[str, ...] | None
+    #: how the weights are described in the provenance (an enum member, a file's absolute path, none, …)
+    weights: str
+
+
+def source_of(arch: str) -> tuple[ModuleType, str]:
+    """The module that builds ``arch``, and the name to hand it (``timm:resnet18`` → the timm module, ``resnet18``)."""
+    if arch.startswith(TIMM_PREFIX):
+        return importlib.import_module(".timm_models", __package__), arch[len(TIMM_PREFIX):]
+    if ":" in arch:
+        return importlib.import_module(".callable_models", __package__), arch
+    return importlib.import_module(".torchvision_models", __package__), arch
