@@ -370,7 +370,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     raise ConfigError(key, f"must be {_type_name(tp)}, got {value!r}")
 
 
-def _dataclass_in(tp: Any) -> type | None:
+def dataclass_in(tp: Any) -> type | None:
     """The dataclass that ``tp`` is, or that an Optional ``tp`` wraps."""
     if dataclasses.is_dataclass(tp):
         return tp
@@ -379,7 +379,7 @@ def _dataclass_in(tp: Any) -> type | None:
     return None
 
 
-def _allows_none(tp: Any) -> bool:
+def allows_none(tp: Any) -> bool:
     return typing.get_origin(tp) in (Union, types.UnionType) and type(None) in typing.get_args(tp)
 
 
@@ -399,8 +399,8 @@ def build_dataclass(cls: type, raw: Any, key: str) -> Any:
     for name, value in raw.items():
         sub = f"{key}.{name}" if key else name
         tp = hints[name]
-        nested = _dataclass_in(tp)
-        if nested is not None and not (value is None and _allows_none(tp)):
+        nested = dataclass_in(tp)
+        if nested is not None and not (value is None and allows_none(tp)):
             values[name] = build_dataclass(nested, value, sub)
         else:
             values[name] = _coerce(value, tp, sub)

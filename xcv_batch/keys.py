@@ -26,7 +26,7 @@ import typing
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Literal, Mapping, Optional, Union
 
-from .config import Job
+from .config import Job, allows_none, dataclass_in
 from .methods.registry import method_specs
 from .metrics.registry import metric_specs
 
@@ -100,11 +100,11 @@ def _fields(cls: type, prefix: str, registries: Registries) -> Iterator[KeyDoc]:
 def _key(key: str, tp: Any, default: Any, doc: str, registries: Registries) -> Iterator[KeyDoc]:
     """The rows of one key: a value's own row, or a section's row (when it can be switched) and its keys' rows."""
     parent = key.rpartition(".")[0]
-    nested = _dataclass_in(tp)
+    nested = dataclass_in(tp)
     if nested is not None:
-        if default is OFF or _allows_none(tp):  # the key itself turns the section on ({}: the defaults) or off
+        if default is OFF or allows_none(tp):  # the key itself turns the section on ({}: the defaults) or off
             shown = "{}" if dataclasses.is_dataclass(default) else yaml_text(default)
-            yield KeyDoc(key, "mapping | null" if _allows_none(tp) else "mapping", shown, doc or _summary(nested), key)
+            yield KeyDoc(key, "mapping | null" if allows_none(tp) else "mapping", shown, doc or _summary(nested), key)
         yield from _fields(nested, key + ".", registries)
     elif _is_mapping(tp):
         if key not in registries:
@@ -124,18 +124,6 @@ def _default(f: dataclasses.Field) -> Any:
     if f.default_factory is not dataclasses.MISSING:
         return f.default_factory()
     return None if f.default is dataclasses.MISSING else f.default
-
-
-def _dataclass_in(tp: Any) -> type | None:
-    if dataclasses.is_dataclass(tp):
-        return tp
-    if typing.get_origin(tp) in (Union, types.UnionType):
-        return next((a for a in typing.get_args(tp) if dataclasses.is_dataclass(a)), None)
-    return None
-
-
-def _allows_none(tp: Any) -> bool:
-    return typing.get_origin(tp) in (Union, types.UnionType) and type(None) in typing.get_args(tp)
 
 
 def _summary(cls: type) -> str:

@@ -160,7 +160,7 @@ class BatchExplainer:
                 self.methods[name] = build_method(name, self.executed, settings, self.forward_batch)
             except MethodUnavailable as err:
                 self.unavailable[name] = first_line(err)
-                log.warning("%s is unavailable for this model: %s", name, self.unavailable[name])
+                log.warning("unavailable for this model, its rows are errors: %s", self.unavailable[name])
         if compute.forward_batch == "auto":
             self._size_forward_batches()
         self.oom = dev.HalveOnOutOfMemory()
