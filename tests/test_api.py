@@ -3,6 +3,7 @@ job given as a path, a dict or a Job; the README's notebook example runs as writ
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 
@@ -203,3 +204,53 @@ def test_the_readme_notebook_example_runs_as_written(tmp_path, monkeypatch):
     assert set(explained.maps) == {"integrated_gradients", "occlusion", "lime"}
     assert (explained.rows.status == "ok").all()
     assert os.path.getsize(tmp_path / "panel.png") > 0
+
+
+@pytest.mark.parametrize("arch, guided", [
+    ("timm:resnet18", "ok"),
+    ("efficientnet_b0", "error"),    # SiLU: Guided Grad-CAM refused for it alone
+    ("custom_models:tiny_cnn", "ok"),  # a user's nn.Module, passed as the module itself
+])
+def test_explainer_on_other_architectures_equals_per_image_captum(arch, guided):
+    """Through the API, on each kind of model: IG and Occlusion equal per-image Captum on the same inputs and targets,
+    and Guided Grad-CAM runs or is refused with its reason while the other methods run."""
+    from captum.attr import Occlusion as CaptumOcclusion
+
+    from xcv_batch.models.classifier import build_classifier
+
+    if arch.startswith("timm:"):
+        pytest.importorskip("timm", reason="timm is the optional [timm] extra; the test extra installs it")
+    methods = {"integrated_gradients": {"n_steps": 8}, "occlusion": {"window": 8, "stride": 8}, "guided_gradcam": {}}
+    photos = [os.path.join(os.path.dirname(__import__("skimage").data.__file__), name)
+              for name in ("chelsea.png", "coffee.png")]
+    if arch.startswith("custom_models:"):
+        import custom_models
+
+        torch.manual_seed(5)
+        model = custom_models.tiny_cnn()
+        reference = copy.deepcopy(model).eval()
+        explainer = Explainer(model, methods=methods, sensitivity=None, resolution=32, seed=5)
+    else:
+        explainer = Explainer(arch, weights="none", resolution=32, methods=methods, sensitivity=None, seed=5)
+        reference = build_classifier(arch, "none", 32, seed=5).net
+    explained = explainer.explain(photos)
+
+    rows = explained.rows
+    assert set(rows[rows.method == "guided_gradcam"].status) == {guided}
+    if guided == "error":
+        assert rows[rows.method == "guided_gradcam"].error.str.contains("needs nn.ReLU activations").all()
+    assert (rows[rows.method != "guided_gradcam"].status == "ok").all()
+    for i, image_id in enumerate(explained.image_ids):
+        x = explained.inputs[i: i + 1]
+        target = int(rows[(rows.image_id == image_id) & (rows.method == "occlusion")].target.iloc[0])
+        expected = {
+            "integrated_gradients": CaptumIntegratedGradients(reference).attribute(
+                x, target=target, n_steps=8, method="gausslegendre"),
+            "occlusion": CaptumOcclusion(reference).attribute(
+                x, sliding_window_shapes=(3, 8, 8), strides=(3, 8, 8), baselines=0.0, target=target),
+        }
+        for method, reference_map in expected.items():
+            ours = explained.maps[method][i].double()
+            scale = reference_map.abs().max().item()
+            assert scale > 0
+            assert (ours - reference_map[0].double()).abs().max().item() / scale < 1e-4, (arch, image_id, method)
