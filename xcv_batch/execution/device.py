@@ -127,7 +127,11 @@ def _fold_batchnorm(net: torch.nn.Module) -> int:
 
 
 def _same_function(net: torch.nn.Module, other: torch.nn.Module, example: torch.Tensor) -> bool:
-    with torch.no_grad():
+    # CUDA runs convolutions in TF32 by default, which rounds every product to 10 mantissa bits: two equal functions
+    # then differ far beyond float32 rounding, and a correct fold would be thrown away. Compare in full float32.
+    cudnn = torch.backends.cudnn
+    with torch.no_grad(), cudnn.flags(enabled=cudnn.enabled, benchmark=cudnn.benchmark,
+                                      deterministic=cudnn.deterministic, allow_tf32=False):
         expected, got = net(example).double(), other(example).double()
     return bool(torch.allclose(got, expected, rtol=1e-3, atol=1e-4 * expected.abs().max().item()))
 
