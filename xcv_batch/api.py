@@ -19,30 +19,28 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from torch import nn
 
 from .config import Job, job_from_raw, load_job
-from .data.images import load_image, preprocess, to_rgb
+from .data.images import load_image, load_mask, preprocess, to_rgb
 from .errors import ConfigError
 from .execution.explain import BatchExplainer
 from .models.classifier import Classifier
+from .models.preprocessing import preprocessing_from
 from .output.results import Results, open_results
 from .output.store import rows_to_table
 
-#: Settings keyword arguments of :class:`Explainer` and the job key each one stands for.
-_COMPUTE_KEYS = ("device", "precision", "forward_batch", "batch_size", "fast_execution")
-
 #: What ``sensitivity`` means when it is not given: the job file's default (Max-Sensitivity on, with its defaults).
-DEFAULT = object()
+_JOB_DEFAULT = object()
 
 
-def _plain(settings: Any, key: str) -> Any:
+def _plain(settings: Any) -> Any:
     """Job-file data from a settings value: dataclasses become their dicts, mappings are copied recursively."""
     if dataclasses.is_dataclass(settings) and not isinstance(settings, type):
         return dataclasses.asdict(settings)
     if isinstance(settings, Mapping):
-        return {str(k): _plain(v, f"{key}.{k}") for k, v in settings.items()}
+        return {str(k): _plain(v) for k, v in settings.items()}
     return settings
 
 
@@ -51,7 +49,7 @@ def _methods_mapping(methods: Any) -> dict:
     if isinstance(methods, str):
         return {methods: {}}
     if isinstance(methods, Mapping):
-        return {name: _plain(settings, f"methods.{name}") or {} for name, settings in methods.items()}
+        return {name: _plain(settings) or {} for name, settings in methods.items()}
     if isinstance(methods, Sequence):
         return {str(name): {} for name in methods}
     raise ConfigError("methods", f"must be a method name, a list of names or a mapping name → settings, got {methods!r}")
@@ -75,7 +73,7 @@ class Explainer:
         self,
         model: nn.Module | str,
         methods: Any = None,
-        sensitivity: Any = DEFAULT,
+        sensitivity: Any = _JOB_DEFAULT,
         metrics: Any = None,
         device: str = "auto",
         precision: str = "fp32",
@@ -94,21 +92,30 @@ class Explainer:
 
         raw: dict[str, Any] = {
             "seed": seed,
+            # Images come with each explain call, labels too: no source to list (and no builtin one without labels).
+            "data": {"source": "python:explain"},
             "target": target,
             "methods": _methods_mapping(method_names() if methods is None else methods),
             "compute": {"device": device, "precision": precision, "forward_batch": forward_batch,
                         "batch_size": batch_size, "fast_execution": fast_execution},
         }
-        if sensitivity is not DEFAULT:
-            raw["sensitivity"] = _plain(sensitivity, "sensitivity")
+        if sensitivity is not _JOB_DEFAULT:
+            raw["sensitivity"] = _plain(sensitivity)
         if metrics is not None:
-            raw["metrics"] = _plain(metrics, "metrics")
-        model_keys = {"preprocessing": _plain(preprocessing, "model.preprocessing"), "categories": categories,
+            raw["metrics"] = _plain(metrics)
+        model_keys = {"preprocessing": _plain(preprocessing), "categories": categories,
                       "weights": weights, "resolution": resolution}
         if isinstance(model, str):
             raw["model"] = {"arch": model, **{k: v for k, v in model_keys.items() if v is not None}}
         elif not isinstance(model, nn.Module):
             raise ConfigError("model", f"must be an nn.Module or a model name (model.arch), got {type(model).__name__}")
+        elif weights is not None:
+            raise ConfigError("weights", "applies to a model name; load the state_dict into your module instead")
+        else:
+            module_preprocessing = preprocessing_from(preprocessing, resolution)
+            # The module's own input size, so that settings checked against the resolution (an occlusion window)
+            # are checked against it.
+            raw["model"] = {"resolution": module_preprocessing.crop_size}
         #: the settings as a job: validated like a job file, and what :func:`run` would be given for the same numbers
         self.job: Job = job_from_raw(raw)
         if isinstance(model, str):
@@ -116,14 +123,15 @@ class Explainer:
             self.engine = BatchExplainer.from_job(self.job)
         else:
             from .models.classifier import classifier_from_module
-            from .models.preprocessing import preprocessing_from
 
             # A copy: wrapping freezes parameters and methods may swap activations; the caller's model stays as it is.
-            classifier = classifier_from_module(copy.deepcopy(model),
-                                                preprocessing=preprocessing_from(preprocessing, resolution),
+            classifier = classifier_from_module(copy.deepcopy(model), preprocessing=module_preprocessing,
                                                 categories=categories, device=self.job.compute.device)
             self.engine = BatchExplainer(classifier, self.job.methods, self.job.sensitivity, self.job.metrics,
                                          self.job.compute, self.job.seed, self.job.target)
+            # What was explained: the module as given, not the job defaults' architecture.
+            self.job = dataclasses.replace(self.job, model=dataclasses.replace(
+                self.job.model, arch=classifier.arch, weights="as given", preprocessing=None))
         self.classifier: Classifier = self.engine.classifier
 
     @property
@@ -136,21 +144,28 @@ class Explainer:
         targets: Sequence[int] | torch.Tensor | None = None,
         image_ids: Sequence[str] | None = None,
         labels: Sequence[int | None] | None = None,
+        masks: Sequence[Any] | None = None,
     ) -> "Explanation":
         """Explain ``inputs``: a normalised (N, 3, H, W) tensor, or PIL images or image paths (preprocessed as the
         model's preprocessing says). ``targets``: the class to explain per image (default: the predicted one, or
         ``labels`` when the explainer's ``target`` is 'label'). ``image_ids`` name the images in the rows and seed
-        their random draws (default: ``image-0``, ``image-1``, … for tensors and PIL images, the paths for paths).
-        Images go through the model ``batch_size`` at a time."""
+        their random draws (default: the paths for paths, ``image-0``, ``image-1``, … otherwise). ``masks``: one
+        ground-truth mask per image for localisation — an (H, W) bool tensor or array at the input size, a mask
+        file (aligned as a run aligns it), or None. Images go through the model ``batch_size`` at a time."""
         batch, paths = self._inputs(inputs)
         n = batch.shape[0]
-        ids = [str(i) for i in image_ids] if image_ids is not None else (
-            [str(p) for p in paths] if paths is not None else [f"image-{i}" for i in range(n)])
+        ids = [str(i) for i in image_ids] if image_ids is not None else [
+            str(p) if p is not None else f"image-{i}" for i, p in enumerate(paths)]
         if len(ids) != n or len(set(ids)) != n:
             raise ConfigError("image_ids", f"need {n} distinct ids, one per image, got {len(ids)} ({len(set(ids))} distinct)")
-        for name, values in (("targets", targets), ("labels", labels)):
+        for name, values in (("targets", targets), ("labels", labels), ("masks", masks)):
             if values is not None and len(values) != n:
                 raise ConfigError(name, f"need one per image ({n}), got {len(values)}")
+        targets = self._checked_classes("targets", targets)
+        labels = self._checked_classes("labels", labels)
+        if targets is None and self.job.target == "label" and (labels is None or any(v is None for v in labels)):
+            raise ConfigError("labels", "target is 'label': give every image's label (or explicit targets)")
+        masks = self._masks(masks, n, batch.shape[-2:])
         device = self.classifier.device
         rows: list[dict] = []
         maps = {name: torch.full((n, *batch.shape[1:]), float("nan")) for name in self.methods}
@@ -163,9 +178,10 @@ class Explainer:
             result = self.engine.explain_batch(
                 chunk, ids[start:stop],
                 labels=None if labels is None else list(labels[start:stop]),
+                masks=None if masks is None else [m if m is None else m.to(device) for m in masks[start:stop]],
                 targets=None if targets is None else targets[start:stop],
             )
-            shared = [{"image_id": ids[i], "image_path": None if paths is None else str(paths[i]), "index": i,
+            shared = [{"image_id": ids[i], "image_path": paths[i], "index": i,
                        "label": None if labels is None else labels[i]} for i in range(start, stop)]
             rows.extend({**row, "shard": None} for row in result.rows(shared))
             for r in result.results:
@@ -174,12 +190,51 @@ class Explainer:
         return Explanation(maps=maps, rows=_as_frame(rows), inputs=batch.float().cpu(), image_ids=ids,
                            explainer=self)
 
-    def _inputs(self, inputs) -> tuple[torch.Tensor, list | None]:
-        """The normalised (N, 3, H, W) batch, and the paths when images came as paths."""
+    def _checked_classes(self, name: str, values) -> list | None:
+        """``targets`` or ``labels`` as a list of class indices (None kept for a missing label), each a class of
+        the model."""
+        if values is None:
+            return None
+        if isinstance(values, torch.Tensor):
+            if values.ndim != 1:
+                raise ConfigError(name, f"must be one class index per image (a 1-D tensor), got shape {tuple(values.shape)}")
+            values = values.tolist()
+        n_classes = self.classifier.num_classes
+        checked = []
+        for value in values:
+            if value is None and name == "labels":
+                checked.append(None)
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 0 <= value < n_classes:
+                raise ConfigError(name, f"{value!r} is not a class of this model (0 … {n_classes - 1})")
+            checked.append(int(value))
+        return checked
+
+    def _masks(self, masks, n: int, size) -> list | None:
+        """One (H, W) bool mask tensor or None per image (None when no image has one); localisation ``true`` needs
+        them all, as in a run."""
+        wanted = self.engine.wants_masks
+        if self.job.metrics.get("localisation") is True and (masks is None or any(m is None for m in masks)):
+            raise ConfigError("masks", "metrics.localisation is on: give a mask for every image")
+        if masks is None or not wanted:
+            return None
+        loaded = []
+        for mask in masks:
+            if isinstance(mask, (str, os.PathLike)):
+                mask = load_mask(os.fspath(mask), self.classifier.preprocessing)
+            elif mask is not None:
+                mask = torch.as_tensor(np.asarray(mask)).bool()
+                if tuple(mask.shape) != tuple(size):
+                    raise ConfigError("masks", f"a mask must be (H, W) = {tuple(size)}, got {tuple(mask.shape)}")
+            loaded.append(mask)
+        return loaded
+
+    def _inputs(self, inputs) -> tuple[torch.Tensor, list]:
+        """The normalised (N, 3, H, W) batch, and per image its path (None for tensors and PIL images)."""
         if isinstance(inputs, torch.Tensor):
             if inputs.ndim != 4 or inputs.shape[1] != 3:
                 raise ConfigError("inputs", f"a tensor must be (N, 3, H, W) normalised images, got {tuple(inputs.shape)}")
-            return inputs.detach().float(), None
+            return inputs.detach().float(), [None] * inputs.shape[0]
         if isinstance(inputs, (str, os.PathLike, Image.Image)):
             inputs = [inputs]
         items = list(inputs)
@@ -189,15 +244,15 @@ class Explainer:
         pixels, paths = [], []
         for item in items:
             if isinstance(item, Image.Image):
-                pixels.append(preprocess(to_rgb(item), prep))
+                # As a file is read: turned by its EXIF orientation (on a copy), transparency on white.
+                pixels.append(preprocess(to_rgb(ImageOps.exif_transpose(item)), prep))
                 paths.append(None)
             elif isinstance(item, (str, os.PathLike)):
                 pixels.append(load_image(os.fspath(item), prep))
                 paths.append(os.fspath(item))
             else:
                 raise ConfigError("inputs", f"expected a tensor, PIL images or image paths, got {type(item).__name__}")
-        batch = prep.normalize(torch.stack(pixels))
-        return batch, (paths if all(p is not None for p in paths) else None)
+        return prep.normalize(torch.stack(pixels)), paths
 
 
 def _as_frame(rows: list[dict]) -> pd.DataFrame:
@@ -288,7 +343,7 @@ def run(job_or_path: str | os.PathLike | Mapping | Job, out: str | None = None,
     if isinstance(job_or_path, Job):
         job = job_from_raw(job_or_path.to_dict(), overrides, out)
     elif isinstance(job_or_path, Mapping):
-        job = job_from_raw(_plain(job_or_path, ""), overrides, out)
+        job = job_from_raw(_plain(job_or_path), overrides, out)
     else:
         job = load_job(os.fspath(job_or_path), overrides, out)
     report = run_job(job, resume=resume)
