@@ -20,7 +20,7 @@ import tempfile
 import time
 
 from xcv_batch.config import load_job
-from xcv_batch.data.images import list_images
+from xcv_batch.data.sources import list_images
 from xcv_batch.driver import plan_shards
 from xcv_batch.driver.actors import RayExecutor
 from xcv_batch.driver.run import prepare_store

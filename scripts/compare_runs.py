@@ -14,13 +14,16 @@ import numpy as np
 import pandas as pd
 import zarr
 
+from xcv_batch.output.layout import METRICS_DIR, ZARR_NAME
+
 a, b = sys.argv[1], sys.argv[2]
 def rows(out):
-    parts = sorted(glob.glob(os.path.join(out, "metrics", "*.parquet")))
+    parts = sorted(glob.glob(os.path.join(out, METRICS_DIR, "*.parquet")))
     df = pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
     return df.sort_values(["image_id", "method"]).reset_index(drop=True)
 ra, rb = rows(a), rows(b)
-assert list(ra.columns) == list(rb.columns), (set(ra.columns) ^ set(rb.columns))
+if list(ra.columns) != list(rb.columns):
+    sys.exit(f"different columns: {sorted(set(ra.columns) ^ set(rb.columns)) or 'same names, other order'}")
 skip = [c for c in ra.columns if c.endswith("_seconds") or c in ("worker", "host", "hostname", "pid", "started_at", "finished_at", "device")]
 bad = 0
 for c in ra.columns:
@@ -32,14 +35,15 @@ for c in ra.columns:
         ok = x.astype(str).equals(y.astype(str))
     if not ok:
         bad += 1; print("DIFF column", c)
-za, zb = zarr.open_group(os.path.join(a, "attributions.zarr"), mode="r"), zarr.open_group(os.path.join(b, "attributions.zarr"), mode="r")
+za, zb = zarr.open_group(os.path.join(a, ZARR_NAME), mode="r"), zarr.open_group(os.path.join(b, ZARR_NAME), mode="r")
 def arrays(g, prefix=""):
     out = {}
     for k, v in g.arrays(): out[prefix + k] = v
     for k, v in g.groups(): out.update(arrays(v, prefix + k + "/"))
     return out
 aa, ab = arrays(za), arrays(zb)
-assert sorted(aa) == sorted(ab), (set(aa) ^ set(ab))
+if sorted(aa) != sorted(ab):
+    sys.exit(f"different arrays: {sorted(set(aa) ^ set(ab))}")
 for k in sorted(aa):
     if not np.array_equal(aa[k][...], ab[k][...], equal_nan=True):
         bad += 1; print("DIFF array", k)

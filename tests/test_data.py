@@ -18,15 +18,8 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms._presets import ImageClassification
 
 from xcv_batch.data import images as data
-from xcv_batch.data.images import (
-    ImageRecord,
-    decode_image,
-    decode_many,
-    list_images,
-    load_image,
-    preprocess,
-    to_rgb,
-)
+from xcv_batch.data.sources import ImageRecord, list_images
+from xcv_batch.data.images import decode_image, decode_many, load_image, preprocess, to_rgb
 from xcv_batch.errors import DataError, ImageError
 from xcv_batch.models.classifier import Preprocessing
 

@@ -14,7 +14,8 @@ from PIL import Image
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms._presets import ImageClassification
 
-from xcv_batch.data.images import ImageRecord, list_images, load_image, load_mask
+from xcv_batch.data.sources import ImageRecord, list_images
+from xcv_batch.data.images import load_image, load_mask
 from xcv_batch.errors import ImageError
 from xcv_batch.models.classifier import Preprocessing
 

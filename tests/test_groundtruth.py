@@ -11,7 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from xcv_batch.data.images import list_images, load_image, load_mask
+from xcv_batch.data.sources import list_images
+from xcv_batch.data.images import load_image, load_mask
 from xcv_batch.errors import ConfigError, DataError
 from xcv_batch.metrics.localisation import (
     localisation_metrics,

@@ -3,13 +3,19 @@ passes in the plan, a label, and runs through ``build_method``; unregistered, it
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
+import numpy as np
 import pytest
 import torch
 
-from test_methods_captum import linear_classifier
+import test_methods_captum as captum_tests  # its tests are called for the toy method, not collected twice
+from test_methods_captum import linear_classifier, resnet, small_cnn  # noqa: F401 - fixtures
 from xcv_batch.config import job_from_mapping
+from xcv_batch.driver import run_job
+from xcv_batch.output.results import open_results
+from xcv_batch.report.summarize import summarize
 from xcv_batch.errors import ConfigError
 from xcv_batch.methods import MethodSpec, build_method, method_class, method_names, method_spec, registered
 from xcv_batch.methods.base import AttributionMethod
@@ -40,10 +46,19 @@ class GradientTimesInput(AttributionMethod):
         return (result.abs() if self.settings.absolute else result).float()
 
 
+def gradient_x_input_reference(net, x, target: int, settings):
+    """The toy method's oracle: one image, autograd on the stock network."""
+    x = x.detach().requires_grad_(True)
+    (gradient,) = torch.autograd.grad(net(x)[0, target], x)
+    result = gradient * x.detach() * settings.scale
+    return result.abs() if settings.absolute else result
+
+
 SPEC = MethodSpec(
     name="gradient_x_input", settings=GradientTimesInputSettings, label="Gradient × Input",
     passes=lambda settings, height, width: Passes(forward_backward=1),
     implementation=f"{__name__}:GradientTimesInput", differentiates=True,
+    oracle=f"{__name__}:gradient_x_input_reference",
 )
 
 JOB = {
@@ -108,3 +123,38 @@ def test_every_registered_method_has_a_label_settings_defaults_and_passes():
         assert METHOD_LABELS[spec.name] == spec.label
         cls = method_class(spec.name)
         assert issubclass(cls, AttributionMethod) and cls.name == spec.name and cls.settings_type is spec.settings
+
+
+def test_a_registered_method_gets_the_registry_parametrised_tests_without_editing_them(resnet, small_cnn):
+    """What the oracle, invariance and seed tests of test_methods_captum.py run for every registered method, run for
+    the toy one: equal to its oracle, independent of forward batch and batch mates, seeds ignored (deterministic)."""
+    settings = GradientTimesInputSettings(absolute=True, scale=2.0)
+    with registered(SPEC):
+        captum_tests.assert_matches_its_oracle("gradient_x_input", resnet, settings)
+        captum_tests.test_result_does_not_depend_on_forward_batch_or_batch_mates("gradient_x_input", small_cnn)
+        captum_tests.test_seeds_change_the_map_exactly_when_the_method_is_registered_stochastic(
+            "gradient_x_input", small_cnn)
+
+
+def test_a_registered_method_gets_rows_and_ranks_in_a_run(tmp_path):
+    """The toy method through a real run: its rows, its maps in the Zarr store, and its place in the ranking."""
+    with registered(SPEC):
+        job = job_from_mapping({
+            **JOB, "data": {"source": "builtin:skimage", "limit": 2},
+            "compute": {"workers": 1, "batch_size": 2, "shard_size": 2},
+            "output": {"path": str(tmp_path / "out")},
+        })
+        run_job(job, stream=open(os.devnull, "w"))
+        results = open_results(job.output.path)
+        rows = results.rows()
+        toy = rows[rows.method == "gradient_x_input"]
+        assert len(toy) == 2 and (toy.status == "ok").all() and toy.sensitivity_max.notna().all()
+        for row in toy.itertuples():
+            attribution = results.attribution(row.image_id, "gradient_x_input")
+            assert attribution.shape == (3, 32, 32) and (attribution >= 0).all()  # absolute: True
+        summary = summarize(job.output.path, n_boot=50)
+        ranks = {m: summary.methods[m].ranks["sensitivity_max"].mean_rank for m in ("occlusion", "gradient_x_input")}
+        by_image = rows.pivot(index="image_id", columns="method", values="sensitivity_max")
+        expected = float(np.mean([1.0 if by_image.loc[i, "gradient_x_input"] < by_image.loc[i, "occlusion"] else 2.0
+                                  for i in by_image.index]))
+        assert ranks["gradient_x_input"] == expected and ranks["occlusion"] == 3.0 - expected

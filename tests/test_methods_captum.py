@@ -287,6 +287,33 @@ def test_guided_gradcam_leaves_no_hook_and_the_guided_switch_off(resnet_float32)
     assert method.switch.guided is False
 
 
+# --- every method that names its oracle ------------------------------------------------------------------------
+
+
+def assert_matches_its_oracle(name: str, case: Case, settings) -> None:
+    """The batched method equals its registered per-image reference on the stock twin network."""
+    oracle = method_spec(name).load_oracle()
+    expected = per_image(case, lambda x, target, seed: oracle(case.reference, x, target, settings))
+    assert relative_error(ours(name, case, settings), expected) < 1e-4
+
+
+ORACLE_SETTINGS = {  # small enough for 48 px float64; a method not listed runs with its defaults
+    "occlusion": OcclusionSettings(window=16, stride=10),
+    "integrated_gradients": IntegratedGradientsSettings(n_steps=4),
+}
+
+
+@pytest.mark.parametrize("name", [name for name in method_names() if method_spec(name).oracle])
+def test_every_method_that_names_an_oracle_matches_it(name, resnet):
+    assert not method_spec(name).stochastic, "an oracle is compared map for map: deterministic methods only"
+    assert_matches_its_oracle(name, resnet, ORACLE_SETTINGS.get(name) or method_spec(name).settings())
+
+
+def test_the_deterministic_methods_name_their_oracles():
+    named = {name for name in method_names() if method_spec(name).oracle}
+    assert named == {name for name in method_names() if not method_spec(name).stochastic}
+
+
 # --- invariance to forward_batch and to batch composition --------------------------------------------------------
 # The ResNet and VGG checks above already run with chunks that span images. Here each method runs four times, once
 # with a single row per forward, so a small conv net (BatchNorm, in-place ReLU, max-pool, like the big ones) keeps

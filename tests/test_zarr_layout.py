@@ -16,7 +16,7 @@ import zarr
 from ray_helpers import IDS, rows_of, write_job
 from test_s3 import s3_env, s3_server  # noqa: F401 - the real S3 server fixtures
 from xcv_batch.config import job_from_mapping, load_job
-from xcv_batch.data.images import ImageRecord
+from xcv_batch.data.sources import ImageRecord
 from xcv_batch.driver import plan_shards, run_job
 from xcv_batch.errors import ConfigError, OutputError
 from xcv_batch.output.layout import written_chunks

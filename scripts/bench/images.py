@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from xcv_batch.data.images import list_images, load_image
+from xcv_batch.data.sources import list_images
+from xcv_batch.data.images import load_image
 
 
 def bench_images(n: int, preprocessing) -> torch.Tensor:

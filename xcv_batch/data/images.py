@@ -1,4 +1,4 @@
-"""Decoding and preprocessing images; listing them lives in :mod:`xcv_batch.sources` (re-exported here).
+"""Decoding and preprocessing images (listing them is :mod:`xcv_batch.data.sources`).
 
 * :func:`decode_image` reads one file into an 8-bit RGB ``PIL.Image`` (EXIF orientation applied, first frame,
   every pixel mode converted); any failure becomes an :class:`ImageError` that names the reason in plain words.
@@ -32,15 +32,7 @@ from torchvision.transforms import InterpolationMode
 
 from ..errors import ImageError
 from ..models.classifier import Preprocessing
-from .sources import (  # noqa: F401 - the listing API, re-exported for the callers that import it from here
-    BUILTIN_SOURCES,
-    IMAGE_EXTENSIONS,
-    MANIFEST_EXTENSIONS,
-    SKIMAGE_PHOTOS,
-    ImageRecord,
-    is_url,
-    list_images,
-)
+from .sources import ImageRecord, is_url
 
 # Resizing the short side of a very elongated image makes its long side huge (a 100000×2 strip at 256 px would be
 # 3.3 G pixels) before the centre crop throws nearly all of it away; refuse instead of running out of memory.

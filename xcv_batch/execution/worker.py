@@ -18,7 +18,8 @@ import torch
 
 from . import device as dev
 from ..config import Job
-from ..data.images import ImageRecord, decode_many, load_mask
+from ..data.sources import ImageRecord
+from ..data.images import decode_many, load_mask
 from ..errors import ImageError
 from ..driver.progress import ProgressEvent, ShardTally
 from ..driver.shards import Shard, ShardReport  # noqa: F401 - re-exported: the driver's and tests' import path

@@ -23,7 +23,8 @@ import torch
 import torchvision
 from torch import nn
 
-from ..data.images import ImageRecord, decode_many, list_images
+from ..data.sources import ImageRecord, list_images
+from ..data.images import decode_many
 from ..errors import ConfigError, DataError, ImageError
 from ..models.classifier import Preprocessing, describe_weights
 

@@ -77,6 +77,10 @@ class MethodSpec:
     implementation: str
     differentiates: bool = False
     stochastic: bool = False
+    #: ``"module:function"`` of its per-image reference, ``oracle(net, x, target, settings) -> map`` on one (1, C, H,
+    #: W) input (a module starting with ``.`` is relative to this package): the tests compare every deterministic
+    #: method that names one with it, on stock networks ("" for none; stochastic methods have their own tests)
+    oracle: str = ""
 
     def __post_init__(self) -> None:
         module, _, cls = self.implementation.partition(":")
@@ -91,6 +95,11 @@ class MethodSpec:
     def load(self) -> type:
         """The implementation class (imports its module, and with it torch)."""
         return getattr(importlib.import_module(self.module), self.implementation.split(":")[1])
+
+    def load_oracle(self) -> Callable:
+        """The reference function named by ``oracle`` (imports its module)."""
+        module, _, function = self.oracle.partition(":")
+        return getattr(importlib.import_module(importlib.util.resolve_name(module, __package__)), function)
 
     def bind(self, cls: type) -> type:
         """Give the implementation class the spec's name, settings type, ``stochastic`` and ``differentiates`` as

@@ -48,6 +48,7 @@ def occlusion_windows(resolution: int, window: int, stride: int) -> int:
 
 register(MethodSpec(
     name="occlusion", settings=OcclusionSettings, label="Occlusion", implementation=".occlusion:Occlusion",
+    oracle=".oracles:captum_occlusion",
     # one row per window, plus the clean image
     passes=lambda s, height, width: Passes(
         forward=occlusion_windows(height, s.window, s.stride) * occlusion_windows(width, s.window, s.stride) + 1),
@@ -75,6 +76,7 @@ class IntegratedGradientsSettings:
 register(MethodSpec(
     name="integrated_gradients", settings=IntegratedGradientsSettings, label="Integrated Gradients",
     implementation=".integrated_gradients:IntegratedGradients", differentiates=True,
+    oracle=".oracles:captum_integrated_gradients",
     passes=lambda s, height, width: Passes(forward_backward=s.n_steps),  # no row for the zero baseline
 ))
 
@@ -126,6 +128,7 @@ class GuidedGradCamSettings:
 register(MethodSpec(
     name="guided_gradcam", settings=GuidedGradCamSettings, label="Guided Grad-CAM",
     implementation=".guided_gradcam:GuidedGradCam", differentiates=True,
+    oracle=".oracles:captum_guided_gradcam",
     # one forward and two backwards: the plain one to the layer, the guided one to the input
     passes=lambda s, height, width: Passes(forward_backward=1, extra_backward=1),
 ))
