@@ -17,7 +17,7 @@ from PIL import Image
 
 import xcv_batch
 from xcv_batch import ConfigError, Explainer
-from xcv_batch.errors import ImageError, ModelError
+from xcv_batch.errors import ModelError
 from xcv_batch.output.layout import ROW_COLUMN_NAMES
 
 README = os.path.join(os.path.dirname(__file__), "..", "README.md")
@@ -177,8 +177,15 @@ def test_bad_inputs_are_one_line_errors():
         explainer.explain(torch.randn(2, 3, 16, 16), image_ids=["x", "x"])
     with pytest.raises(ConfigError, match="targets"):
         explainer.explain(torch.randn(2, 3, 16, 16), targets=[0])
-    with pytest.raises(ImageError):
-        explainer.explain(["/no/such/image.png"])
+    # an image that cannot be read gets error rows and NaN maps, as in a run; the others go on
+    photo = os.path.join(os.path.dirname(__import__("skimage").data.__file__), "coffee.png")
+    explained = explainer.explain(["/no/such/image.png", photo])
+    rows = explained.rows
+    assert rows["index"].tolist() == [0, 1] and rows.status.tolist() == ["error", "ok"]
+    assert rows.error.iloc[0].startswith("cannot use image: ") and "/no/such/image.png" in rows.error.iloc[0]
+    assert rows.image_path.tolist() == ["/no/such/image.png", photo] and pd.isna(rows.target.iloc[0])
+    assert torch.isnan(explained.maps["integrated_gradients"][0]).all()
+    assert torch.isfinite(explained.maps["integrated_gradients"][1]).all()
 
 
 def test_run_takes_a_job_file_with_overrides_and_out(tmp_path):

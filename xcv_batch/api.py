@@ -24,8 +24,8 @@ from torch import nn
 
 from .config import Job, job_from_raw, load_job
 from .data.images import load_image, load_mask, preprocess, to_rgb
-from .errors import ConfigError
-from .execution.explain import BatchExplainer
+from .errors import ConfigError, ImageError
+from .execution.explain import BatchExplainer, method_row
 from .models.classifier import Classifier
 from .models.preprocessing import preprocessing_from
 from .output.results import Results, open_results
@@ -151,8 +151,9 @@ class Explainer:
         ``labels`` when the explainer's ``target`` is 'label'). ``image_ids`` name the images in the rows and seed
         their random draws (default: the paths for paths, ``image-0``, ``image-1``, … otherwise). ``masks``: one
         ground-truth mask per image for localisation — an (H, W) bool tensor or array at the input size, a mask
-        file (aligned as a run aligns it), or None. Images go through the model ``batch_size`` at a time."""
-        batch, paths = self._inputs(inputs)
+        file (aligned as a run aligns it), or None. Images go through the model ``batch_size`` at a time. An image
+        that cannot be read gets error rows saying why, NaN maps and NaN inputs, as in a run; the others go on."""
+        batch, paths, unusable = self._inputs(inputs)
         n = batch.shape[0]
         ids = [str(i) for i in image_ids] if image_ids is not None else [
             str(p) if p is not None else f"image-{i}" for i, p in enumerate(paths)]
@@ -167,28 +168,37 @@ class Explainer:
             raise ConfigError("labels", "target is 'label': give every image's label (or explicit targets)")
         masks = self._masks(masks, n, batch.shape[-2:])
         device = self.classifier.device
+
+        def shared(i: int) -> dict:
+            return {"image_id": ids[i], "image_path": paths[i], "index": i,
+                    "label": None if labels is None else labels[i]}
+
         rows: list[dict] = []
         maps = {name: torch.full((n, *batch.shape[1:]), float("nan")) for name in self.methods}
+        usable = [i for i in range(n) if i not in unusable]
         step = self.job.compute.batch_size
-        for start in range(0, n, step):
-            stop = min(n, start + step)
-            chunk = batch[start:stop].to(device)
+        for start in range(0, len(usable), step):
+            positions = usable[start:start + step]
+            chunk = batch[positions].to(device)
             if device.type == "cuda":
                 chunk = chunk.contiguous(memory_format=torch.channels_last)
             result = self.engine.explain_batch(
-                chunk, ids[start:stop],
-                labels=None if labels is None else list(labels[start:stop]),
-                masks=None if masks is None else [m if m is None else m.to(device) for m in masks[start:stop]],
-                targets=None if targets is None else targets[start:stop],
+                chunk, [ids[i] for i in positions],
+                labels=None if labels is None else [labels[i] for i in positions],
+                masks=None if masks is None else [None if masks[i] is None else masks[i].to(device)
+                                                  for i in positions],
+                targets=None if targets is None else [targets[i] for i in positions],
             )
-            shared = [{"image_id": ids[i], "image_path": paths[i], "index": i,
-                       "label": None if labels is None else labels[i]} for i in range(start, stop)]
-            rows.extend({**row, "shard": None} for row in result.rows(shared))
+            rows.extend(result.rows([shared(i) for i in positions]))
             for r in result.results:
                 if r.attribution is not None:
-                    maps[r.method][start + r.image] = torch.from_numpy(r.attribution)
-        return Explanation(maps=maps, rows=_as_frame(rows), inputs=batch.float().cpu(), image_ids=ids,
-                           explainer=self)
+                    maps[r.method][positions[r.image]] = torch.from_numpy(r.attribution)
+        for i, why in unusable.items():
+            image = {**shared(i), "target": None, "target_name": None, "target_prob": None}
+            rows.extend(method_row(image, method, error=f"cannot use image: {why}") for method in self.methods)
+        rows.sort(key=lambda row: row["index"])  # image order; each image's rows in method order
+        return Explanation(maps=maps, rows=_as_frame([{**row, "shard": None} for row in rows]),
+                           inputs=batch.float().cpu(), image_ids=ids, explainer=self)
 
     def _checked_classes(self, name: str, values) -> list | None:
         """``targets`` or ``labels`` as a list of class indices (None kept for a missing label), each a class of
@@ -229,30 +239,34 @@ class Explainer:
             loaded.append(mask)
         return loaded
 
-    def _inputs(self, inputs) -> tuple[torch.Tensor, list]:
-        """The normalised (N, 3, H, W) batch, and per image its path (None for tensors and PIL images)."""
+    def _inputs(self, inputs) -> tuple[torch.Tensor, list, dict[int, str]]:
+        """The normalised (N, 3, H, W) batch (NaN for an image that cannot be used), per image its path (None for
+        tensors and PIL images), and why each unusable image cannot be used."""
         if isinstance(inputs, torch.Tensor):
             if inputs.ndim != 4 or inputs.shape[1] != 3:
                 raise ConfigError("inputs", f"a tensor must be (N, 3, H, W) normalised images, got {tuple(inputs.shape)}")
-            return inputs.detach().float(), [None] * inputs.shape[0]
+            return inputs.detach().float(), [None] * inputs.shape[0], {}
         if isinstance(inputs, (str, os.PathLike, Image.Image)):
             inputs = [inputs]
         items = list(inputs)
         if not items:
             raise ConfigError("inputs", "no images given")
         prep = self.classifier.preprocessing
-        pixels, paths = [], []
-        for item in items:
-            if isinstance(item, Image.Image):
-                # As a file is read: turned by its EXIF orientation (on a copy), transparency on white.
-                pixels.append(preprocess(to_rgb(ImageOps.exif_transpose(item)), prep))
-                paths.append(None)
-            elif isinstance(item, (str, os.PathLike)):
-                pixels.append(load_image(os.fspath(item), prep))
-                paths.append(os.fspath(item))
-            else:
+        pixels, paths, unusable = [], [], {}
+        for i, item in enumerate(items):
+            if not isinstance(item, (Image.Image, str, os.PathLike)):
                 raise ConfigError("inputs", f"expected a tensor, PIL images or image paths, got {type(item).__name__}")
-        return prep.normalize(torch.stack(pixels)), paths
+            paths.append(None if isinstance(item, Image.Image) else os.fspath(item))
+            try:
+                if isinstance(item, Image.Image):
+                    # As a file is read: turned by its EXIF orientation (on a copy), transparency on white.
+                    pixels.append(preprocess(to_rgb(ImageOps.exif_transpose(item)), prep))
+                else:
+                    pixels.append(load_image(os.fspath(item), prep))
+            except ImageError as err:
+                unusable[i] = str(err)
+                pixels.append(torch.full((3, prep.crop_size, prep.crop_size), float("nan")))
+        return prep.normalize(torch.stack(pixels)), paths, unusable
 
 
 def _as_frame(rows: list[dict]) -> pd.DataFrame:
