@@ -225,8 +225,6 @@ def test_explainer_on_other_architectures_equals_per_image_captum(arch, guided):
 
     from xcv_batch.models.classifier import build_classifier
 
-    if arch.startswith("timm:"):
-        pytest.importorskip("timm", reason="timm is the optional [timm] extra; the test extra installs it")
     methods = {"integrated_gradients": {"n_steps": 8}, "occlusion": {"window": 8, "stride": 8}, "guided_gradcam": {}}
     photos = [os.path.join(os.path.dirname(__import__("skimage").data.__file__), name)
               for name in ("chelsea.png", "coffee.png")]

@@ -11,6 +11,7 @@ import sys
 
 import pytest
 import skimage
+import timm  # the [timm] extra: the test extra installs it, so a missing timm fails here
 import torch
 import yaml
 from captum.attr import IntegratedGradients, Occlusion
@@ -25,8 +26,6 @@ from xcv_batch.methods.settings import GuidedGradCamSettings
 from xcv_batch.models.classifier import build_classifier, classifier_from_module, describe_weights
 from xcv_batch.models.preprocessing import Preprocessing
 from xcv_batch.output.results import open_results
-
-timm = pytest.importorskip("timm", reason="timm is an optional extra (pip install xcv_batch[timm])")
 
 SKIMAGE_DATA = os.path.join(os.path.dirname(skimage.__file__), "data")
 RESOLUTION = 32

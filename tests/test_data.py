@@ -235,7 +235,7 @@ def test_duplicate_message_names_both_places(tmp_path):
 
 @pytest.fixture
 def memory_bucket():
-    fsspec = pytest.importorskip("fsspec")
+    import fsspec
     fs = fsspec.filesystem("memory")
     root = "memory://xcv-test-bucket"
     yield fs, root

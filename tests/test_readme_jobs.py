@@ -29,7 +29,6 @@ def _run(folder, job: str, out: str, *extra: str) -> subprocess.CompletedProcess
 
 
 def test_the_timm_job_runs_as_written_offline(tmp_path):
-    pytest.importorskip("timm", reason="timm is the optional [timm] extra; the test extra installs it")
     (tmp_path / "timm.yaml").write_text(_block("timm-job", "yaml"))
     done = _run(tmp_path, "timm.yaml", "results/timm-offline", "--set", "model.weights=none")
     assert done.returncode == 0, done.stderr
