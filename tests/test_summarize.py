@@ -194,11 +194,10 @@ def test_registered_metrics_are_ranked_in_their_direction_and_unknown_columns_ig
     assert summary.methods["a"].values["insertion_auc"].direction == "higher"
     assert "made_up_score" not in summary.methods["a"].values and "target_prob" not in summary.metrics
 
-    metrics_info.register_metric("made_up_score", "lower", "Made up")
-    try:
+    made_up = metrics_info.MetricSpec(name="made_up", settings=dict, implementation="never.loaded:ByASummary",
+                                      columns=(metrics_info.MetricInfo("made_up_score", "lower", "Made up"),))
+    with metrics_info.registered(made_up):
         assert "made_up_score" in summarize_rows(rows, n_boot=50).metrics
-    finally:
-        metrics_info._METRICS.pop("made_up_score")
 
 
 def test_summarize_knows_every_metric_column_without_importing_torch():

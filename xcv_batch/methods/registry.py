@@ -20,11 +20,10 @@ The built-in methods register when ``xcv_batch.methods.settings`` is imported; e
 
 from __future__ import annotations
 
-import contextlib
-import importlib
-import importlib.util
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Mapping
+
+from ..registry import Registry, check_reference, load_reference, reference_module
 
 #: A backward pass, in forwards of the same rows.
 BACKWARD_COST = 2.0
@@ -83,23 +82,22 @@ class MethodSpec:
     oracle: str = ""
 
     def __post_init__(self) -> None:
-        module, _, cls = self.implementation.partition(":")
-        if not module or not cls:
-            raise ValueError(f"method {self.name!r}: implementation must be 'module:Class', got {self.implementation!r}")
+        check_reference("method", self.name, "implementation", self.implementation)
+        if self.oracle:
+            check_reference("method", self.name, "oracle", self.oracle)
 
     @property
     def module(self) -> str:
         """The absolute name of the implementation's module."""
-        return importlib.util.resolve_name(self.implementation.split(":")[0], __package__)
+        return reference_module(self.implementation, __package__)
 
     def load(self) -> type:
         """The implementation class (imports its module, and with it torch)."""
-        return getattr(importlib.import_module(self.module), self.implementation.split(":")[1])
+        return load_reference(self.implementation, __package__)
 
     def load_oracle(self) -> Callable:
         """The reference function named by ``oracle`` (imports its module)."""
-        module, _, function = self.oracle.partition(":")
-        return getattr(importlib.import_module(importlib.util.resolve_name(module, __package__)), function)
+        return load_reference(self.oracle, __package__)
 
     def bind(self, cls: type) -> type:
         """Give the implementation class the spec's name, settings type, ``stochastic`` and ``differentiates`` as
@@ -111,59 +109,20 @@ class MethodSpec:
         return cls
 
 
-_REGISTRY: dict[str, MethodSpec] = {}
+_REGISTRY: Registry[MethodSpec] = Registry("method", f"{__package__}.settings")  # settings.py registers the built-ins
 
-
-def _builtins() -> None:
-    importlib.import_module(f"{__package__}.settings")  # registers the built-in methods on first import
-
-
-def register(spec: MethodSpec) -> MethodSpec:
-    """Add ``spec``; a name is registered once."""
-    if spec.name in _REGISTRY:
-        raise ValueError(f"method {spec.name!r} is already registered")
-    _REGISTRY[spec.name] = spec
-    return spec
-
-
-def unregister(name: str) -> MethodSpec:
-    """Remove the method ``name`` (for tests that register a method of their own); returns its spec."""
-    return _REGISTRY.pop(name)
-
-
-@contextlib.contextmanager
-def registered(spec: MethodSpec) -> Iterator[MethodSpec]:
-    """``spec`` registered while the block runs."""
-    _builtins()
-    register(spec)
-    try:
-        yield spec
-    finally:
-        unregister(spec.name)
-
-
-def method_spec(name: str) -> MethodSpec:
-    """The spec registered as ``name`` (KeyError when none is)."""
-    _builtins()
-    return _REGISTRY[name]
-
-
-def method_specs() -> tuple[MethodSpec, ...]:
-    """Every registered spec, in registration order."""
-    _builtins()
-    return tuple(_REGISTRY.values())
+register = _REGISTRY.register
+unregister = _REGISTRY.unregister
+registered = _REGISTRY.registered
+method_spec = _REGISTRY.get
+method_specs = _REGISTRY.specs
+method_names = _REGISTRY.names
 
 
 def spec_of_class(module: str, qualname: str) -> MethodSpec | None:
     """The spec whose implementation is ``module:qualname``, if one is registered."""
-    _builtins()
-    return next((s for s in _REGISTRY.values() if s.module == module and s.implementation.split(":")[1] == qualname),
+    return next((s for s in method_specs() if s.module == module and s.implementation.split(":")[1] == qualname),
                 None)
-
-
-def method_names() -> tuple[str, ...]:
-    _builtins()
-    return tuple(_REGISTRY)
 
 
 class RegistryView(Mapping):
@@ -173,16 +132,13 @@ class RegistryView(Mapping):
         self._field = field
 
     def __getitem__(self, name: str):
-        _builtins()
-        return getattr(_REGISTRY[name], self._field)
+        return getattr(method_spec(name), self._field)
 
     def __iter__(self):
-        _builtins()
-        return iter(tuple(_REGISTRY))
+        return iter(method_names())
 
     def __len__(self) -> int:
-        _builtins()
-        return len(_REGISTRY)
+        return len(method_names())
 
     def __repr__(self) -> str:
         return f"RegistryView({self._field!r}, {dict(self)!r})"

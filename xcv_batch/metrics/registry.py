@@ -27,11 +27,10 @@ The built-in metrics register when ``xcv_batch.metrics.settings`` is imported; e
 
 from __future__ import annotations
 
-import contextlib
-import importlib
-import importlib.util
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator, Literal, Mapping
+from typing import Any, Callable, Iterable, Literal, Mapping
+
+from ..registry import Registry, check_reference, load_reference, reference_module
 
 Direction = Literal["lower", "higher"]
 
@@ -75,9 +74,7 @@ class MetricSpec:
     passes: Callable[[Any, Any], Any] | None = None
 
     def __post_init__(self) -> None:
-        module, _, cls = self.implementation.partition(":")
-        if not module or not cls:
-            raise ValueError(f"metric {self.name!r}: implementation must be 'module:Class', got {self.implementation!r}")
+        check_reference("metric", self.name, "implementation", self.implementation)
         if not self.job_key:
             object.__setattr__(self, "job_key", f"metrics.{self.name}")
         object.__setattr__(self, "columns", tuple(self.columns))
@@ -95,11 +92,11 @@ class MetricSpec:
     @property
     def module(self) -> str:
         """The absolute name of the implementation's module."""
-        return importlib.util.resolve_name(self.implementation.split(":")[0], __package__)
+        return reference_module(self.implementation, __package__)
 
     def load(self) -> type:
         """The implementation class (imports its module, and with it torch)."""
-        return getattr(importlib.import_module(self.module), self.implementation.split(":")[1])
+        return load_reference(self.implementation, __package__)
 
     def build(self, settings: Any, context: Any):
         """The implementation built for one worker: ``Class(settings, context)``, named after the spec."""
@@ -108,56 +105,43 @@ class MetricSpec:
         return metric
 
 
-_SPECS: dict[str, MetricSpec] = {}
-_METRICS: dict[str, MetricInfo] = {}
+class _MetricRegistry(Registry[MetricSpec]):
+    """The metric specs, and beside them every rankable column, each written by one metric."""
+
+    def __init__(self) -> None:
+        super().__init__("metric", f"{__package__}.settings")  # settings.py registers the built-ins
+        self.columns: dict[str, MetricInfo] = {}
+
+    def register(self, spec: MetricSpec) -> MetricSpec:
+        """Add ``spec`` and its columns; a name, and a column, is registered once."""
+        written = {column.name for other in self.specs() for column in other.columns}
+        taken = [column.name for column in spec.columns if column.name in written]
+        if taken and spec.name not in self.names():  # a name registered twice is the base's error
+            raise ValueError(f"metric {spec.name!r}: column {taken[0]!r} is already written by another metric")
+        super().register(spec)
+        for column in spec.columns:
+            self.columns[column.name] = column
+        return spec
+
+    def unregister(self, name: str) -> MetricSpec:
+        """Remove the metric ``name`` and its columns; returns its spec."""
+        spec = super().unregister(name)
+        for column in spec.columns:
+            self.columns.pop(column.name, None)
+        return spec
+
+    def column_infos(self) -> dict[str, MetricInfo]:
+        self._load_builtins()
+        return self.columns
 
 
-def _builtins() -> None:
-    importlib.import_module(f"{__package__}.settings")  # registers the built-in metrics on first import
+_REGISTRY = _MetricRegistry()
 
-
-def register(spec: MetricSpec) -> MetricSpec:
-    """Add ``spec`` and its columns; a name, and a column, is registered once."""
-    _builtins()
-    if spec.name in _SPECS:
-        raise ValueError(f"metric {spec.name!r} is already registered")
-    taken = [c.name for c in spec.columns if any(c.name in [o.name for o in s.columns] for s in _SPECS.values())]
-    if taken:
-        raise ValueError(f"metric {spec.name!r}: column {taken[0]!r} is already written by another metric")
-    _SPECS[spec.name] = spec
-    for column in spec.columns:
-        _METRICS[column.name] = column
-    return spec
-
-
-def unregister(name: str) -> MetricSpec:
-    """Remove the metric ``name`` and its columns (for tests that register a metric of their own); returns its spec."""
-    spec = _SPECS.pop(name)
-    for column in spec.columns:
-        _METRICS.pop(column.name, None)
-    return spec
-
-
-@contextlib.contextmanager
-def registered(spec: MetricSpec) -> Iterator[MetricSpec]:
-    """``spec`` registered while the block runs."""
-    register(spec)
-    try:
-        yield spec
-    finally:
-        unregister(spec.name)
-
-
-def metric_spec(name: str) -> MetricSpec:
-    """The spec registered as ``name`` (KeyError when none is)."""
-    _builtins()
-    return _SPECS[name]
-
-
-def metric_specs() -> tuple[MetricSpec, ...]:
-    """Every registered spec, in registration order: the order the runner evaluates them in."""
-    _builtins()
-    return tuple(_SPECS.values())
+register = _REGISTRY.register
+unregister = _REGISTRY.unregister
+registered = _REGISTRY.registered
+metric_spec = _REGISTRY.get
+metric_specs = _REGISTRY.specs
 
 
 def enabled_metrics(sensitivity: Any, metrics: Mapping[str, Any]) -> list[tuple[MetricSpec, Any]]:
@@ -171,31 +155,20 @@ def enabled_metrics(sensitivity: Any, metrics: Mapping[str, Any]) -> list[tuple[
     return enabled
 
 
-def register_metric(name: str, direction: Direction, label: str, unit: str = "", family: str = "other") -> MetricInfo:
-    """Declare the Parquet column ``name`` a rankable metric without a spec (a column written elsewhere);
-    registering a name again replaces its entry."""
-    info = MetricInfo(name, direction, label, unit, family)
-    _METRICS[name] = info
-    return info
-
-
 def metric_info(name: str) -> MetricInfo:
     """The registered entry of the column ``name`` (KeyError if it is not a metric)."""
-    _builtins()
-    return _METRICS[name]
+    return _REGISTRY.column_infos()[name]
 
 
 def registered_metrics() -> tuple[MetricInfo, ...]:
     """Every registered metric column, in registration order (the order of table columns)."""
-    _builtins()
-    return tuple(_METRICS.values())
+    return tuple(_REGISTRY.column_infos().values())
 
 
 def metrics_in(columns: Iterable[str]) -> list[str]:
     """The registered metric columns among ``columns``, in registration order."""
-    _builtins()
     present = set(columns)
-    return [name for name in _METRICS if name in present]
+    return [name for name in _REGISTRY.column_infos() if name in present]
 
 
 # --- costs and diagnostics: shown, never ranked ---------------------------------------------------------------------
