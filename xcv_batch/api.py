@@ -25,7 +25,8 @@ from torch import nn
 from .config import Job, job_from_raw, load_job
 from .data.images import load_image, load_mask, preprocess, to_rgb
 from .errors import ConfigError, ImageError
-from .execution.explain import BatchExplainer, method_row
+from .data.sources import ImageRecord
+from .execution.explain import BatchExplainer, error_rows
 from .models.classifier import Classifier
 from .models.preprocessing import preprocessing_from
 from .output.results import Results, open_results
@@ -194,8 +195,8 @@ class Explainer:
                 if r.attribution is not None:
                     maps[r.method][positions[r.image]] = torch.from_numpy(r.attribution)
         for i, why in unusable.items():
-            image = {**shared(i), "target": None, "target_name": None, "target_prob": None}
-            rows.extend(method_row(image, method, error=f"cannot use image: {why}") for method in self.methods)
+            record = ImageRecord(ids[i], paths[i], None if labels is None else labels[i])
+            rows.extend(error_rows(i, record, self.methods, f"cannot use image: {why}"))
         rows.sort(key=lambda row: row["index"])  # image order; each image's rows in method order
         return Explanation(maps=maps, rows=_as_frame([{**row, "shard": None} for row in rows]),
                            inputs=batch.float().cpu(), image_ids=ids, explainer=self)

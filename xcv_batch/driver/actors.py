@@ -35,7 +35,8 @@ from ..config import Job
 from ..errors import XcvError
 from .progress import ProgressEvent, RunProgress
 from ..output.sink import OutputSink, open_sink
-from ..execution.worker import Shard, ShardReport, ShardWorker, error_rows
+from ..execution.explain import error_rows
+from ..execution.worker import Shard, ShardReport, ShardWorker
 from .faults import Fault, faults_from_env, progress_hook
 from .placement import WorkerPlan, plan_workers
 from .session import RaySession

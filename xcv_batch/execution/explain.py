@@ -17,7 +17,7 @@ import math
 import time
 import traceback
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal, Mapping, Sequence
+from typing import Any, Callable, Iterable, Literal, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -25,6 +25,7 @@ import torch
 from . import device as dev
 from .cores import usable_cores
 from ..config import ComputeConfig, Job, MetricsConfig, SensitivityConfig
+from ..data.sources import ImageRecord
 from ..driver.progress import MethodDone, ProgressEvent, ShardTally
 from ..errors import MethodUnavailable, first_line
 from ..methods import build_method
@@ -110,6 +111,26 @@ def method_row(image: dict, method: str, error: str | None = None, **columns) ->
         "error": error,
         "note": columns.get("note"),
     }
+
+
+def image_columns(index: int, record: ImageRecord, target: int | None = None, target_name: str | None = None,
+                  target_prob: float | None = None) -> dict:
+    """The columns every row of an image shares (the target ones null when the image failed before a forward)."""
+    return {
+        "image_id": record.image_id,
+        "image_path": record.path,
+        "index": index,
+        "target": target,
+        "target_name": target_name,
+        "target_prob": target_prob,
+        "label": record.label,
+    }
+
+
+def error_rows(index: int, record: ImageRecord, methods: Iterable[str], message: str) -> list[dict]:
+    """An image's rows when it could not be explained at all: one error row per method."""
+    image = image_columns(index, record)
+    return [method_row(image, method, error=message) for method in methods]
 
 
 def _failure(what: str) -> str:

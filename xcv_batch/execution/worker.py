@@ -12,7 +12,7 @@ import itertools
 import logging
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterator
 
 import torch
 
@@ -25,7 +25,7 @@ from ..driver.progress import ProgressEvent, ShardTally
 from ..driver.shards import Shard, ShardReport  # noqa: F401 - re-exported: the driver's and tests' import path
 from ..models.classifier import Classifier
 from ..output.sink import OutputSink
-from .explain import BatchExplainer, method_row
+from .explain import BatchExplainer, error_rows
 
 log = logging.getLogger(__name__)
 
@@ -154,25 +154,3 @@ class ShardWorker:
                    "label": item.record.label} for item in good]
         return rows + result.rows(shared)
 
-
-# ------------------------------------------------------------------------------------------------------ rows
-
-
-def image_columns(index: int, record: ImageRecord, target: int | None = None, target_name: str | None = None,
-                  target_prob: float | None = None) -> dict:
-    """The columns every row of an image shares (the target ones null when the image failed before a forward)."""
-    return {
-        "image_id": record.image_id,
-        "image_path": record.path,
-        "index": index,
-        "target": target,
-        "target_name": target_name,
-        "target_prob": target_prob,
-        "label": record.label,
-    }
-
-
-def error_rows(index: int, record: ImageRecord, methods: Iterable[str], message: str) -> list[dict]:
-    """An image's rows when it could not be explained at all: one error row per method."""
-    image = image_columns(index, record)
-    return [method_row(image, method, error=message) for method in methods]
