@@ -37,6 +37,9 @@ def ray_head():
     dashboard = free_port()
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}  # a throwaway head on 127.0.0.1; token auth is Ray's to test
     env.pop("RAY_ADDRESS", None)
+    # The submitted job's entrypoint runs `python` from the head's PATH: this interpreter's, also from a virtual
+    # environment that was never activated (its bin/ is not on PATH then).
+    env["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), env.get("PATH", "")])
     head = subprocess.Popen(
         [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block", f"--port={free_port()}",
          "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",

@@ -189,7 +189,8 @@ def test_included_paths_travel_without_hidden_cached_or_linked_out_files(project
     uploading = [line for line in captured.out.splitlines() if line.startswith("uploading ")]
     # left out inside data: .netrc, .cache, __pycache__, results, table.parquet, link-out.png, folder-link
     assert uploading[0].startswith("uploading 5 files, ")
-    assert "(jobs/demo.yaml, data, manifest.parquet; 7 hidden, cached or output paths left out)" in uploading[0]
+    assert ("(jobs/demo.yaml, data, manifest.parquet; 7 hidden, cached or output paths left out, among them links "
+            "to hidden paths: data/folder-link)") in uploading[0]
     assert "note: data.source" not in captured.err
 
 
@@ -219,3 +220,81 @@ def test_a_job_file_outside_the_project_is_refused_also_through_a_link(project, 
         err = capsys.readouterr().err.strip()
         assert err.startswith(f"error: JOB: {job_file} lies outside the current directory ")
     assert server.requests == []
+
+
+@pytest.fixture
+def links_to_secrets(project):
+    """Visible names that lead to the project's hidden files: a file link, a folder link, a link inside data/."""
+    root, _ = project
+    (root / "creds.txt").symlink_to(root / ".aws" / "credentials")
+    (root / "visible_ssh").symlink_to(root / ".ssh")
+    (root / "data" / "x.png").symlink_to(os.path.join("..", ".ssh", "id_rsa"))
+    return root
+
+
+def uploaded_bytes(server: FakeJobServer) -> bytes:
+    """Every byte of every zip the server received, to look for a secret's content whatever its name."""
+    found = b""
+    for data in server.packages.values():
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            found += b"".join(archive.read(name) for name in archive.namelist())
+    return found
+
+
+def test_links_to_hidden_files_are_left_out_of_an_included_folder_and_named(links_to_secrets, server, capsys):
+    assert cli.main(["submit", "job.yaml", "--address", server.url, "--no-wait", "--include", "."]) == 0
+    captured = capsys.readouterr()
+    _, working_dir, _ = the_job_and_its_zips(server)
+    assert {"creds.txt", "data/x.png"}.isdisjoint(working_dir)
+    assert not any(name.startswith("visible_ssh") for name in working_dir)
+    assert {"job.yaml", "data/a.png", "notes.txt", "data/link-in.png"} <= working_dir
+    secrets = uploaded_bytes(server)
+    assert b"OPENSSH PRIVATE KEY" not in secrets and b"aws_secret_access_key" not in secrets
+    uploading = [line for line in captured.out.splitlines() if line.startswith("uploading ")]
+    assert ("among them links to hidden paths: creds.txt, data/folder-link, data/x.png, visible_ssh)"
+            in uploading[0])
+
+
+def test_a_folder_holding_a_link_to_a_hidden_file_uploads_the_rest(links_to_secrets, server, capsys):
+    assert cli.main(["submit", "job.yaml", "--address", server.url, "--no-wait", "--include", "data"]) == 0
+    _, working_dir, _ = the_job_and_its_zips(server)
+    assert working_dir == {"job.yaml", "data/a.png", "data/sub/b.png", "data/link-in.png"}
+    assert b"OPENSSH PRIVATE KEY" not in uploaded_bytes(server)
+    assert "links to hidden paths: data/folder-link, data/x.png)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("include, target", [
+    ("creds.txt", ".aws/credentials"),
+    ("visible_ssh", ".ssh"),
+    ("data/x.png", ".ssh/id_rsa"),
+])
+def test_a_named_link_to_a_hidden_path_is_refused_before_any_request(links_to_secrets, server, capsys, include,
+                                                                     target):
+    assert cli.main(["submit", "job.yaml", "--address", server.url, "--include", include]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0
+    assert err.startswith(f"error: --include: {include} is a link to {target}, which is hidden or a cache")
+    assert server.requests == []
+
+
+def test_a_job_file_that_links_to_a_hidden_file_is_refused(links_to_secrets, server, capsys):
+    root = links_to_secrets
+    (root / ".private").mkdir()
+    write_job(root / ".private" / "job.yaml", "data", name="hidden job")
+    (root / "visible.yaml").symlink_to(root / ".private" / "job.yaml")
+    assert cli.main(["submit", "visible.yaml", "--address", server.url]) == 2
+    assert capsys.readouterr().err.strip().startswith(
+        "error: JOB: visible.yaml is a link to .private/job.yaml, which is hidden or a cache")
+    assert server.requests == []
+
+
+def test_submit_says_which_callable_the_cluster_will_import(project, server, capsys):
+    root, _ = project
+    write_job(root / "own.yaml", "data", name="own model", model__arch="my_models.nets:build", model__weights="none")
+    assert cli.main(["submit", "own.yaml", "--address", server.url, "--no-wait"]) == 0
+    out = capsys.readouterr().out
+    assert ("model.arch: the cluster will import my_models.nets and call build() — a job file runs code: submit only "
+            "job files you trust") in out.splitlines()
+    server.reset()
+    assert cli.main(["submit", "job.yaml", "--address", server.url, "--no-wait"]) == 0  # a torchvision name: no line
+    assert "model.arch:" not in capsys.readouterr().out

@@ -10,7 +10,7 @@ import argparse
 import sys
 from typing import Sequence
 
-from .errors import XcvError
+from .errors import ConfigError, XcvError
 
 EXIT_USER_ERROR = 2
 
@@ -54,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a job key, e.g. --set methods.occlusion.window=8 (repeatable)")
     run.add_argument("--resume", action="store_true", help="finish an interrupted run in the same OUT")
+    _add_verify(run)
     run.add_argument("--dry-run", action="store_true",
                      help="check the job, source and OUT, then print the plan (images, shards, workers, passes per "
                      "image and method) and a time estimate from a short probe of the model; nothing is written")
@@ -66,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a job key (repeatable), as for run")
     submit.add_argument("--resume", action="store_true", help="finish an interrupted run in the same OUT")
+    _add_verify(submit)
     submit.add_argument("--no-wait", action="store_true", help="return once submitted instead of following the logs")
     submit.add_argument("--include", dest="includes", action="append", default=[], metavar="PATH",
                         help="also upload this file or folder under the current directory, e.g. a local "
@@ -121,6 +123,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_verify(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--verify", action="store_true",
+                        help="with --resume: also decode every committed map and input (reads them all), so a "
+                        "damaged chunk that the size checks cannot see is recomputed")
+
+
+def _check_verify(args) -> None:
+    if args.verify and not args.resume:
+        raise ConfigError("--verify", "checks what --resume keeps; use it with --resume")
+
+
 def _add_address(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--address", help="the cluster's dashboard URL, e.g. http://HEAD:8265 (default: RAY_ADDRESS)")
 
@@ -128,6 +141,7 @@ def _add_address(parser: argparse.ArgumentParser) -> None:
 def _run(args) -> int:
     from .config import load_job  # light: the job is checked before the driver's imports
 
+    _check_verify(args)
     job = load_job(args.job, overrides=args.overrides, output=args.out)
     if args.dry_run:
         from .driver.dry_run import plan_run
@@ -136,7 +150,7 @@ def _run(args) -> int:
         return 0
     from .driver import run_job  # light too: torch and Ray come once the source and OUT have been checked
 
-    report = run_job(job, resume=args.resume)
+    report = run_job(job, resume=args.resume, verify=args.verify)
     for reason in report.recomputed.values():
         print(f"warning: {reason}", file=sys.stderr)
     print(report.final_line())
@@ -146,8 +160,9 @@ def _run(args) -> int:
 def _submit(args) -> int:
     from .driver.jobs import submit
 
+    _check_verify(args)
     return submit(args.job, args.address, overrides=args.overrides, out=args.out, resume=args.resume,
-                  wait=not args.no_wait, includes=args.includes)
+                  verify=args.verify, wait=not args.no_wait, includes=args.includes)
 
 
 def _status(args) -> int:
@@ -174,17 +189,27 @@ def _summarize(args) -> int:
     from rich.console import Console
 
     from .output.results import open_results
-    from .report.summarize import parse_rank_on, summarize, write_summary
+    from .errors import OutputError
+    from .report.summarize import check_bootstrap, parse_rank_on, summarize, write_summary
     from .report.summary_text import render_table, summary_notes
 
     rank_on = parse_rank_on(args.rank_on) if args.rank_on is not None else None
+    check_bootstrap(args.bootstrap)
     results = open_results(args.out)  # shared by the summary and the report: every file is read once
     summary = summarize(results, n_boot=args.bootstrap, rank_on=rank_on)
-    paths = write_summary(args.out, summary)
-    if not args.no_report:
-        from .report.html import write_report
+    paths: list[str] = []
+    unwritten = None
+    try:  # a read-only OUT (a shared or archived run) still gets its table; the files are what is lost
+        paths = write_summary(args.out, summary)
+        if not args.no_report:
+            from .report.html import write_report
 
-        paths.append(write_report(results, summary))
+            paths.append(write_report(results, summary))
+    except OutputError as err:
+        wanted = ["summary.json", "summary.md"] + ([] if args.no_report else ["report.html"])
+        done = {path.rsplit("/", 1)[-1] for path in paths}
+        unwritten = f"{', '.join(name for name in wanted if name not in done)} not written: {one_line(str(err))}"
+    _warn_unreadable(results)
     table = render_table(summary)
     # Piped output defaults to 80 columns; a table with many metrics needs more, and a wrapped line beats a
     # column squeezed out of sight.
@@ -195,6 +220,8 @@ def _summarize(args) -> int:
         console.print(note, highlight=False, markup=False)
     for path in paths:
         print(f"wrote {path}")
+    if unwritten is not None:
+        print(f"warning: {unwritten}", file=sys.stderr)
     return 0
 
 
@@ -202,9 +229,17 @@ def _show(args) -> int:
     from .report.panel import render_panel
     from .output.results import open_results
 
-    path = render_panel(open_results(args.out), args.image, args.output)
+    results = open_results(args.out)
+    path = render_panel(results, args.image, args.output)
+    _warn_unreadable(results)
     print(f"wrote {path}")
     return 0
+
+
+def _warn_unreadable(results) -> None:
+    """One line per chunk file that a reader could not decode (the panels leave its map out)."""
+    for message in results.unreadable.values():
+        print(f"warning: {message}", file=sys.stderr)
 
 
 def _synth(args) -> int:

@@ -10,6 +10,7 @@ import dataclasses
 import functools
 import hashlib
 import json
+import math
 import os
 import re
 import types
@@ -25,7 +26,7 @@ from .metrics.registry import metric_specs
 from .metrics.settings import (  # noqa: F401 - the settings of the metrics, importable from here as before
     CausalCurveConfig, ComplexityConfig, InfidelityConfig, InsertionConfig, RandomisationConfig, SensitivityConfig,
 )
-from .yaml_io import AliasRefused, load_yaml
+from .yaml_io import AliasRefused, NestingRefused, load_yaml
 
 #: Job files are a few hundred bytes; a bound keeps a stray data file from being parsed as one.
 MAX_JOB_FILE_BYTES = 1024**2
@@ -53,6 +54,10 @@ MAX_RESOLUTION = 2048
 MAX_SEED = 2**63 - 1
 
 
+#: The smallest ``model.preprocessing.std``: pixels in [0, 1] divided by it stay far inside float32's range (1e38);
+#: a std of 1e-300 turns every input into ±inf, and every map of every image into NaN.
+MIN_STD = 1e-6
+
 #: How an image is resized for a model, as torchvision names them (PIL's filters).
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")
 
@@ -63,7 +68,7 @@ class PreprocessingConfig:
     mean/std of ImageNet, resize = resolution · 256/224, bilinear)."""
 
     mean: Optional[list[float]] = None  # per-channel mean of the [0, 1] RGB pixels, subtracted: three numbers
-    std: Optional[list[float]] = None  # per-channel standard deviation the pixels are divided by: three numbers > 0
+    std: Optional[list[float]] = None  # per-channel standard deviation the pixels are divided by: three finite numbers ≥ 1e-6
     resize: Optional[int] = None  # pixels of the short side after resizing, before the centre crop (≥ the crop)
     crop: Optional[int] = None  # the centre crop; must equal model.resolution, the size of the inputs and every map
     interpolation: Optional[Literal[INTERPOLATIONS]] = None  # the resize's filter (nearest, bilinear, bicubic, …)
@@ -73,8 +78,10 @@ class PreprocessingConfig:
             values = getattr(self, key)
             if values is not None and len(values) != 3:
                 raise ConfigError(key, f"must be three numbers (red, green, blue), got {values!r}")
-        if self.std is not None and min(self.std) <= 0:
-            raise ConfigError("std", f"must be three numbers > 0, got {self.std!r}")
+        if self.mean is not None and not all(math.isfinite(v) for v in self.mean):
+            raise ConfigError("mean", f"must be three finite numbers, got {self.mean!r}")
+        if self.std is not None and not all(math.isfinite(v) and v >= MIN_STD for v in self.std):
+            raise ConfigError("std", f"must be three finite numbers ≥ {MIN_STD:g}, got {self.std!r}")
         for key in ("resize", "crop"):
             value = getattr(self, key)
             if value is not None and not MIN_RESOLUTION <= value <= MAX_RESOLUTION:
@@ -98,6 +105,11 @@ class ModelConfig:
     #: Overrides of the weights' input transform (mean, std, resize, crop, interpolation); needed when the weights
     #: do not say it and ImageNet's is not right (a module:callable or timm model trained on other data).
     preprocessing: Optional[PreprocessingConfig] = None
+
+    @property
+    def user_callable(self) -> str | None:
+        """The ``package.module:callable`` that building this model imports and calls (the user's code), if any."""
+        return self.arch if _CALLABLE_ARCH.match(self.arch) and not self.arch.startswith("timm:") else None
 
     def check(self) -> None:
         if not MIN_RESOLUTION <= self.resolution <= MAX_RESOLUTION:
@@ -475,7 +487,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         raise ConfigError("--set", f"bad key {key!r}: use dotted job keys such as methods.occlusion.window")
     try:
         parsed = load_yaml(value) if value.strip() else ""
-    except AliasRefused as err:
+    except (AliasRefused, NestingRefused) as err:
         raise ConfigError(key.strip(), err.problem) from None
     except yaml.YAMLError:
         parsed = value

@@ -215,7 +215,11 @@ def to_rgb(image: Image.Image) -> Image.Image:
     mode = image.mode
     try:
         if mode in ("I", "F") or mode.startswith("I;"):
-            gray = Image.fromarray(_scale_to_uint8(np.asarray(image)), mode="L")
+            values = np.asarray(image)
+            bad = int(values.size - np.isfinite(values).sum()) if values.dtype.kind == "f" else 0
+            if bad:  # a float image's NaN is missing data: explaining it as some grey level would hide that
+                raise ImageError(f"input has {bad} non-finite pixels (NaN or ±inf)")
+            gray = Image.fromarray(_scale_to_uint8(values), mode="L")
             return gray.convert("RGB")
         if image.has_transparency_data:
             rgba = image.convert("RGBA")

@@ -30,6 +30,11 @@ SKIMAGE_PHOTOS = ("astronaut.png", "camera.png", "chelsea.png", "coffee.png", "m
 
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
 
+#: The kernel's pseudo-filesystems: their files are process and device state, not images; listing /proc recursively
+#: meets files that vanish or cannot be stat'ed (other processes' cwd, fd) and, through /proc/*/root, the whole tree
+#: again. A source inside one is refused; a walk from above (data.source: /) does not enter them.
+PSEUDO_FILESYSTEMS = ("/proc", "/sys")
+
 
 @dataclass(frozen=True)
 class ImageRecord:
@@ -92,6 +97,8 @@ def list_images(source: str, limit: int | None = None) -> list[ImageRecord]:
 def _list_path_source(source: str) -> list[ImageRecord]:
     files = _RemoteFiles(source) if is_url(source) else _LocalFiles()
     location = source if is_url(source) else os.path.abspath(os.path.expanduser(source))
+    if not is_url(source):
+        _refuse_pseudo_filesystem(source, _glob_prefix(location) if globlib.has_magic(location) else location)
 
     if files.isdir(location):
         records = [
@@ -128,6 +135,22 @@ def _list_path_source(source: str) -> list[ImageRecord]:
         return records
 
     raise DataError(f"data.source {source} does not exist; give {_SOURCE_KINDS}")
+
+
+def _refuse_pseudo_filesystem(source: str, folder: str) -> None:
+    real = _real_path(folder)
+    for root in PSEUDO_FILESYSTEMS:
+        if real == root or real.startswith(root + os.sep):
+            raise DataError(f"data.source {source}: {root} is the kernel's view of processes and devices, not a "
+                            "folder of images; give the folder, glob or manifest of your images")
+
+
+def _real_path(path: str) -> str:
+    """``os.path.realpath``, or ``path`` itself where a link on the way cannot be read (/proc/1/cwd as non-owner)."""
+    try:
+        return os.path.realpath(path)
+    except OSError:
+        return path
 
 
 def _extension(path: str) -> str:
@@ -250,7 +273,7 @@ def _unique_files(paths: list[str]) -> list[str]:
     seen: set[str] = set()
     unique = []
     for path in paths:
-        resolved = os.path.realpath(path)
+        resolved = _real_path(path)
         if resolved not in seen:
             seen.add(resolved)
             unique.append(path)
@@ -299,7 +322,8 @@ class _LocalFiles:
         files forever); a file reached under two names is listed once."""
         found = []
         for folder, subfolders, names in os.walk(root):  # os.walk does not follow folder links
-            subfolders[:] = sorted(name for name in subfolders if not name.startswith("."))
+            subfolders[:] = sorted(name for name in subfolders if not name.startswith(".")
+                                   and os.path.join(folder, name) not in PSEUDO_FILESYSTEMS)
             found.extend(os.path.join(folder, name) for name in sorted(names) if not name.startswith("."))
         return _unique_files(found)
 
@@ -312,7 +336,8 @@ class _LocalFiles:
         found = []
         for folder, subfolders, names in os.walk(root):
             relative = [] if folder == root else os.path.relpath(folder, root).split(os.sep)
-            subfolders[:] = sorted(name for name in subfolders if _may_match_below(parts, [*relative, name]))
+            subfolders[:] = sorted(name for name in subfolders if _may_match_below(parts, [*relative, name])
+                                   and os.path.join(folder, name) not in PSEUDO_FILESYSTEMS)
             found.extend(os.path.join(folder, name) for name in sorted(names) if _glob_match(parts, [*relative, name]))
         return _unique_files(found)
 

@@ -33,6 +33,7 @@ from ray.exceptions import ActorUnschedulableError, RayError, RayTaskError, Runt
 from .. import errors
 from ..config import Job
 from ..errors import XcvError
+from ..models.pinned import PinnedWeights, pin_job_weights
 from .progress import ProgressEvent, RunProgress
 from ..output.sink import OutputSink, open_sink
 from ..execution.explain import error_rows
@@ -72,11 +73,11 @@ class ShardActor:
     the driver's ``inbox`` as they happen (fire and forget: computing never waits for the driver)."""
 
     def __init__(self, job: Job, device: str | None, torch_threads: int | None, out: str,
-                 faults: tuple[Fault, ...] = (), inbox=None):
+                 faults: tuple[Fault, ...] = (), inbox=None, weights: PinnedWeights | None = None):
         self.failure: StartFailure | None = None
         self.worker: ShardWorker | None = None
-        try:
-            self.worker = ShardWorker(job, device=device, torch_threads=torch_threads)
+        try:  # ``weights``: the driver's pinned bytes (Ray hands over the object, not its reference); not kept
+            self.worker = ShardWorker(job, device=device, torch_threads=torch_threads, weights=weights)
         except Exception as err:  # noqa: BLE001 - raising here would kill the actor and hide the reason
             self.failure = StartFailure(type(err).__name__, str(err), traceback.format_exc())
         self.store = open_sink(out)
@@ -191,9 +192,11 @@ class ShardTiming:
 class RayExecutor:
     """Runs shards on Ray actors; see the module docstring for the failure rules."""
 
-    def __init__(self, job: Job, max_workers: int | None = None, stream=None):
+    def __init__(self, job: Job, max_workers: int | None = None, stream=None, weights: PinnedWeights | None = None):
         self.job = job
         self.max_workers = max_workers
+        self.weights = weights  # the run's pinned weights file; pinned on entering if not given
+        self._weights_ref = None  # them, in Ray's object store: every actor, a restarted one included, loads these
         self.plan: WorkerPlan | None = None  # decided in __enter__, from the resources the session finds
         self.faults = faults_from_env()
         self.session = RaySession()
@@ -216,6 +219,7 @@ class RayExecutor:
             self.plan = plan_workers(self.job.compute, self.session.resources(), self.max_workers)
             print(f"workers: {self.plan.describe()} on {self.session.where}", file=self._stream, flush=True)
             self.inbox = _RemoteProgressInbox.options(max_restarts=0).remote()
+            self._put_weights()
             self.slots = [self._start_slot() for _ in range(self.plan.count)]
             self._await_ready()
         except BaseException:
@@ -231,7 +235,15 @@ class RayExecutor:
         if self.inbox is not None:
             self._kill_actor(self.inbox)
             self.inbox = None
+        self._weights_ref = None
         self.session.__exit__()
+
+    def _put_weights(self) -> None:
+        """The pinned weights into the object store, once: actors started later (replacements) get the same bytes, never
+        the file as it is then. The driver keeps no copy of its own."""
+        weights = self.weights if self.weights is not None else pin_job_weights(self.job.model.weights)
+        self.weights = None
+        self._weights_ref = ray.put(weights) if weights is not None else None
 
     def _start_slot(self) -> _Slot:
         plan = self.plan
@@ -241,7 +253,7 @@ class RayExecutor:
         if env:
             options["runtime_env"] = {"env_vars": env}
         actor = _RemoteShardActor.options(**options).remote(
-            self.job, None, plan.torch_threads, self.job.output.path, self.faults, self.inbox
+            self.job, None, plan.torch_threads, self.job.output.path, self.faults, self.inbox, self._weights_ref
         )
         slot = _Slot(actor, actor.ready.remote())
         self._owner[slot.ready_ref] = slot

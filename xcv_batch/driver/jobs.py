@@ -102,12 +102,14 @@ def _choose_submission(base: str, statuses: dict[str, str]) -> Submission:
         attempt += 1
 
 
-def _entrypoint(job_file: str, job: Job, overrides: Sequence[str], resume: bool) -> str:
+def _entrypoint(job_file: str, job: Job, overrides: Sequence[str], resume: bool, verify: bool = False) -> str:
     args = ["python", "-m", "xcv_batch", "run", job_file, "--out", job.output.path]
     for text in overrides:
         args += ["--set", text]
     if resume:
         args.append("--resume")
+        if verify:
+            args.append("--verify")
     return shlex.join(args)
 
 
@@ -123,10 +125,11 @@ def _runtime_env(upload: Staged) -> dict:
 
 def submit(job_file: str, address: str | None, overrides: Sequence[str] = (), out: str | None = None,
            resume: bool = False, wait: bool = True, stream: TextIO | None = None,
-           includes: Sequence[str] = ()) -> int:
+           includes: Sequence[str] = (), verify: bool = False) -> int:
     """Submit (or re-attach to) the job; with ``wait``, follow its logs and return its exit code, else 0.
 
     Uploaded: the job file, the ``includes`` (files or folders under the current directory) and the package.
+    ``verify`` (with ``resume``) makes the run decode every committed map (``run --resume --verify``).
     """
     stream = stream or sys.stdout
     job = load_job(job_file, overrides=list(overrides), output=out)
@@ -139,8 +142,12 @@ def submit(job_file: str, address: str | None, overrides: Sequence[str] = (), ou
     chosen = _choose_submission(base_id, statuses)
     if chosen.new:
         # after a failed or stopped attempt, its committed shards are kept: finish them
-        entrypoint = _entrypoint(plan.job_file, job, overrides, resume or chosen.id != base_id)
+        entrypoint = _entrypoint(plan.job_file, job, overrides, resume or chosen.id != base_id, verify)
         print(describe(plan), file=stream, flush=True)
+        if job.model.user_callable:
+            module, _, name = job.model.user_callable.partition(":")
+            print(f"model.arch: the cluster will import {module} and call {name}() — a job file runs code: submit "
+                  "only job files you trust", file=stream, flush=True)
         with staged(plan) as upload:
             _submit_with_retry(client, address, entrypoint, chosen.id, _runtime_env(upload))
         print(f"submitted {chosen.id}: {entrypoint}", file=stream, flush=True)

@@ -6,6 +6,7 @@ import functools
 from typing import TYPE_CHECKING
 
 from ..config import Job
+from ..models.pinned import PinnedWeights, pin_job_weights
 from .progress import RunProgress
 from .shards import Shard, ShardReport
 
@@ -14,14 +15,19 @@ if TYPE_CHECKING:
 
 
 class InProcessExecutor:
-    def __init__(self, job: Job):
+    """``weights``: the run's pinned weights file (:mod:`xcv_batch.models.pinned`); pinned on entering if not given."""
+
+    def __init__(self, job: Job, weights: PinnedWeights | None = None):
         self.job = job
+        self.weights = weights
         self.worker = None
 
     def __enter__(self) -> "InProcessExecutor":
         from ..execution.worker import ShardWorker  # torch: imported once the job, source and OUT have been checked
 
-        self.worker = ShardWorker(self.job)  # a bad model or weights fails here, before anything is written
+        weights = self.weights if self.weights is not None else pin_job_weights(self.job.model.weights)
+        self.weights = None  # the model holds them now; the file's bytes need not stay in memory
+        self.worker = ShardWorker(self.job, weights=weights)  # a bad model or weights fails here, before any write
         return self
 
     def __exit__(self, *exc) -> None:

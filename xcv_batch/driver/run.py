@@ -14,12 +14,14 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol, Sequence, TextIO
 
-from ..config import Job, dump_job
+from ..config import Job, dump_job, weights_file_digest
 from ..errors import ConfigError, OutputError
-from ..output.outdir import check_out
+from ..output.lock import RunLock
+from ..output.outdir import check_out_contents, check_out_writable
 from .plan import method_passes
 from .progress import RunProgress
-from ..output.provenance import run_provenance
+from ..models.pinned import PinnedWeights, pin_weights, weights_changed
+from ..output.provenance import provenance_from_metadata, run_provenance
 from .shards import Shard, ShardReport
 from ..data.sources import ImageRecord, list_images
 from .placement import local_resources, plan_workers
@@ -117,21 +119,29 @@ class _NoWork:
         return []
 
 
-def choose_executor(job: Job, n_shards: int) -> Executor:
+def choose_executor(job: Job, n_shards: int, weights: PinnedWeights | None = None) -> Executor:
     """In-process for one worker on this machine; Ray actors for more, or whenever a cluster is named.
 
     ``RAY_ADDRESS`` (set for a submitted job) always means Ray, so the work lands on the cluster's workers and not on
-    the machine the driver happens to run on. A run with one worker otherwise skips Ray's start-up cost.
+    the machine the driver happens to run on. A run with one worker otherwise skips Ray's start-up cost. ``weights``:
+    the run's pinned weights file (:func:`pin_run_weights`), which every worker loads.
     """
     if n_shards == 0:
         return _NoWork()
     if _wants_ray(job, n_shards):
         from .actors import RayExecutor
 
-        return RayExecutor(job, max_workers=n_shards)
+        return RayExecutor(job, max_workers=n_shards, weights=weights)
     from .local import InProcessExecutor
 
-    return InProcessExecutor(job)
+    return InProcessExecutor(job, weights=weights)
+
+
+def pin_run_weights(job: Job, provenance: dict[str, str]) -> PinnedWeights | None:
+    """The weights file's bytes, read once for the whole run and checked against the SHA-256 its ``provenance``
+    records (as the fingerprint and job.yaml do). Every worker, a restarted Ray actor included, loads these bytes, so
+    a ``latest.pt`` that training overwrites during the run cannot mix two sets of weights into its results."""
+    return pin_weights(job.model.weights, provenance_from_metadata(provenance).get("weights_sha256"))
 
 
 def _wants_ray(job: Job, n_shards: int) -> bool:
@@ -173,9 +183,11 @@ def _progress_interval() -> float:
 
 def prepare_store(job: Job, store: OutputSink, records: list, resume: bool) -> None:
     """Lay out OUT for ``job`` over ``records`` (or check, on resume, that OUT holds this job and these images)."""
+    job_yaml, fingerprint = dump_job(job), job.fingerprint()
+    check_weights_unchanged(job, store.provenance)  # after both: they hash the weights file, maybe anew
     store.prepare(
-        dump_job(job),
-        job.fingerprint(),
+        job_yaml,
+        fingerprint,
         [r.image_id for r in records],
         job.model.resolution,
         list(job.methods),
@@ -184,6 +196,17 @@ def prepare_store(job: Job, store: OutputSink, records: list, resume: bool) -> N
         image_paths=[r.path for r in records],
         images_per_object=job.output.images_per_object,
     )
+
+
+def check_weights_unchanged(job: Job, provenance: dict[str, str]) -> None:
+    """job.yaml is to record the weights file that the Parquet files record and the workers loaded: a file replaced
+    while the workers started stops the run here, with one line, before OUT is laid out."""
+    recorded = provenance_from_metadata(provenance)
+    if "fingerprint" not in recorded:  # a store opened without a run's provenance (a benchmark's): nothing to match
+        return
+    now = weights_file_digest(job.model.weights)
+    if now != recorded.get("weights_sha256"):
+        raise weights_changed(os.path.abspath(job.model.weights), recorded.get("weights_sha256"), now)
 
 
 def with_layout_of(job: Job, store: OutputSink, resume: bool) -> Job:
@@ -200,27 +223,43 @@ def with_layout_of(job: Job, store: OutputSink, resume: bool) -> Job:
 
 
 def run_job(job: Job, resume: bool = False, executor: Executor | None = None,
-            stream: TextIO | None = None) -> RunReport:
+            stream: TextIO | None = None, verify: bool = False) -> RunReport:
     """Check everything that can be checked before the model is built, then run the shards not yet committed.
 
-    ``stream`` (default stderr) gets the start line, the progress and the closing per-method summary.
+    ``stream`` (default stderr) gets the start line, the progress and the closing per-method summary. ``verify``
+    (with ``resume``) decodes every committed map and input before trusting it (``run --resume --verify``).
     """
     started = time.perf_counter()
     stream = stream or sys.stderr
     records = checked_images(job)
-    check_out(job.output.path, job, resume)  # before zarr, torch or Ray: a wrong --out is answered at once
+    check_out_writable(job.output.path)  # before zarr, torch or Ray: a wrong --out is answered at once
+    # One run at a time in OUT: the lock comes before anything there is read or laid out, and what OUT holds is
+    # checked under it, so a second run is refused, never interleaved.
+    lock = RunLock(job.output.path, job=job.name, stream=stream).acquire()
+    try:
+        check_out_contents(job.output.path, job, resume)
+        report = _run_holding_lock(job, resume, executor, stream, records, started, verify)
+    finally:
+        lock.release()
+    lock.check_kept()
+    return report
+
+
+def _run_holding_lock(job: Job, resume: bool, executor: Executor | None, stream: TextIO, records: list[ImageRecord],
+                      started: float, verify: bool = False) -> RunReport:
+    provenance = run_provenance(job)  # first: the weights file's digest as the OUT check just saw it (hashed once)
     from ..output.sink import CommitCheck, open_sink  # zarr and pyarrow: imported by open_sink, once the checks have passed
 
-    store = open_sink(job.output.path, provenance=run_provenance(job))
+    store = open_sink(job.output.path, provenance=provenance)
     job = with_layout_of(job, store, resume)
-    check = store.verify_committed(list(job.methods)) if resume else CommitCheck()
+    check = store.verify_committed(list(job.methods), decode=verify) if resume else CommitCheck()
     shards = plan_shards(records, job.compute.shard_size, check.done, job.output.images_per_object)
     print(start_line(job, len(records), len(check.done), len(shards)), file=stream, flush=True)
     if shards:
         from ..models.classifier import check_arch  # torchvision, but no model yet and no Ray: a wrong name costs seconds
 
         check_arch(job.model.arch)
-    executor = executor or choose_executor(job, len(shards))
+    executor = executor or choose_executor(job, len(shards), pin_run_weights(job, provenance) if shards else None)
     with executor:
         prepare_store(job, store, records, resume)
         with RunProgress(len(records), method_passes(job), already_done=len(check.done),

@@ -34,6 +34,7 @@ from ..methods.segmentation import set_segmentation_workers
 from ..metrics.base import MapBatch, MetricContext
 from ..metrics.runner import MetricRunner
 from ..models.classifier import Classifier, build_classifier, read_categories, resolve_device
+from ..models.pinned import PinnedWeights
 from ..seeding import derive_seed
 
 log = logging.getLogger(__name__)
@@ -194,8 +195,10 @@ class BatchExplainer:
         )
 
     @classmethod
-    def from_job(cls, job: Job, device: str | None = None, torch_threads: int | None = None) -> "BatchExplainer":
-        """The job's model built on ``device`` (default: ``compute.device``), with the job's methods and metrics."""
+    def from_job(cls, job: Job, device: str | None = None, torch_threads: int | None = None,
+                 weights: PinnedWeights | None = None) -> "BatchExplainer":
+        """The job's model built on ``device`` (default: ``compute.device``), with the job's methods and metrics;
+        ``weights``: the bytes of its weights file as the run pinned them (else the file is read)."""
         if torch_threads:
             torch.set_num_threads(torch_threads)
         classifier = build_classifier(
@@ -206,6 +209,7 @@ class BatchExplainer:
             device=resolve_device(device or job.compute.device),
             categories=read_categories(job.model.categories),
             preprocessing=job.model.preprocessing,
+            pinned=weights,
         )
         return cls(classifier, job.methods, job.sensitivity, job.metrics, job.compute, job.seed, job.target,
                    torch_threads=torch_threads)
@@ -263,7 +267,19 @@ class BatchExplainer:
         tally = progress if isinstance(progress, ShardTally) else ShardTally(self.method_names, progress)
         images = [ImageResult(image_id) for image_id in image_ids]
         results: list[MethodResult] = []
-        self._explain_images(list(range(len(image_ids))), inputs, targets, masks, images, results, tally)
+        # A NaN or inf pixel makes every map and score of its image NaN (and its "prediction" class 0): such an image
+        # is refused before the model runs, saying why, and the others of the batch go on.
+        bad = (~torch.isfinite(inputs)).flatten(1).sum(dim=1).tolist()
+        usable = [i for i, count in enumerate(bad) if count == 0]
+        if len(usable) == len(image_ids):
+            self._explain_images(usable, inputs, targets, masks, images, results, tally)
+        elif usable:
+            self._explain_images(usable, inputs[usable], None if targets is None else targets[usable],
+                                 None if masks is None else [masks[i] for i in usable], images, results, tally)
+        for i, count in enumerate(bad):
+            if count:
+                images[i].error = f"input has {count} non-finite pixel values (NaN or ±inf)"
+                results.extend(MethodResult(i, name, error=images[i].error) for name in self.method_names)
         return BatchResult(images, results)
 
     def _explain_images(self, positions: list[int], inputs, targets, masks, images: list[ImageResult],

@@ -24,6 +24,7 @@ from ..errors import ImageError
 from ..driver.progress import ProgressEvent, ShardTally
 from ..driver.shards import Shard, ShardReport  # noqa: F401 - re-exported: the driver's and tests' import path
 from ..models.classifier import Classifier
+from ..models.pinned import PinnedWeights
 from ..output.sink import OutputSink
 from .explain import BatchExplainer, error_rows
 
@@ -45,12 +46,14 @@ class ShardWorker:
     """Holds a :class:`BatchExplainer` for one job on one device, and runs shards through it.
 
     ``torch_threads`` is this worker's share of the node's cores (None: all of them, the in-process case); it also
-    decides how many processes may segment for LIME next to it.
+    decides how many processes may segment for LIME next to it. ``weights``: the bytes of the job's weights file as
+    the driver pinned them for the run (:mod:`xcv_batch.models.pinned`), loaded instead of the file; not kept.
     """
 
-    def __init__(self, job: Job, device: str | None = None, torch_threads: int | None = None):
+    def __init__(self, job: Job, device: str | None = None, torch_threads: int | None = None,
+                 weights: PinnedWeights | None = None):
         self.job = job
-        self.explainer = BatchExplainer.from_job(job, device, torch_threads)
+        self.explainer = BatchExplainer.from_job(job, device, torch_threads, weights)
         self.feeder = dev.DeviceFeeder(self.classifier.device)
         self._tally = ShardTally(self.explainer.method_names)  # the running shard's progress (none outside a shard)
 

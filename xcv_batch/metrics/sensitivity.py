@@ -1,8 +1,9 @@
 """Max-Sensitivity (Yeh et al. 2019, "On the (In)fidelity and Sensitivity of Explanations"), batched.
 
 Captum's ``sensitivity_max``: draw ``n`` inputs uniformly from the L∞ ball of radius ``r`` around x, explain each,
-and report ``max_j ‖Φ(x) − Φ(x + δ_j)‖_F / ‖Φ(x)‖_F`` (a zero norm counts as 1). It is a Monte-Carlo lower bound of
-the true maximum, so values are comparable only at the same ``n``.
+and report ``max_j ‖Φ(x) − Φ(x + δ_j)‖_F / ‖Φ(x)‖_F`` (a zero norm counts as 1; the explainer then reports NaN
+with a note). The norms are taken of maps divided by ‖Φ(x)‖_∞, so tiny or huge maps neither underflow nor
+overflow. It is a Monte-Carlo lower bound of the true maximum, so values are comparable only at the same ``n``.
 
 Differences from calling Captum per image, none of which changes the definition:
 - the perturbed copies of *many* images go through the method in one call (or ``batch_images`` at a time): every
@@ -66,6 +67,12 @@ def sensitivity_max(
     copy_seeds = [perturbation_seed(int(s), j) for s in seeds for j in range(n)]
 
     reference = attributions.to(device=inputs.device, dtype=torch.float32).reshape(inputs.shape[0], -1)
+    # The ratio does not change when both maps are divided by one number, so each image's maps are divided by the
+    # largest |value| of its reference first: the squares inside the norms can then neither underflow (maps of
+    # 1e-21 would give ‖Φ‖ = 0 in float32 and a false "perfectly stable" 0.0) nor overflow.
+    scale = reference.abs().amax(dim=1)
+    scale = torch.where((scale == 0) | ~torch.isfinite(scale), torch.ones_like(scale), scale)
+    reference = reference / scale[:, None]
     reference_norm = torch.linalg.vector_norm(reference, dim=1)
     reference_norm = torch.where(reference_norm == 0, torch.ones_like(reference_norm), reference_norm)
 
@@ -73,7 +80,7 @@ def sensitivity_max(
     for part in chunk_slices(perturbed.shape[0], batch_images or perturbed.shape[0] or 1):
         explained = method.attribute(perturbed[part], copy_targets[part], copy_seeds[part])
         owner = torch.arange(part.start, part.stop, device=inputs.device) // n  # the image each copy came from
-        change = reference[owner] - explained.reshape(explained.shape[0], -1).to(torch.float32)
+        change = reference[owner] - explained.reshape(explained.shape[0], -1).to(torch.float32) / scale[owner, None]
         ratios[part] = torch.linalg.vector_norm(change, dim=1) / reference_norm[owner]
     return ratios.view(-1, n).max(dim=1).values
 

@@ -8,6 +8,8 @@ forward. Nothing method-specific is installed here (Guided Grad-CAM swaps the Re
 
 from __future__ import annotations
 
+import itertools
+import logging
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -17,8 +19,11 @@ from torch import nn
 from ..errors import ConfigError, ModelError
 from .layers import auto_target_layer, layer_candidates  # noqa: F401 - re-exported: scripts and tests import them here
 from .preprocessing import Preprocessing, imagenet_preprocessing, preprocessing_from, with_overrides
+from .pinned import PinnedWeights
 from .source import source_of
 from .state_dict import first_sentence
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -99,6 +104,24 @@ def check_forward(net: nn.Module, arch: str, resolution: int, layer_name: str | 
     return _blank_forward(net, arch, resolution, layer_name)[1]
 
 
+def as_float32(net: nn.Module, arch: str) -> nn.Module:
+    """``net`` with its floating-point parameters and buffers in float32, the dtype every method computes in (inputs,
+    baselines and perturbations are float32; ``compute.precision`` autocasts from there), with a warning line when
+    they were another (a ``.double()`` or ``.half()`` model). A module on the meta device has no weights to cast or
+    run: ModelError."""
+    tensors = list(itertools.chain(net.parameters(), net.buffers()))
+    if any(t.is_meta for t in tensors):
+        raise ModelError(f"model: {arch} is on the meta device (its parameters have shapes but no values); "
+                         "materialise it first, e.g. module.to_empty(device='cpu') then load_state_dict(...)")
+    other = sorted({str(t.dtype).removeprefix("torch.") for t in tensors
+                    if t.is_floating_point() and t.dtype != torch.float32})
+    if other:
+        log.warning("model: %s has %s parameters; cast to float32, the dtype the methods compute in "
+                    "(compute.precision fp16/bf16 autocasts from float32)", arch, " and ".join(other))
+        net.float()
+    return net
+
+
 def read_categories(categories: str | Sequence[str] | None) -> tuple[str, ...] | None:
     """Class names from ``model.categories``: a text file, one name a line, or the names themselves."""
     if categories is None:
@@ -110,6 +133,9 @@ def read_categories(categories: str | Sequence[str] | None) -> tuple[str, ...] |
             return tuple(line.strip() for line in fh if line.strip())
     except OSError as err:
         raise ConfigError("model.categories", f"cannot read {categories}: {err.strerror}") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError("model.categories", f"{categories} is not UTF-8 text (byte {err.start}: "
+                                              f"{err.object[err.start:err.start + 1]!r}); save it as UTF-8") from None
 
 
 def classifier_from_module(
@@ -132,7 +158,7 @@ def classifier_from_module(
     preprocessing = preprocessing_from(preprocessing)
     arch = name or type(module).__name__
     device = resolve_device(device)
-    net = place_on_device(module.eval(), device)
+    net = place_on_device(as_float32(module, arch).eval(), device)
     for parameter in net.parameters():
         parameter.requires_grad_(False)  # gradients are taken w.r.t. inputs only; skips weight-grad work in backward
     num_classes, _ = _blank_forward(net, arch, preprocessing.crop_size, None)
@@ -151,11 +177,13 @@ def build_classifier(
     device: torch.device | str = "cpu",
     categories: Sequence[str] | None = None,
     preprocessing=None,
+    pinned: PinnedWeights | None = None,
 ) -> Classifier:
     """The classifier ``model.arch`` / ``model.weights`` name, at ``resolution``; ``categories`` (names) replace the
-    weights' own, ``preprocessing`` (``model.preprocessing``) overrides theirs key by key."""
+    weights' own, ``preprocessing`` (``model.preprocessing``) overrides theirs key by key. ``pinned``: the bytes of
+    the weights file as the run read them (:mod:`.pinned`), loaded instead of the file."""
     source, name = source_of(arch)
-    built = source.build(name, weights, seed, resolution)
+    built = source.build(name, weights, seed, resolution, pinned=pinned)
     chosen = with_overrides(built.preprocessing or imagenet_preprocessing(resolution), preprocessing)
     return classifier_from_module(built.net, chosen, categories if categories is not None else built.categories,
                                   device=device, name=arch, weights=built.weights)

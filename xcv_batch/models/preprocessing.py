@@ -111,5 +111,9 @@ def preprocessing_from(spec, resolution: int | None = None) -> Preprocessing:
     if isinstance(spec, Preprocessing):
         return spec
     settings = preprocessing_settings(spec) if spec is not None else None
+    if resolution is not None and settings is not None and settings.crop is not None and settings.crop != resolution:
+        # Both name the input size: a conflict, not a resize problem (the resize would be scaled to the wrong one).
+        raise ConfigError("preprocessing.crop", f"is {settings.crop} but resolution is {resolution}; both are the "
+                                                "model's input size: give one of them, or the same value")
     size = resolution or (settings.crop if settings is not None and settings.crop else 224)
     return with_overrides(imagenet_preprocessing(size), settings)

@@ -2,7 +2,8 @@
 one gives back. Each kind lives in its own module with the same three functions:
 
 - ``check(name)``: the name exists (cheap; no network is built), else a one-line ``ConfigError``;
-- ``build(name, weights, seed, resolution) -> BuiltModel``: the network with the weights loaded;
+- ``build(name, weights, seed, resolution, pinned=None) -> BuiltModel``: the network with the weights loaded (a
+  weights file from ``pinned``'s bytes when given: :mod:`.pinned`);
 - ``describe(name, weights, resolution) -> (Preprocessing | None, class names | None)``: what ``build`` would give
   for preprocessing and class names, without building it (the driver's Zarr attributes).
 """

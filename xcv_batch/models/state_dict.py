@@ -3,25 +3,40 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import pickle
+import warnings
 from typing import Iterator
 
 import torch
 from torch import nn
 
 from ..errors import ModelError
+from .pinned import PinnedWeights
 
 
-def load_state_dict_file(path: str) -> dict:
+def load_state_dict_file(path: str, pinned: PinnedWeights | None = None) -> dict:
     """The tensors of a ``torch.save(model.state_dict())`` file (also under a ``state_dict`` key, or with the
-    ``module.`` / ``_orig_mod.`` prefix of DataParallel / torch.compile); never unpickles Python objects."""
+    ``module.`` / ``_orig_mod.`` prefix of DataParallel / torch.compile); never unpickles Python objects.
+
+    ``pinned``: the file's bytes as the run read them, loaded instead of the file (once checked against the digest
+    the run records), so that a file replaced during the run changes nothing.
+    """
+    source = io.BytesIO(pinned.verified_data()) if pinned is not None else path
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            # torch warns before it refuses some files (a pickle protocol it did not write, a TorchScript archive):
+            # the one line below says what is wrong, without its two lines first
+            warnings.simplefilter("ignore")
+            state = torch.load(source, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         # torch's text advises weights_only=False, i.e. running the file's code: never do that for a job file.
         raise ModelError(f"model.weights: {path} holds pickled Python objects (a whole saved model?), not a "
                          "state_dict; save model.state_dict() with torch.save and point at that file") from err
     except Exception as err:  # torch raises several types for a truncated or foreign file
+        if "TorchScript" in str(err):  # torch.jit.save's archive: code and weights, refused under weights_only
+            raise ModelError(f"model.weights: {path} is a TorchScript archive (torch.jit.save), not a state_dict; "
+                             "save model.state_dict() with torch.save and point at that file") from err
         raise ModelError(f"model.weights: cannot load state_dict from {path}: {first_sentence(err)}") from err
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]

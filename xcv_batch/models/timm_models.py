@@ -11,6 +11,7 @@ import logging
 import os
 
 from ..errors import ConfigError, ModelError
+from .pinned import PinnedWeights
 from .preprocessing import Preprocessing, timm_preprocessing
 from .source import BuiltModel
 from .state_dict import first_sentence, head_size, load_exactly, load_state_dict_file, seeded
@@ -62,7 +63,8 @@ def pretrained_categories(name: str) -> tuple[str, ...] | None:
     return tuple(ImageNetInfo(subset).label_descriptions()) if subset else None
 
 
-def build(name: str, weights: str, seed: int, resolution: int) -> BuiltModel:
+def build(name: str, weights: str, seed: int, resolution: int,
+          pinned: PinnedWeights | None = None) -> BuiltModel:
     check(name)
     timm = import_timm()
     if weights.lower() == "none":
@@ -81,8 +83,8 @@ def build(name: str, weights: str, seed: int, resolution: int) -> BuiltModel:
             ) from err
         return BuiltModel(net, preprocessing(name, resolution), pretrained_categories(name), f"timm:{name} pretrained")
 
-    if os.path.exists(weights):
-        state = load_state_dict_file(weights)
+    if pinned is not None or os.path.exists(weights):
+        state = load_state_dict_file(weights, pinned)
         pretrained_cfg = timm.models.get_pretrained_cfg(name)
         classes = head_size(state, pretrained_cfg.classifier if pretrained_cfg else None)
         with seeded(seed):

@@ -9,6 +9,7 @@ import torchvision
 from torch import nn
 
 from ..errors import ConfigError, ModelError
+from .pinned import PinnedWeights
 from .preprocessing import Preprocessing, imagenet_preprocessing, torchvision_preprocessing
 from .source import BuiltModel
 from .state_dict import head_size, last_linear_name, load_exactly, load_state_dict_file, seeded
@@ -45,7 +46,8 @@ def _preprocessing(weights, resolution: int) -> Preprocessing:
     return torchvision_preprocessing(weights, resolution) if weights is not None else imagenet_preprocessing(resolution)
 
 
-def build(arch: str, weights: str, seed: int, resolution: int) -> BuiltModel:
+def build(arch: str, weights: str, seed: int, resolution: int,
+          pinned: PinnedWeights | None = None) -> BuiltModel:
     check(arch)
     builder = torchvision.models.get_model_builder(arch)
     enum = _weights_enum(arch)
@@ -69,8 +71,8 @@ def build(arch: str, weights: str, seed: int, resolution: int) -> BuiltModel:
         categories = tuple(chosen.meta.get("categories") or ()) or None
         return BuiltModel(net, _preprocessing(chosen, resolution), categories, f"{enum.__name__}.{chosen.name}")
 
-    if os.path.exists(weights):
-        state = load_state_dict_file(weights)
+    if pinned is not None or os.path.exists(weights):
+        state = load_state_dict_file(weights, pinned)
         with seeded(seed):  # the probe only names the head; seeded, so that the global RNG is left alone
             classes = head_size(state, last_linear_name(builder(weights=None)))
             net: nn.Module = builder(weights=None, **({"num_classes": classes} if classes else {}))

@@ -8,7 +8,7 @@ declared once as (name, kind) pairs, from which store.py derives the pyarrow sch
 
 from __future__ import annotations
 
-import json
+from .chunks import ArrayChunks, check_array
 
 ZARR_NAME = "attributions.zarr"
 METRICS_DIR = "metrics"
@@ -65,32 +65,19 @@ IMAGE_PATH_ARRAY = "image_path"
 MAP_DIMENSIONS = ("image", "channel", "y", "x")
 
 
+def array_chunks(fs, out_root: str, array: str) -> ArrayChunks:
+    """The chunk files of ``array`` in the OUT at ``out_root`` (a path of ``fs``): one recursive listing, and the
+    index of each object when the array is sharded; no map is decoded (see :mod:`.chunks` for what is checked)."""
+    return check_array(fs, f"{out_root}/{ZARR_NAME}/{array}")
+
+
 def written_chunks(fs, out_root: str, array: str) -> set[int]:
-    """The images whose data in ``array`` exists, from one listing of the array's chunk folder: no map is read.
+    """The images whose data in ``array`` is stored in a chunk file that passed :func:`array_chunks`' checks.
 
-    An object ``c/S/0/0/0`` holds images S·K … S·K+K−1, where K is the array's images per object (1 unless the
-    output was sharded; read from the array's ``zarr.json``): every image of an existing object counts as written.
+    A file ``c/S/0/0/0`` holds image S, or — with K images per object (Zarr's sharding codec) — the images S·K …
+    S·K+K−1 that its shard index lists.
     """
-    folder = f"{out_root}/{ZARR_NAME}/{array}/c"
-    fs.invalidate_cache(folder)  # object stores cache listings; chunks may have been written since
-    if not fs.exists(folder):
-        return set()
-    names = (path.rstrip("/").rsplit("/", 1)[-1] for path in fs.ls(folder, detail=False))
-    objects = {int(name) for name in names if name.isdigit()}
-    per_object, n_images = _object_layout(fs, out_root, array)
-    if per_object == 1:
-        return objects
-    return {index for obj in objects for index in range(obj * per_object, min((obj + 1) * per_object, n_images))}
-
-
-def _object_layout(fs, out_root: str, array: str) -> tuple[int, int]:
-    """(images per object, images) of ``array``: the first axis of its chunk grid — the shard shape when sharded —
-    and of its shape."""
-    try:
-        metadata = json.loads(fs.cat_file(f"{out_root}/{ZARR_NAME}/{array}/zarr.json"))
-        return int(metadata["chunk_grid"]["configuration"]["chunk_shape"][0]), int(metadata["shape"][0])
-    except (OSError, ValueError, KeyError, IndexError, TypeError):
-        return 1, 0  # no readable metadata: the one-image-an-object layout, whose listing needs no expanding
+    return set(array_chunks(fs, out_root, array).written)
 
 
 def stored_image_ids(group) -> list[str] | None:

@@ -25,9 +25,22 @@ MAX_KEYS_SHOWN = 8
 
 def check_out(out: str, job: Job, resume: bool) -> None:
     """Before any work: OUT can be written, and holds no other run (or, on resume, this job's run)."""
+    check_out_writable(out)
+    check_out_contents(out, job, resume)
+
+
+def check_out_writable(out: str) -> None:
+    """OUT is a folder (or prefix) that can be written: a probe file is written and removed."""
     out = out.rstrip("/")
     fs, root = fsspec.core.url_to_fs(out)
     _check_writable(fs, root, out)
+
+
+def check_out_contents(out: str, job: Job, resume: bool) -> None:
+    """OUT holds no other run (or, on resume, this job's run). A run asks this holding OUT's lock
+    (:mod:`xcv_batch.output.lock`), so no other run can lay OUT out between the answer and its own layout."""
+    out = out.rstrip("/")
+    fs, root = fsspec.core.url_to_fs(out)
     job_path = f"{root}/{JOB_FILE}"
     if resume and fs.exists(job_path):
         previous = _read_job_file(fs, job_path, out)

@@ -29,8 +29,9 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 
 from ..errors import ConfigError, OutputError, first_line
-from .layout import (IMAGENET_MEAN, IMAGENET_STD, JOB_FILE, METRICS_DIR, ZARR_NAME, pandas_dtypes, stored_image_ids,
-                     written_chunks)
+from .chunks import chunk_key
+from .layout import (IMAGENET_MEAN, IMAGENET_STD, JOB_FILE, METRICS_DIR, ZARR_NAME, array_chunks, pandas_dtypes,
+                     stored_image_ids)
 from ..methods.registry import RegistryView
 from .provenance import provenance_from_metadata
 from ..yaml_io import load_yaml
@@ -63,6 +64,8 @@ class Results:
     def __init__(self, out: str):
         self.out = str(out).rstrip("/")
         self._rows: pd.DataFrame | None = None
+        #: Chunk files that a read found undecodable (their path → the message), for callers to report once each.
+        self.unreadable: dict[str, str] = {}
         self._fs, self._root = fsspec.core.url_to_fs(self.out)
         if not self._fs.exists(self._root):
             raise OutputError(f"{self.out}: no such output directory")
@@ -210,16 +213,22 @@ class Results:
         return OutputError(f"{self.out}/{METRICS_DIR} cannot be read as Parquet: {first_line(err)}")
 
     def _without_missing_maps(self, rows: pd.DataFrame) -> pd.DataFrame:
-        """Rows say ``ok`` only where the map was written: an ok row whose Zarr chunk is missing (deleted, lost)
-        becomes an error row saying so. Only the chunk folders are listed; no map is read."""
+        """Rows say ``ok`` only where the map was written whole: an ok row whose Zarr chunk is missing (deleted,
+        lost) or cannot be whole (empty, truncated: see :mod:`xcv_batch.output.chunks`) becomes an error row saying
+        so. One listing per array (and each object's index when sharded); no map is decoded."""
         if self._group is None or rows.empty:
             return rows
         rows = rows.copy()
         for method in rows["method"].astype(str).unique():
-            written = written_chunks(self._fs, self._root, method)
-            lost = (rows["method"] == method) & (rows["status"] == "ok") & ~rows["index"].isin(written)
+            chunks = array_chunks(self._fs, self._root, method)
+            ok = (rows["method"] == method) & (rows["status"] == "ok")
+            lost = ok & ~rows["index"].isin(chunks.written)
             rows.loc[lost, "status"] = "error"
             rows.loc[lost, "error"] = f"map missing from {ZARR_NAME} (run the job again with --resume)"
+            for index, key in chunks.broken_images.items():
+                damaged = lost & (rows["index"] == index)
+                rows.loc[damaged, "error"] = (f"map unreadable: {self.out}/{ZARR_NAME}/{method}/{key} "
+                                              f"{chunks.broken[key]} (run the job again with --resume)")
         return rows
 
     def image_rows(self, image_id: str) -> pd.DataFrame:
@@ -240,12 +249,25 @@ class Results:
                                         f"(methods: {', '.join(self.methods)})") from None
 
     def attribution(self, image_id: str, method: str) -> np.ndarray:
-        """The raw map of one image and method, ``(3, H, W)`` float32; all NaN if it was never written."""
-        return np.asarray(self._array(method)[self.index_of(image_id)])
+        """The raw map of one image and method, ``(3, H, W)`` float32; all NaN if it was never written; an
+        OutputError naming the chunk file if it cannot be decoded."""
+        return self._read(method, self.index_of(image_id))
 
     def model_input(self, image_id: str) -> np.ndarray:
-        """The normalised model input of one image, ``(3, H, W)`` float32."""
-        return np.asarray(self._array("inputs")[self.index_of(image_id)])
+        """The normalised model input of one image, ``(3, H, W)`` float32 (an OutputError as for attribution)."""
+        return self._read("inputs", self.index_of(image_id))
+
+    def _read(self, name: str, index: int) -> np.ndarray:
+        array = self._array(name)
+        try:
+            return np.asarray(array[index])
+        except Exception as err:  # noqa: BLE001 - whatever the codecs raise on damaged bytes, the chunk is unreadable
+            key = chunk_key(index, array.shards[0] if array.shards else 1, array.ndim)
+            path = f"{self.out}/{ZARR_NAME}/{name}/{key}"
+            message = (f"{path} cannot be decoded ({type(err).__name__}: {first_line(err)}); "
+                       "run the job again with --resume --verify to recompute it")
+            self.unreadable[path] = message
+            raise OutputError(message) from None
 
     def input_image(self, image_id: str) -> np.ndarray:
         """The image as the model saw it, denormalised with the stored mean/std: ``(H, W, 3)`` in [0, 1]."""

@@ -21,7 +21,13 @@ if TYPE_CHECKING:
 
 
 class UnreadableShard(OutputError):
-    """A committed shard (Parquet file) that cannot be read (truncated, not Parquet)."""
+    """A committed shard (Parquet file) that cannot be read (truncated, not Parquet): ``path`` names it, ``why``
+    says what Parquet found. The message is for readers; ``--resume`` says instead that it recomputes the shard."""
+
+    def __init__(self, path: str, why: str):
+        self.path, self.why = path, why
+        super().__init__(f"{path} is not readable Parquet ({why}); run the job again with --resume to recompute its "
+                         "shard")
 
 
 @dataclass
@@ -60,8 +66,9 @@ class OutputSink(Protocol):
     def layout_images_per_object(self) -> int | None:
         """Images per stored object of the arrays already there (None when there are none)."""
 
-    def verify_committed(self, methods: Sequence[str]) -> CommitCheck:
-        """For ``--resume``: the images of committed shards that are whole; broken shards are set aside."""
+    def verify_committed(self, methods: Sequence[str], decode: bool = False) -> CommitCheck:
+        """For ``--resume``: the images of committed shards that are whole; broken shards are set aside. With
+        ``decode`` (``--verify``) every committed map and input is also decoded."""
 
     def prepare(self, job_yaml: str, fingerprint: str, image_ids: Sequence[str], resolution: int,
                 methods: Sequence[str], attrs: dict, resume: bool, image_paths: Sequence[str] | None = None,

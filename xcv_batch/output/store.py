@@ -14,6 +14,7 @@ rows are never duplicated. Temporary names start with '.', which ``pyarrow.datas
 from __future__ import annotations
 
 import os
+import re
 import uuid
 import warnings
 from dataclasses import dataclass
@@ -25,11 +26,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import zarr
+from zarr.codecs import ZstdCodec
 
 from ..errors import OutputError, first_line
 from .layout import (EXTRA_COLUMN_KIND, FLOAT, IMAGE_ARRAY, IMAGE_PATH_ARRAY, INT, JOB_FILE, MAP_DIMENSIONS,
-                     METRICS_DIR, OPTIONAL_INT, REJECTED_DIR, ROW_COLUMNS, STRING, ZARR_NAME, stored_image_ids,
-                     written_chunks)
+                     METRICS_DIR, OPTIONAL_INT, REJECTED_DIR, ROW_COLUMNS, STRING, ZARR_NAME, array_chunks,
+                     stored_image_ids)
+from .chunks import ArrayChunks
 from .sink import CommitCheck, UnreadableShard  # noqa: F401 - defined with the sink protocol; re-exported here
 
 
@@ -39,6 +42,9 @@ _ARROW_TYPES = {STRING: pa.string(), INT: pa.int64(), OPTIONAL_INT: pa.int64(), 
 #: Parquet columns, in order (the README's Output section), from :data:`xcv_batch.layout.ROW_COLUMNS`. Extra metric columns may follow.
 ROW_SCHEMA = pa.schema([(name, _ARROW_TYPES[kind]) for name, kind in ROW_COLUMNS])
 
+
+#: The chunks of an array that is not in OUT (a method added since): nothing written, nothing broken.
+_NO_CHUNKS = ArrayChunks(per_object=1, ndim=4)
 
 #: Ids and paths per chunk of their 1-D arrays: a million images are 16 chunks, each a few MB at most.
 STRINGS_PER_CHUNK = 65536
@@ -97,11 +103,14 @@ class RunStore:
             # The maps are gone: verify_committed has set every shard with maps aside; lay the arrays out again.
             self._create_arrays(layout)
             return
-        self.fs.makedirs(self._path(METRICS_DIR), exist_ok=True)
-        self._create_arrays(layout)
-        # job.yaml last: its presence says the layout is complete.
-        with self.fs.open(self._path(JOB_FILE), "w") as fh:
-            fh.write(job_yaml)
+        try:  # a disk that fills while OUT is laid out is one line, as one that fills while a shard is written
+            self.fs.makedirs(self._path(METRICS_DIR), exist_ok=True)
+            self._create_arrays(layout)
+            # job.yaml last: its presence says the layout is complete.
+            with self.fs.open(self._path(JOB_FILE), "w") as fh:
+                fh.write(job_yaml)
+        except OSError as err:
+            raise OutputError(f"cannot write the layout of {self.out}: {first_line(err)}") from None
 
     def _create_arrays(self, layout: "_Layout") -> None:
         group = self._open_group("w")
@@ -116,6 +125,9 @@ class RunStore:
                 # objects. None keeps one object per image.
                 shards=(per_object, *image[1:]) if per_object > 1 else None,
                 dtype="float32",
+                # zstd's own checksum (4 bytes a chunk): damage that still decodes is found by --resume --verify and
+                # readers instead of read as wrong maps.
+                compressors=ZstdCodec(level=0, checksum=True),
                 fill_value=float("nan"),
                 dimension_names=MAP_DIMENSIONS,
                 # xarray: image_path is a coordinate (beside the image index), not a data variable
@@ -168,41 +180,93 @@ class RunStore:
         return self.read_committed(name, ["index"]).column("index").to_pylist()
 
     def read_committed(self, name: str, columns: Sequence[str]) -> pa.Table:
-        """Columns of one committed Parquet file; an unreadable file is an OutputError naming it."""
+        """Columns of one committed Parquet file; an unreadable file is an :class:`UnreadableShard` naming it."""
         path = self._path(METRICS_DIR, name)
         try:
             with self.fs.open(path, "rb") as fh:
                 return pq.read_table(fh, columns=list(columns))
         except (pa.ArrowException, OSError) as err:
-            raise UnreadableShard(f"{self.out}/{METRICS_DIR}/{name} is not readable Parquet ({first_line(err)}); "
-                                  "run again with --resume to recompute its shard") from None
+            # pyarrow names the open file handle ('<Buffer>'), not the file: the message names it instead
+            why = re.sub(r"^Could not open Parquet input source '[^']*': ", "", first_line(err))
+            raise UnreadableShard(f"{self.out}/{METRICS_DIR}/{name}", why) from None
 
-    def verify_committed(self, methods: Sequence[str]) -> "CommitCheck":
+    def verify_committed(self, methods: Sequence[str], decode: bool = False) -> "CommitCheck":
         """For ``--resume``: the images of committed shards that are whole — every file readable, every ok row's map
-        and input chunk present. A shard that fails either check is moved to ``metrics/_rejected/`` (kept, but no
-        longer committed) so that its images run again."""
-        written = {name: written_chunks(self.fs, self.root, name) for name in ("inputs", *methods)}
+        and input chunk present and of a size its codecs can write (:mod:`.chunks`), and with ``decode``
+        (``--verify``) decodable too. A shard that fails is moved to ``metrics/_rejected/`` (kept, but no longer
+        committed) so that its images run again; a chunk file that cannot be whole is removed, so that the rewrite of
+        a partly recomputed object starts afresh."""
+        arrays = ("inputs", *methods)
+        chunks = {name: array_chunks(self.fs, self.root, name) for name in arrays}
         check = CommitCheck()
+        committed: dict[str, tuple[list[tuple[int, str]], list[int]]] = {}  # file → its ok (image, array), its images
         for name in self.committed_files():
             try:
                 table = self.read_committed(name, ["index", "method", "status"])
             except UnreadableShard as err:
-                check.reject(name, str(err))
+                check.reject(name, f"{err.path} is not readable Parquet ({err.why}); recomputing its shard")
                 continue
-            missing = [
-                (index, method)
-                for index, method, status in zip(*(table.column(c).to_pylist() for c in ("index", "method", "status")))
-                if status == "ok" and (index not in written.get(method, ()) or index not in written["inputs"])
-            ]
-            if missing:
-                index, method = missing[0]
-                check.reject(name, f"{self.out}/{METRICS_DIR}/{name} commits {len(missing)} maps that are missing "
-                                   f"from {ZARR_NAME} (first: {method} of image {index}); recomputing its shard")
+            ok = [(index, method) for index, method, status
+                  in zip(*(table.column(c).to_pylist() for c in ("index", "method", "status"))) if status == "ok"]
+            pairs = [(index, array) for index, method in ok for array in (method, "inputs")]
+            problem = self._chunk_problem(name, pairs, chunks)
+            if problem:
+                check.reject(name, problem)
                 continue
-            check.done.update(table.column("index").to_pylist())
+            committed[name] = (pairs, table.column("index").to_pylist())
+            check.done.update(committed[name][1])
+        if decode:
+            self._reject_undecodable(committed, chunks, check)
         for name in check.rejected:
             self._set_aside(name)
+        for array, found in chunks.items():
+            for key in found.broken:
+                self.fs.rm(self._path(ZARR_NAME, array, key))
         return check
+
+    def _chunk_file(self, array: str, key: str) -> str:
+        return f"{self.out}/{ZARR_NAME}/{array}/{key}"
+
+    def _chunk_problem(self, name: str, pairs: list[tuple[int, str]], chunks: dict) -> str | None:
+        """Why committed file ``name`` cannot stand, from its ok rows' chunks; None when every one is there."""
+        broken = [(index, array) for index, array in pairs if index in chunks.get(array, _NO_CHUNKS).broken_images]
+        if broken:
+            index, array = broken[0]
+            key = chunks[array].broken_images[index]
+            return (f"{self.out}/{METRICS_DIR}/{name} commits {len(broken)} maps whose chunk file cannot be whole "
+                    f"(first: {array} of image {index}, {self._chunk_file(array, key)} {chunks[array].broken[key]}); "
+                    "recomputing its shard")
+        missing = [(index, array) for index, array in pairs if index not in chunks.get(array, _NO_CHUNKS).written]
+        if missing:
+            index, array = missing[0]
+            return (f"{self.out}/{METRICS_DIR}/{name} commits {len(missing)} maps that are missing from {ZARR_NAME} "
+                    f"(first: {array} of image {index}); recomputing its shard")
+        return None
+
+    def _reject_undecodable(self, committed: dict[str, tuple[list[tuple[int, str]], list[int]]], chunks: dict,
+                            check: "CommitCheck") -> None:
+        """``--verify``: decode every committed ok image of every array (each once); a file whose rows point at a
+        chunk that cannot be decoded is rejected, and its images leave ``check.done``."""
+        wanted = sorted({pair for pairs, _ in committed.values() for pair in pairs}, key=lambda pair: pair[::-1])
+        if not wanted:  # nothing committed with a map (or the maps are gone, and their shards already rejected)
+            return
+        group = self._open_group("r")
+        failed: dict[tuple[int, str], str] = {}
+        for index, array in wanted:
+            try:  # each image on its own: one damaged chunk names its file and leaves the others to be checked
+                group[array][index]
+            except Exception as err:  # noqa: BLE001 - whatever a codec raises on damaged bytes, the chunk is unreadable
+                failed[(index, array)] = f"cannot be decoded ({type(err).__name__}: {first_line(err)})"
+        for name, (pairs, images) in committed.items():
+            bad = [pair for pair in pairs if pair in failed]
+            if not bad:
+                continue
+            index, array = bad[0]
+            check.reject(name, f"{self.out}/{METRICS_DIR}/{name} commits {len(bad)} maps whose chunk cannot be "
+                               f"decoded (first: {array} of image {index}, "
+                               f"{self._chunk_file(array, chunks[array].key_of(index))} {failed[bad[0]]}); "
+                               "recomputing its shard")
+            check.done.difference_update(images)
 
     def _set_aside(self, name: str) -> None:
         target = self._path(METRICS_DIR, REJECTED_DIR, name)

@@ -13,19 +13,20 @@ import base64
 import html
 import io
 
-import fsspec
 import numpy as np
 import pandas as pd
 import yaml
 from matplotlib.figure import Figure
 
 from . import stats
+from ..errors import OutputError
 from ..output.layout import JOB_FILE
 from .panel import panel_figure
 from ..output.results import Results, method_label, open_results
 from .summary_text import (SEED, agreement_matrix_table, agreement_pairs_table, agreement_sentence,
                            cost_sentence, cost_table, diagnostic_sentences, fmt, friedman_sentence, pairwise_table,
                            rank_sentence, ranking_table)
+from .summarize import write_text
 from .summary_types import Summary
 from .tables import Table, to_html
 
@@ -369,7 +370,10 @@ def render_report(results: Results, summary: Summary, gallery: int = 4) -> str:
                      "(lower = more stable); each caption gives the image's rank among all ranked images, rank 1 the lowest.</p>")
     for image_id, why in picked:
         parts.append(f"<h3>{html.escape(str(image_id))}: {html.escape(why)}</h3>")
-        parts.append(_img(panel_figure(results, image_id), f"panel of {image_id}"))
+        try:
+            parts.append(_img(panel_figure(results, image_id), f"panel of {image_id}"))
+        except OutputError as err:  # its input cannot be decoded: the other panels are still drawn
+            parts.append(f"<p>{html.escape(str(err))}</p>")
     job_text = yaml.safe_dump(job, sort_keys=False) if job else f"no {JOB_FILE}"
     parts += ["<h2>Failures</h2>", _failures_section(summary),
               "<h2>Job</h2>", f"<pre>{html.escape(job_text)}</pre>",
@@ -381,6 +385,5 @@ def write_report(out: "str | Results", summary: Summary, gallery: int = 4) -> st
     """Write ``OUT/report.html`` (``out`` a path or its open Results); returns its path."""
     results = open_results(out)
     path = f"{results.out}/report.html"
-    with fsspec.open(path, "w", encoding="utf-8") as f:
-        f.write(render_report(results, summary, gallery))
+    write_text(path, render_report(results, summary, gallery))
     return path

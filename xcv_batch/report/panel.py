@@ -12,6 +12,7 @@ negative value. Each map has a colour bar in the map's own units.
 
 from __future__ import annotations
 
+import io
 import os
 import textwrap
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure  # no pyplot: no global figure state, no GUI backend (Agg renders savefig)
 
-from ..errors import ConfigError
+from ..errors import ConfigError, OutputError, first_line
 from ..output.results import Results, method_label
 
 _PANEL_INCHES = 2.7
@@ -145,9 +146,15 @@ def panel_figure(results: Results, image_id: str) -> Figure:
         ax.imshow(gray, cmap="gray", vmin=0, vmax=1)
         row = by_method.get(method)
         settings = (results.job.get("methods") or {}).get(method)
-        shown = display_map(results.attribution(image_id, method), is_signed(method, settings))
+        try:
+            shown = display_map(results.attribution(image_id, method), is_signed(method, settings))
+            unreadable = None
+        except OutputError as err:  # a damaged chunk file: this map is missing from the panel, the others are drawn
+            shown, unreadable = None, str(err)
         if row is not None and row["status"] != "ok":
             subtitle = textwrap.fill("failed: " + textwrap.shorten(str(row.get("error")), 60), 30)
+        elif unreadable is not None:
+            subtitle = textwrap.fill("unreadable: " + textwrap.shorten(unreadable, 60), 30)
         elif row is None:
             subtitle = "not computed yet"
         else:
@@ -181,6 +188,11 @@ def render_panel(results: Results, image_id: str, output_path: str) -> str:
     returns the path."""
     file_format = image_format(output_path)
     figure = panel_figure(results, image_id)
-    with fsspec.open(str(output_path), "wb") as f:
-        figure.savefig(f, format=file_format)
+    drawn = io.BytesIO()  # drawn first, so that a failure below is the file's, not the figure's
+    figure.savefig(drawn, format=file_format)
+    try:
+        with fsspec.open(str(output_path), "wb") as f:
+            f.write(drawn.getvalue())
+    except Exception as err:  # noqa: BLE001 - OSError locally; a URL's backend raises its own (missing credentials…)
+        raise OutputError(f"cannot write {output_path} ({type(err).__name__}: {first_line(err)})") from err
     return str(output_path)

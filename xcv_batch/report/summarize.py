@@ -37,7 +37,7 @@ import pandas as pd
 
 from . import stats
 from ..config import SensitivityConfig
-from ..errors import ConfigError
+from ..errors import ConfigError, OutputError, first_line
 from ..output.layout import JOB_FILE
 from ..methods.settings import METHOD_SETTINGS
 from ..metrics.registry import COST_COLUMNS, DIAGNOSTICS, metric_info, metrics_in
@@ -53,6 +53,10 @@ from .summary_types import (Agreement, Concordance, Cost, Diagnostic, Diagnostic
 AGREEMENT_THRESHOLD = 0.3
 #: Images listed per diagnostic above its tolerance (the count is always complete).
 _DIAGNOSTIC_IMAGES_LISTED = 20
+#: Most bootstrap resamples: a 95 % percentile bound from B resamples has a Monte Carlo error in its tail probability
+#: of √(0.025 · 0.975 / B), 0.0005 at 100,000, finer than any digit the summary prints; beyond that only the time
+#: grows (50× the default's, per metric and pair of metrics), and a typo such as 1e9 would run for days.
+MAX_BOOTSTRAP = 100_000
 
 SEED_SENSITIVITY = asdict(SensitivityConfig())  # the job defaults are the seed's settings
 SEED_RESOLUTION = 224
@@ -65,6 +69,7 @@ def summarize(out: "str | Results", n_boot: int = 2000, seed: int = 0,
               rank_on: Mapping[str, float] | None = None) -> Summary:
     """The summary of the output directory ``out`` (a path, or its open Results; finished or not): that of
     :func:`summarize_rows` with the run's facts (model, fingerprint, completeness, the seed's settings)."""
+    check_bootstrap(n_boot)
     results = open_results(out)
     rows = results.rows()
     job = results.job
@@ -101,6 +106,7 @@ def summarize_rows(rows: pd.DataFrame, methods: Sequence[str] | None = None, n_b
     pairwise Wilcoxon + Holm, Nemenyi), the agreement (see :func:`metric_agreement`), the cost (see
     :func:`cost_summary`), the diagnostics and the failures (the error rows' image, method and message).
     """
+    check_bootstrap(n_boot)
     rows = _deduplicate(rows)
     method_names = list(dict.fromkeys([*(methods or []), *rows["method"].astype(str)]))
     images = _images_in_order(rows)
@@ -185,6 +191,12 @@ def summarize_rows(rows: pd.DataFrame, methods: Sequence[str] | None = None, n_b
 
 
 # --- which metrics enter the rank -----------------------------------------------------------------------------------
+
+
+def check_bootstrap(n_boot: int) -> None:
+    """``n_boot`` is a whole number of resamples, 1 … :data:`MAX_BOOTSTRAP` (ConfigError naming ``--bootstrap``)."""
+    if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or not 1 <= n_boot <= MAX_BOOTSTRAP:
+        raise ConfigError("--bootstrap", f"must be 1 … {MAX_BOOTSTRAP:,} resamples (default 2,000), got {n_boot!r}")
 
 
 def parse_rank_on(text: str) -> dict[str, float]:
@@ -450,12 +462,21 @@ def seed_setting_differences(job: dict) -> list[str]:
 
 
 def write_summary(out: str, summary: Summary) -> list[str]:
-    """Write ``OUT/summary.json`` and ``OUT/summary.md``; returns their paths."""
+    """Write ``OUT/summary.json`` and ``OUT/summary.md``; returns their paths. OutputError when OUT cannot be written
+    (a read-only copy of a run: the summary itself is still there to print)."""
     out = str(out).rstrip("/")
     written = []
     for name, text in (("summary.json", summary.to_json()), ("summary.md", render_markdown(summary))):
         path = f"{out}/{name}"
-        with fsspec.open(path, "w", encoding="utf-8") as f:
-            f.write(text)
+        write_text(path, text)
         written.append(path)
     return written
+
+
+def write_text(path: str, text: str) -> None:
+    """``text`` to ``path`` (a local path or URL); any failure to write there is one OutputError naming it."""
+    try:
+        with fsspec.open(path, "w", encoding="utf-8") as f:
+            f.write(text)
+    except Exception as err:  # noqa: BLE001 - OSError locally; a URL's backend raises its own (missing credentials…)
+        raise OutputError(f"cannot write {path} ({type(err).__name__}: {first_line(err)})") from err
