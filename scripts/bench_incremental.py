@@ -30,7 +30,7 @@ import time
 import torch
 
 
-from xcv_batch.execution.cores import usable_cores
+from xcv_batch.cores import usable_cores
 from xcv_batch.execution.device import attribution_classifier, describe_device
 from xcv_batch.methods import build_method
 from xcv_batch.methods.incremental import Extent, Plan, incremental_scores

@@ -25,7 +25,7 @@ from xcv_batch.driver import plan_shards
 from xcv_batch.driver.actors import RayExecutor
 from xcv_batch.driver.run import prepare_store
 from xcv_batch.driver.session import RaySession
-from xcv_batch.driver.plan import method_passes
+from xcv_batch.plan import method_passes
 from xcv_batch.driver.progress import RunProgress
 from xcv_batch.output.sink import open_sink
 

@@ -166,6 +166,13 @@ def test_settings_errors_are_the_clis_one_line_config_errors(kwargs, key):
     assert "\n" not in str(caught.value)
 
 
+def test_a_method_given_none_is_off_as_null_is_in_a_job_file():
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 16 * 16, 2))
+    explainer = Explainer(net, methods={"integrated_gradients": {"n_steps": 4}, "lime": None}, sensitivity=None,
+                          resolution=16)
+    assert list(explainer.job.methods) == ["integrated_gradients"]
+
+
 def test_bad_inputs_are_one_line_errors():
     net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 16 * 16, 2))  # takes 16 px images only
     with pytest.raises(ModelError, match="cannot take 224 px inputs"):

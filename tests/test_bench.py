@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from xcv_batch.config import SensitivityConfig
-from xcv_batch.driver.plan import CLASSIFY, Passes
+from xcv_batch.plan import CLASSIFY, Passes
 from xcv_batch.methods import method_spec
 from xcv_batch.methods.settings import METHOD_SETTINGS
 

@@ -6,13 +6,14 @@ import dataclasses
 
 import pytest
 
+from xcv_batch import cli
 from xcv_batch.config import job_from_mapping, load_job
 from xcv_batch.errors import ConfigError
-from xcv_batch.methods.settings import IGSmoothGradSettings, LimeSettings, OcclusionSettings
+from xcv_batch.methods.settings import METHOD_SETTINGS, IGSmoothGradSettings, LimeSettings, OcclusionSettings
 
 
 def test_a_method_named_without_settings_takes_the_seed_report_defaults():
-    job = job_from_mapping({"methods": {"occlusion": None, "ig_smoothgrad": {}, "lime": {"num_samples": 50}}})
+    job = job_from_mapping({"methods": {"occlusion": {}, "ig_smoothgrad": {}, "lime": {"num_samples": 50}}})
     assert job.methods["occlusion"] == OcclusionSettings(window=15, stride=8, baseline=0.0)
     assert job.methods["ig_smoothgrad"] == IGSmoothGradSettings(10, "smoothgrad_sq", 1.0, 50)
     assert job.methods["lime"] == LimeSettings(num_samples=50)
@@ -22,6 +23,30 @@ def test_a_method_named_without_settings_takes_the_seed_report_defaults():
 
 def test_sensitivity_null_turns_it_off():
     assert job_from_mapping({"methods": {"lime": {}}, "sensitivity": None}).sensitivity is None
+
+
+def test_a_method_set_to_null_is_off_as_a_metric_is(tmp_path):
+    """``methods.X: null`` means off, as ``metrics.x: null`` and ``sensitivity: null`` do (it used to mean X at its
+    defaults: LIME with 1,000 samples)."""
+    path = tmp_path / "job.yaml"
+    path.write_text("methods:\n  occlusion: {window: 9}\n  lime:\n  guided_gradcam: {layer: auto}\n")
+    job = load_job(str(path), ["methods.guided_gradcam=null"])
+    assert list(job.methods) == ["occlusion"]
+    assert job.fingerprint() == job_from_mapping({"methods": {"occlusion": {"window": 9}}}).fingerprint()
+    # a null method still has to be a registered one
+    with pytest.raises(ConfigError) as info:
+        job_from_mapping({"methods": {"occlusion": {}, "gradcam": None}})
+    assert info.value.key == "methods.gradcam"
+
+
+def test_a_job_whose_methods_are_all_null_is_one_line_naming_methods(tmp_path, capsys):
+    path = tmp_path / "job.yaml"
+    path.write_text("methods: {occlusion: {window: 9}, lime: {}}\n")
+    code = cli.main(["run", str(path), "--dry-run", "--set", "methods.occlusion=null", "--set", "methods.lime=~",
+                     "--out", str(tmp_path / "out")])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert lines == [f"error: methods: name at least one method of: {', '.join(METHOD_SETTINGS)}"]
 
 
 @pytest.mark.parametrize(
@@ -48,6 +73,7 @@ def test_sensitivity_null_turns_it_off():
         ({"methods": {"lime": {}}, "compute": {"segmentation_workers": -1}}, "compute.segmentation_workers", "≥ 1"),
         ({"methods": {"lime": {}}, "sensitivity": {"n_perturb_samples": 0}}, "sensitivity.n_perturb_samples", "≥ 1"),
         ({"methods": {}}, "methods", "at least one"),
+        ({"methods": {"lime": None, "occlusion": None}}, "methods", "at least one"),
         ({"methods": {"lime": {}}, "data": "folder"}, "data", "mapping"),
     ],
 )

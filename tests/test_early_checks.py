@@ -12,7 +12,7 @@ from ray_helpers import JOB, write_job
 from xcv_batch import cli
 from xcv_batch.config import Job, dump_job, load_job
 from xcv_batch.methods.settings import METHOD_SETTINGS
-from xcv_batch.driver.plan import Passes, method_passes
+from xcv_batch.plan import Passes, method_passes
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -15,7 +15,7 @@ from torch import nn
 from fake_device import RefusesBigBatches
 from test_methods_captum import linear_classifier
 from xcv_batch.config import CausalCurveConfig, ComputeConfig, InfidelityConfig, MetricsConfig, SensitivityConfig
-from xcv_batch.driver.progress import MethodDone
+from xcv_batch.work import MethodDone
 from xcv_batch.errors import MethodUnavailable
 from xcv_batch.execution.explain import BatchExplainer
 from xcv_batch.methods import MethodSpec, build_method, registered

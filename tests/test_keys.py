@@ -208,13 +208,13 @@ def test_every_key_has_a_meaning():
     assert not missing, f"{len(missing)} job keys have no meaning: {', '.join(missing)}"
 
 
-def test_the_readme_reference_is_the_generated_one():
-    with open(os.path.join(REPO, "README.md"), encoding="utf-8") as fh:
-        readme = fh.read()
-    block = re.search(r"<!-- keys:begin -->\n(.*?)<!-- keys:end -->", readme, re.S)
-    assert block, "README.md has no <!-- keys:begin --> … <!-- keys:end --> block: paste `keys --markdown` there"
+def test_the_docs_reference_is_the_generated_one():
+    with open(os.path.join(REPO, "docs", "reference.md"), encoding="utf-8") as fh:
+        page = fh.read()
+    block = re.search(r"<!-- keys:begin -->\n(.*?)<!-- keys:end -->", page, re.S)
+    assert block, "docs/reference.md has no <!-- keys:begin --> … <!-- keys:end --> block: paste `keys --markdown` there"
     assert block.group(1).strip() == render_markdown(job_keys()).strip(), \
-        "README.md's key reference is stale: replace it with `python -m xcv_batch keys --markdown`"
+        "docs/reference.md's key table is stale: replace it with `python -m xcv_batch keys --markdown`"
 
 
 # ------------------------------------------------------------------------------------------------ command line

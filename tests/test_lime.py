@@ -221,7 +221,8 @@ def test_segment_batch_equals_segment_per_image(classifier, photos):
 
 
 def test_quickshift_equals_lime_segmentation_algorithm_default(classifier, photos):
-    """lime's own quickshift ignores its random_seed on this skimage (see segmentation.py), i.e. uses rng=42."""
+    """lime's own quickshift ignores its random_seed on this skimage (see xcv_batch/methods/segmentation.py), i.e. uses
+    rng=42."""
     image = segmentation_images(photos[:1], classifier.preprocessing)[0]
     lime_segments = SegmentationAlgorithm("quickshift", kernel_size=1.0, max_dist=10.0, ratio=0.2, random_seed=3)(image)
     np.testing.assert_array_equal(segment(image, SETTINGS, seed=42), lime_segments)

@@ -20,12 +20,12 @@ from xcv_batch.errors import ConfigError
 from xcv_batch.methods import MethodSpec, build_method, method_class, method_names, method_spec, registered
 from xcv_batch.methods.base import AttributionMethod
 from xcv_batch.methods.settings import METHOD_SETTINGS
-from xcv_batch.driver.plan import Passes, method_passes
-from xcv_batch.output.results import METHOD_LABELS, method_label
+from xcv_batch.plan import Passes, method_passes
+from xcv_batch.report.labels import METHOD_LABELS, method_label
 
 
 @dataclass(frozen=True)
-class GradientTimesInputSettings:
+class ScaledGradInputSettings:
     """∂f/∂x ⊙ x, optionally its absolute value."""
 
     absolute: bool = False
@@ -36,7 +36,7 @@ class GradientTimesInputSettings:
             raise ConfigError("scale", f"must be > 0, got {self.scale}")
 
 
-class GradientTimesInput(AttributionMethod):
+class ScaledGradInput(AttributionMethod):
     def attribute(self, inputs, targets, seeds):
         images = inputs.detach().requires_grad_(True)
         with torch.enable_grad():
@@ -46,7 +46,7 @@ class GradientTimesInput(AttributionMethod):
         return (result.abs() if self.settings.absolute else result).float()
 
 
-def gradient_x_input_reference(net, x, target: int, settings):
+def scaled_grad_input_reference(net, x, target: int, settings):
     """The toy method's oracle: one image, autograd on the stock network."""
     x = x.detach().requires_grad_(True)
     (gradient,) = torch.autograd.grad(net(x)[0, target], x)
@@ -55,15 +55,15 @@ def gradient_x_input_reference(net, x, target: int, settings):
 
 
 SPEC = MethodSpec(
-    name="gradient_x_input", settings=GradientTimesInputSettings, label="Gradient × Input",
+    name="scaled_grad_input", settings=ScaledGradInputSettings, label="Scaled gradient × input",
     passes=lambda settings, height, width: Passes(forward_backward=1),
-    implementation=f"{__name__}:GradientTimesInput", differentiates=True,
-    oracle=f"{__name__}:gradient_x_input_reference",
+    implementation=f"{__name__}:ScaledGradInput", differentiates=True,
+    oracle=f"{__name__}:scaled_grad_input_reference",
 )
 
 JOB = {
     "name": "registry", "seed": 0, "model": {"arch": "resnet18", "weights": "none", "resolution": 32},
-    "methods": {"occlusion": {"window": 8, "stride": 8}, "gradient_x_input": {"absolute": True}},
+    "methods": {"occlusion": {"window": 8, "stride": 8}, "scaled_grad_input": {"absolute": True}},
     "sensitivity": {"n_perturb_samples": 2, "perturb_radius": 0.02},
 }
 
@@ -71,43 +71,43 @@ JOB = {
 
 def test_a_method_registered_from_a_test_file_validates_plans_labels_and_runs():
     with registered(SPEC):
-        assert method_names()[-1] == "gradient_x_input" and method_spec("gradient_x_input") is SPEC
-        assert METHOD_SETTINGS["gradient_x_input"] is GradientTimesInputSettings
+        assert method_names()[-1] == "scaled_grad_input" and method_spec("scaled_grad_input") is SPEC
+        assert METHOD_SETTINGS["scaled_grad_input"] is ScaledGradInputSettings
 
         job = job_from_mapping(JOB)  # config: known, its settings built and checked
-        assert job.methods["gradient_x_input"] == GradientTimesInputSettings(absolute=True)
-        with pytest.raises(ConfigError, match=r"^methods\.gradient_x_input\.scale: must be > 0, got -1"):
-            job_from_mapping({**JOB, "methods": {"gradient_x_input": {"scale": -1}}})
-        with pytest.raises(ConfigError, match=r"methods\.gradient_x_input\.nope"):
-            job_from_mapping({**JOB, "methods": {"gradient_x_input": {"nope": 1}}})
+        assert job.methods["scaled_grad_input"] == ScaledGradInputSettings(absolute=True)
+        with pytest.raises(ConfigError, match=r"^methods\.scaled_grad_input\.scale: must be > 0, got -1"):
+            job_from_mapping({**JOB, "methods": {"scaled_grad_input": {"scale": -1}}})
+        with pytest.raises(ConfigError, match=r"methods\.scaled_grad_input\.nope"):
+            job_from_mapping({**JOB, "methods": {"scaled_grad_input": {"nope": 1}}})
 
         passes = method_passes(job)  # plan: one forward+backward per image, times 1 + 2 sensitivity copies
-        assert passes["gradient_x_input"] == Passes(forward_backward=3)
+        assert passes["scaled_grad_input"] == Passes(forward_backward=3)
         assert passes["occlusion"] == Passes(forward=(4 * 4 + 1) * 3)
 
-        assert method_label("gradient_x_input") == METHOD_LABELS["gradient_x_input"] == "Gradient × Input"
+        assert method_label("scaled_grad_input") == METHOD_LABELS["scaled_grad_input"] == "Scaled gradient × input"
 
         weight = torch.randn(2, 3 * 4 * 4, generator=torch.Generator().manual_seed(0))
-        method = build_method("gradient_x_input", linear_classifier(4, weight), job.methods["gradient_x_input"], 8)
-        assert method_class("gradient_x_input") is GradientTimesInput
+        method = build_method("scaled_grad_input", linear_classifier(4, weight), job.methods["scaled_grad_input"], 8)
+        assert method_class("scaled_grad_input") is ScaledGradInput
         assert (method.name, method.settings_type, method.differentiates, method.stochastic) == (
-            "gradient_x_input", GradientTimesInputSettings, True, False)
+            "scaled_grad_input", ScaledGradInputSettings, True, False)
         inputs = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(1))
         targets = torch.tensor([0, 1])
         result = method.attribute(inputs, targets, [0, 0])
         expected = (weight[targets].view(2, 3, 4, 4) * inputs).abs()
         torch.testing.assert_close(result, expected)
 
-    assert "gradient_x_input" not in method_names() and "gradient_x_input" not in METHOD_SETTINGS
-    assert method_label("gradient_x_input") == "gradient_x_input"
-    with pytest.raises(ConfigError, match=r"^methods\.gradient_x_input: unknown method; one of: occlusion, "):
+    assert "scaled_grad_input" not in method_names() and "scaled_grad_input" not in METHOD_SETTINGS
+    assert method_label("scaled_grad_input") == "scaled_grad_input"
+    with pytest.raises(ConfigError, match=r"^methods\.scaled_grad_input: unknown method; one of: occlusion, "):
         job_from_mapping(JOB)
 
 
 def test_a_name_registers_once():
     with pytest.raises(ValueError, match="'lime' is already registered"):
-        with registered(MethodSpec(name="lime", settings=GradientTimesInputSettings, label="x",
-                                   passes=lambda s, h, w: Passes(), implementation=f"{__name__}:GradientTimesInput")):
+        with registered(MethodSpec(name="lime", settings=ScaledGradInputSettings, label="x",
+                                   passes=lambda s, h, w: Passes(), implementation=f"{__name__}:ScaledGradInput")):
             pass
     assert method_spec("lime").label == "LIME"
 
@@ -128,12 +128,12 @@ def test_every_registered_method_has_a_label_settings_defaults_and_passes():
 def test_a_registered_method_gets_the_registry_parametrised_tests_without_editing_them(resnet, small_cnn):
     """What the oracle, invariance and seed tests of test_methods_captum.py run for every registered method, run for
     the toy one: equal to its oracle, independent of forward batch and batch mates, seeds ignored (deterministic)."""
-    settings = GradientTimesInputSettings(absolute=True, scale=2.0)
+    settings = ScaledGradInputSettings(absolute=True, scale=2.0)
     with registered(SPEC):
-        captum_tests.assert_matches_its_oracle("gradient_x_input", resnet, settings)
-        captum_tests.test_result_does_not_depend_on_forward_batch_or_batch_mates("gradient_x_input", small_cnn)
+        captum_tests.assert_matches_its_oracle("scaled_grad_input", resnet, settings)
+        captum_tests.test_result_does_not_depend_on_forward_batch_or_batch_mates("scaled_grad_input", small_cnn)
         captum_tests.test_seeds_change_the_map_exactly_when_the_method_is_registered_stochastic(
-            "gradient_x_input", small_cnn)
+            "scaled_grad_input", small_cnn)
 
 
 def test_a_registered_method_gets_rows_and_ranks_in_a_run(tmp_path):
@@ -147,14 +147,14 @@ def test_a_registered_method_gets_rows_and_ranks_in_a_run(tmp_path):
         run_job(job, stream=open(os.devnull, "w"))
         results = open_results(job.output.path)
         rows = results.rows()
-        toy = rows[rows.method == "gradient_x_input"]
+        toy = rows[rows.method == "scaled_grad_input"]
         assert len(toy) == 2 and (toy.status == "ok").all() and toy.sensitivity_max.notna().all()
         for row in toy.itertuples():
-            attribution = results.attribution(row.image_id, "gradient_x_input")
+            attribution = results.attribution(row.image_id, "scaled_grad_input")
             assert attribution.shape == (3, 32, 32) and (attribution >= 0).all()  # absolute: True
         summary = summarize(job.output.path, n_boot=50)
-        ranks = {m: summary.methods[m].ranks["sensitivity_max"].mean_rank for m in ("occlusion", "gradient_x_input")}
+        ranks = {m: summary.methods[m].ranks["sensitivity_max"].mean_rank for m in ("occlusion", "scaled_grad_input")}
         by_image = rows.pivot(index="image_id", columns="method", values="sensitivity_max")
-        expected = float(np.mean([1.0 if by_image.loc[i, "gradient_x_input"] < by_image.loc[i, "occlusion"] else 2.0
+        expected = float(np.mean([1.0 if by_image.loc[i, "scaled_grad_input"] < by_image.loc[i, "occlusion"] else 2.0
                                   for i in by_image.index]))
-        assert ranks["gradient_x_input"] == expected and ranks["occlusion"] == 3.0 - expected
+        assert ranks["scaled_grad_input"] == expected and ranks["occlusion"] == 3.0 - expected

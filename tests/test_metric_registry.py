@@ -19,7 +19,7 @@ from xcv_batch.report.summarize import summarize
 
 
 @dataclass(frozen=True)
-class MapNormSettings:
+class ScaledMapNormSettings:
     scale: float = 1.0
 
     def check(self) -> None:
@@ -27,16 +27,16 @@ class MapNormSettings:
             raise ConfigError("scale", f"must be > 0, got {self.scale}")
 
 
-class MapNorm(Metric):
+class ScaledMapNorm(Metric):
     """``scale`` × the L1 norm of each map: a map that says less scores lower."""
 
     def evaluate(self, batch: MapBatch) -> Evaluation:
-        return Evaluation({"map_l1": self.settings.scale * batch.attributions.double().abs().flatten(1).sum(1)})
+        return Evaluation({"scaled_map_l1": self.settings.scale * batch.attributions.double().abs().flatten(1).sum(1)})
 
 
 SPEC = MetricSpec(
-    name="map_norm", settings=MapNormSettings, implementation=f"{__name__}:MapNorm",
-    columns=(MetricInfo("map_l1", "lower", "Map L1 norm", family="toy"),),
+    name="scaled_map_norm", settings=ScaledMapNormSettings, implementation=f"{__name__}:ScaledMapNorm",
+    columns=(MetricInfo("scaled_map_l1", "lower", "Map L1 norm", family="toy"),),
 )
 
 METHODS = ("occlusion", "integrated_gradients")
@@ -57,11 +57,11 @@ def job(tmp_path, **metrics):
 
 def test_a_metric_registered_from_a_test_file_validates_runs_and_is_ranked(tmp_path):
     with registered(SPEC):
-        assert metric_specs()[-1] is SPEC and metric_info("map_l1").family == "toy"
-        with pytest.raises(ConfigError, match=r"^metrics\.map_norm\.scale: must be > 0, got -1"):
-            job(tmp_path, map_norm={"scale": -1})
-        run = job(tmp_path, map_norm={"scale": 2.0})
-        assert run.metrics.map_norm == MapNormSettings(scale=2.0)
+        assert metric_specs()[-1] is SPEC and metric_info("scaled_map_l1").family == "toy"
+        with pytest.raises(ConfigError, match=r"^metrics\.scaled_map_norm\.scale: must be > 0, got -1"):
+            job(tmp_path, scaled_map_norm={"scale": -1})
+        run = job(tmp_path, scaled_map_norm={"scale": 2.0})
+        assert run.metrics.scaled_map_norm == ScaledMapNormSettings(scale=2.0)
         run_job(run)
 
         rows = rows_of(run.output.path)
@@ -69,20 +69,20 @@ def test_a_metric_registered_from_a_test_file_validates_runs_and_is_ranked(tmp_p
         maps = zarr.open_group(f"{run.output.path}/attributions.zarr", mode="r")
         for row in rows.itertuples():
             expected = 2.0 * np.abs(maps[row.method][row.index].astype(np.float64)).sum()
-            assert row.map_l1 == pytest.approx(expected, rel=1e-5)
-            assert row.map_norm_seconds > 0
+            assert row.scaled_map_l1 == pytest.approx(expected, rel=1e-5)
+            assert row.scaled_map_norm_seconds > 0
 
         summary = summarize(run.output.path, n_boot=50)
-        assert "map_l1" in summary.metrics
-        by_image = rows.pivot(index="image_id", columns="method", values="map_l1")
+        assert "scaled_map_l1" in summary.metrics
+        by_image = rows.pivot(index="image_id", columns="method", values="scaled_map_l1")
         for method in METHODS:
             # lower is better: rank 1 on an image where this method's map has the smaller norm
             expected_rank = float(np.mean([1.0 if by_image.loc[i, method] == by_image.loc[i].min() else 2.0
                                            for i in by_image.index]))
-            assert summary.methods[method].ranks["map_l1"].mean_rank == expected_rank
+            assert summary.methods[method].ranks["scaled_map_l1"].mean_rank == expected_rank
 
     # Gone again: the key is unknown, the column no metric.
-    with pytest.raises(ConfigError, match=r"^metrics\.map_norm: unknown key"):
-        job(tmp_path, map_norm={})
+    with pytest.raises(ConfigError, match=r"^metrics\.scaled_map_norm: unknown key"):
+        job(tmp_path, scaled_map_norm={})
     with pytest.raises(KeyError):
-        metric_info("map_l1")
+        metric_info("scaled_map_l1")

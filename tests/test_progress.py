@@ -12,10 +12,11 @@ import pytest
 from ray_helpers import METHODS, write_job
 from waiting import wait_until
 from xcv_batch.config import load_job
-from xcv_batch.driver.plan import Passes, method_passes
-from xcv_batch.driver.progress import Forwarded, ImagesDone, MethodDone, RunProgress, ShardTally, Skipped
+from xcv_batch.driver.progress import RunProgress
+from xcv_batch.execution.tally import ShardTally
 from xcv_batch.output.results import open_results
-from xcv_batch.driver.shards import ShardReport
+from xcv_batch.plan import Passes, method_passes
+from xcv_batch.work import Forwarded, ImagesDone, MethodDone, ShardReport, Skipped
 
 WORK = {"cheap": Passes(forward=10), "dear": Passes(forward_backward=30)}  # work 10 and 90 per image
 LINE = re.compile(r"progress: (\d+)/(\d+) images, (\d+)/(\d+) image-methods \((\d+)%\), (\d+) failed")

@@ -62,6 +62,7 @@ def test_cluster_resources_count_alive_nodes_only():
 # ------------------------------------------------------------------------------------------------ on Ray actors
 
 
+@pytest.mark.slow  # starts the shared local Ray and runs shards on its actors
 def test_two_cpu_workers_give_the_in_process_results(ray_session, reference_run, tmp_path, photo_folder, capsys):
     out, report = ray_run(tmp_path, photo_folder, compute__workers=2)
     assert "workers: 2 Ray workers (CPU, 1 CPU, 1 torch thread each)" in capsys.readouterr().err
@@ -71,6 +72,7 @@ def test_two_cpu_workers_give_the_in_process_results(ray_session, reference_run,
     assert_same_results(reference_run[0], rows, reference_run[1], maps_of(out))
 
 
+@pytest.mark.slow  # starts the shared local Ray and runs shards on its actors
 def test_auto_starts_one_worker_per_gpu_and_shard_size_does_not_matter(ray_session, reference_run, tmp_path,
                                                                           photo_folder, capsys):
     out, report = ray_run(tmp_path, photo_folder, compute__workers="auto", compute__shard_size=3)
@@ -80,6 +82,7 @@ def test_auto_starts_one_worker_per_gpu_and_shard_size_does_not_matter(ray_sessi
     assert_same_results(reference_run[0], rows, reference_run[1], maps_of(out))
 
 
+@pytest.mark.slow  # starts the shared local Ray and runs shards on its actors
 def test_a_bad_model_in_the_workers_is_one_line_and_writes_nothing(ray_session, tmp_path, photo_folder, capsys):
     out = tmp_path / "out"
     job = write_job(tmp_path / "job.yaml", photo_folder, compute__workers=2)
@@ -91,6 +94,7 @@ def test_a_bad_model_in_the_workers_is_one_line_and_writes_nothing(ray_session, 
     assert not out.exists()
 
 
+@pytest.mark.slow  # starts the shared local Ray and runs shards on its actors
 def test_a_sigkilled_driver_resumes_to_the_uninterrupted_result(ray_session, reference_run, tmp_path, photo_folder):
     out = str(tmp_path / "out")
     job = write_job(tmp_path / "job.yaml", photo_folder, compute__workers=2, compute__shard_size=1)

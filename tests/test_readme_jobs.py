@@ -1,4 +1,4 @@
-"""The README's bring-your-own-model examples run as written: the timm job (offline, so with ``model.weights=none``)
+"""The bring-your-own-model examples of docs/models.md run as written: the timm job (offline, so with ``model.weights=none``)
 and the ``package.module:callable`` job with its module, each in a fresh folder through ``python -m xcv_batch``."""
 
 from __future__ import annotations
@@ -12,13 +12,13 @@ import pytest
 
 from xcv_batch import open_results
 
-README = os.path.join(os.path.dirname(__file__), "..", "README.md")
+PAGE = os.path.join(os.path.dirname(__file__), "..", "docs", "models.md")
 
 
 def _block(name: str, language: str) -> str:
-    text = open(README, encoding="utf-8").read()
+    text = open(PAGE, encoding="utf-8").read()
     found = re.findall(rf"<!-- {name}:begin -->\s*```{language}\n(.*?)```\s*<!-- {name}:end -->", text, re.S)
-    assert len(found) == 1, f"README has one marked {name} block"
+    assert len(found) == 1, f"docs/models.md has one marked {name} block"
     return found[0]
 
 

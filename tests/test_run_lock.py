@@ -37,7 +37,7 @@ def iso(seconds: float) -> str:
 
 
 def lock_of(host: str, pid: int, renewed: float, lease_s: float = 600.0) -> bytes:
-    """A lock as another run writes it (the format is the README's)."""
+    """A lock as another run writes it (the format is docs/reliability.md's)."""
     return json.dumps({"tool": "xcv_batch", "token": uuid.uuid4().hex, "host": host, "pid": pid,
                        "started": iso(renewed - 60), "renewed": iso(renewed), "lease_s": lease_s, "job": "other",
                        "pid_started": None}).encode()

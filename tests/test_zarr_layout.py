@@ -34,7 +34,7 @@ def run(tmp_path, folder, out: str, resume: bool = False, **changes):
 
 @pytest.fixture(scope="module")
 def plain_run(tmp_path_factory, photo_folder):
-    """One image an object (the default): OUT at TMP/results/demo, so the README's lines run as they are written."""
+    """One image an object (the default): OUT at TMP/results/demo, so the lines of docs/output.md run as they are written."""
     tmp = tmp_path_factory.mktemp("plain")
     run(tmp, photo_folder, str(tmp / "results" / "demo"))
     return tmp
@@ -55,7 +55,7 @@ def objects(out: str, array: str) -> list[str]:
 
 def test_xarray_opens_a_finished_run_indexed_by_image_id(plain_run, monkeypatch):
     monkeypatch.chdir(plain_run)
-    # --- README, "Reading with xarray", verbatim
+    # --- docs/output.md, "Reading with xarray", verbatim
     import xarray as xr
 
     ds = xr.open_zarr("results/demo/attributions.zarr")        # one read: the metadata is consolidated
@@ -180,7 +180,7 @@ def test_the_writer_writes_whole_objects_and_never_touches_images_it_did_not_wri
     other = store.open_arrays()  # image 4 alone, later: a read-merge-write of object 1
     other.write("lime", 4, image(4))
     other.flush()
-    maps = zarr.open_group(store.zarr_url, mode="r")["lime"][:]
+    maps = zarr.open_group(f"{store.out}/attributions.zarr", mode="r")["lime"][:]
     assert [float(m[0, 0, 0]) for m in maps] == [0, 1, 2, 3, 4, 5]
     assert written_chunks(store.fs, store.root, "lime") == {0, 1, 2, 3, 4, 5}
 
@@ -202,7 +202,7 @@ def test_a_sharded_out_on_s3_reads_back_and_lists_its_objects(s3_env):  # noqa: 
     assert written_chunks(fs, "layout-bucket/run", "lime") == {0, 1, 2, 4}
     assert store.layout_images_per_object() == 2
     res = open_results("s3://layout-bucket/run")
-    assert res.image_ids == ids and res._group.metadata.consolidated_metadata is not None
+    assert res.image_ids == ids and res.maps.group.metadata.consolidated_metadata is not None
     assert float(res.attribution("img4.png", "lime")[0, 0, 0]) == 4.0
     assert np.isnan(res.attribution("img3.png", "lime")).all()
     import xarray as xr
@@ -218,7 +218,7 @@ def test_one_image_tasks_of_one_object_never_run_at_the_same_time():
     from collections import deque
 
     from xcv_batch.driver.actors import RayExecutor, _Slot, _Task
-    from xcv_batch.execution.worker import Shard
+    from xcv_batch.work import Shard
 
     def task(*indices):
         return _Task(Shard(tuple((i, ImageRecord(f"{i}.png", f"/x/{i}.png")) for i in indices)))

@@ -27,6 +27,7 @@ from .data.images import load_image, load_mask, preprocess, to_rgb
 from .errors import ConfigError, ImageError
 from .data.sources import ImageRecord
 from .execution.explain import BatchExplainer, error_rows
+from .metrics.registry import masks_required_by
 from .models.classifier import Classifier
 from .models.preprocessing import preprocessing_from
 from .output.results import Results, open_results
@@ -50,7 +51,8 @@ def _methods_mapping(methods: Any) -> dict:
     if isinstance(methods, str):
         return {methods: {}}
     if isinstance(methods, Mapping):
-        return {name: _plain(settings) or {} for name, settings in methods.items()}
+        # None turns a method off, as null does in a job file
+        return {name: None if settings is None else _plain(settings) or {} for name, settings in methods.items()}
     if isinstance(methods, Sequence):
         return {str(name): {} for name in methods}
     raise ConfigError("methods", f"must be a method name, a list of names or a mapping name → settings, got {methods!r}")
@@ -225,8 +227,9 @@ class Explainer:
         """One (H, W) bool mask tensor or None per image (None when no image has one); localisation ``true`` needs
         them all, as in a run."""
         wanted = self.engine.wants_masks
-        if self.job.metrics.get("localisation") is True and (masks is None or any(m is None for m in masks)):
-            raise ConfigError("masks", "metrics.localisation is on: give a mask for every image")
+        requiring = masks_required_by(self.job.sensitivity, self.job.metrics)
+        if requiring is not None and (masks is None or any(m is None for m in masks)):
+            raise ConfigError("masks", f"{requiring.job_key} is on: give a mask for every image")
         if masks is None or not wanted:
             return None
         loaded = []

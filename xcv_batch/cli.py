@@ -119,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--threads", type=int, default=None, help="torch CPU threads")
 
     keys = verbs.add_parser("keys", help="list every job-file key with its type, default and meaning")
-    keys.add_argument("--markdown", action="store_true", help="a markdown table (the README's reference)")
+    keys.add_argument("--markdown", action="store_true", help="a markdown table (the key reference page of the docs)")
     return parser
 
 

@@ -12,7 +12,6 @@ import hashlib
 import json
 import math
 import os
-import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -20,9 +19,13 @@ from typing import Any, Literal, Mapping, Optional, Union
 
 import yaml
 
+from .data.registry import source_kind
 from .errors import ConfigError
+from .models.kinds import kinds_text, model_kind
+from .methods.registry import method_spec, method_specs
 from .methods.settings import METHOD_SETTINGS
 from .metrics.registry import metric_specs
+from .output.formats import format_names
 from .metrics.settings import (  # noqa: F401 - the settings of the metrics, importable from here as before
     CausalCurveConfig, ComplexityConfig, InfidelityConfig, InsertionConfig, RandomisationConfig, SensitivityConfig,
 )
@@ -109,7 +112,8 @@ class ModelConfig:
     @property
     def user_callable(self) -> str | None:
         """The ``package.module:callable`` that building this model imports and calls (the user's code), if any."""
-        return self.arch if _CALLABLE_ARCH.match(self.arch) and not self.arch.startswith("timm:") else None
+        kind = model_kind(self.arch)
+        return self.arch if kind is not None and kind.user_code else None
 
     def check(self) -> None:
         if not MIN_RESOLUTION <= self.resolution <= MAX_RESOLUTION:
@@ -123,20 +127,18 @@ class ModelConfig:
                                                     f"inputs and maps; set model.resolution: {crop} instead")
 
 
-#: ``package.module:callable`` (a dotted path of identifiers on each side of the colon).
-_CALLABLE_ARCH = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
-
-
 def check_arch_syntax(arch: str) -> None:
-    """``arch`` has one of the three forms (whether the name exists is checked by the models package, which imports
-    torchvision, timm or the module)."""
-    if arch.startswith("timm:"):
-        if not arch[len("timm:"):].strip():
-            raise ConfigError("arch", "'timm:' needs a model name, e.g. timm:resnet18")
-    elif ":" in arch and not _CALLABLE_ARCH.match(arch):
-        raise ConfigError("arch", f"'{arch}' is neither a torchvision name, timm:<name>, nor package.module:callable")
-    elif not arch.strip():
-        raise ConfigError("arch", "must name a torchvision classifier, timm:<name> or package.module:callable")
+    """``arch`` is written as one of the model kinds (:mod:`xcv_batch.models.kinds`: torchvision, ``timm:``,
+    ``package.module:callable``, …); whether the name exists is checked by the kind's builder, which imports
+    torchvision, timm or the module."""
+    kind = model_kind(arch)
+    if kind is None:
+        raise ConfigError("arch", f"'{arch}' is neither {kinds_text('nor')}")
+    if kind.prefix and not kind.name_in(arch).strip():
+        example = f", e.g. {kind.example}" if kind.example else ""
+        raise ConfigError("arch", f"'{kind.prefix}' needs a model name{example}")
+    if not arch.strip():
+        raise ConfigError("arch", f"must name {kinds_text('or')}")
 
 
 class MetricsConfig(Mapping):
@@ -225,10 +227,16 @@ class OutputConfig:
     #: means N/K objects, which object stores list, copy and bill far more cheaply. Not in the fingerprint: the maps
     #: are the same either way.
     images_per_object: int = 1
+    #: The map format (a registered one; ``zarr``: OUT/attributions.zarr). Not in the fingerprint: the maps are the
+    #: same values in any; a resume keeps the format OUT was laid out with.
+    format: str = "zarr"
 
     def check(self) -> None:
         if self.images_per_object < 1:
             raise ConfigError("images_per_object", f"must be ≥ 1, got {self.images_per_object}")
+        if self.format not in format_names():
+            raise ConfigError("format", f"must be a registered map format ({', '.join(format_names())}), "
+                                        f"got {self.format!r}")
 
 
 @dataclass(frozen=True)
@@ -285,13 +293,15 @@ class Job:
         # Batching, sharding and workers do not change results; the device, precision and execution do (rounding).
         c = self.compute
         d["compute"] = {"device": c.device, "precision": c.precision, "fast_execution": c.fast_execution}
-        # Incremental occlusion changes how the scores are computed, not what they are (equal to the full forwards up
-        # to float rounding, as batching is): not fingerprinted, so runs made before it existed still resume.
-        if "occlusion" in d["methods"]:
-            d["methods"]["occlusion"].pop("incremental", None)
+        # A method's keys that change how its maps are computed, not what they are (its spec's ``unhashed``).
+        methods = {spec.name: spec for spec in method_specs()}
+        for name, settings in d["methods"].items():
+            for key in methods[name].unhashed if name in methods else ():
+                settings.pop(key, None)
         # A metric added after runs existed, while off, leaves the hash as it was: their --resume still matches.
+        metrics = {spec.name: spec for spec in metric_specs()}
         for name, value in list(d["metrics"].items()):
-            if value is None and name not in _HASHED_WHEN_OFF:
+            if value is None and not (name in metrics and metrics[name].hashed_when_off):
                 d["metrics"].pop(name)
         # Likewise model.preprocessing, added later: left out, it changes nothing, and older runs keep their hash.
         if d["model"].get("preprocessing") is None:
@@ -301,10 +311,6 @@ class Job:
         if digest is not None:
             d["model"]["weights_sha256"] = digest
         return d
-
-
-#: The metrics that existed before off ones left the fingerprint: their ``null`` stays hashed, as it always was.
-_HASHED_WHEN_OFF = ("infidelity", "deletion", "insertion", "randomisation")
 
 
 def weights_file_digest(weights: str) -> str | None:
@@ -327,18 +333,34 @@ def _file_digest(path: str, size: int, mtime_ns: int) -> str:  # size and mtime 
 # --------------------------------------------------------------------------------------------------- validation
 
 
-def _type_name(tp: Any) -> str:
+def yaml_scalar(value: Any) -> str:
+    """A scalar as a job file writes it: ``null``, ``true``/``false``, a bare string (``""`` when empty), a number."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return value if value else '""'
+    return repr(value)
+
+
+def type_text(tp: Any, prose: bool = False) -> str:
+    """A type as a job file writes its values, as the key reference lists it (``auto | int``, ``float | null``); with
+    ``prose``, as an error message says it (``'auto' or an integer``, ``a list of numbers or null``)."""
     origin = typing.get_origin(tp)
+    joiner = " or " if prose else " | "
     if origin is Literal:
-        return " or ".join(repr(a) for a in typing.get_args(tp))
+        return joiner.join(repr(a) if prose else yaml_scalar(a) for a in typing.get_args(tp))
     if origin in (Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+        return joiner.join(type_text(a, prose) for a in typing.get_args(tp))
     if tp is type(None):
         return "null"
-    if origin is list:
+    if prose and origin is list:
         (item,) = typing.get_args(tp)
-        return "a list of " + {int: "integers", float: "numbers", str: "strings"}.get(item, _type_name(item))
-    return {int: "an integer", float: "a number", str: "a string", bool: "true/false"}.get(tp, getattr(tp, "__name__", str(tp)))
+        return "a list of " + {int: "integers", float: "numbers", str: "strings"}.get(item, type_text(item, prose))
+    if prose and tp in (int, float, str, bool):
+        return {int: "an integer", float: "a number", str: "a string", bool: "true/false"}[tp]
+    return getattr(tp, "__name__", str(tp))
 
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:
@@ -347,14 +369,14 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if origin is Literal:
         if value in typing.get_args(tp):
             return value
-        raise ConfigError(key, f"must be {_type_name(tp)}, got {value!r}")
+        raise ConfigError(key, f"must be {type_text(tp, prose=True)}, got {value!r}")
     if origin in (Union, types.UnionType):
         for arg in typing.get_args(tp):
             try:
                 return _coerce(value, arg, key)
             except ConfigError:
                 continue
-        raise ConfigError(key, f"must be {_type_name(tp)}, got {value!r}")
+        raise ConfigError(key, f"must be {type_text(tp, prose=True)}, got {value!r}")
     if tp is type(None):
         if value is None:
             return None
@@ -366,7 +388,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 return [_coerce(v, item, key) for v in value]
             except ConfigError:
                 pass
-        raise ConfigError(key, f"must be {_type_name(tp)}, got {value!r}")
+        raise ConfigError(key, f"must be {type_text(tp, prose=True)}, got {value!r}")
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -379,7 +401,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     elif tp is str:
         if isinstance(value, str):
             return value
-    raise ConfigError(key, f"must be {_type_name(tp)}, got {value!r}")
+    raise ConfigError(key, f"must be {type_text(tp, prose=True)}, got {value!r}")
 
 
 def dataclass_in(tp: Any) -> type | None:
@@ -427,6 +449,8 @@ def build_dataclass(cls: type, raw: Any, key: str) -> Any:
 
 
 def _build_methods(raw: Any) -> dict:
+    """The ``methods:`` section: each key names a registered method; a mapping → those settings ({}: the defaults),
+    null → off, as a metric or ``sensitivity`` is turned off."""
     if raw is None:
         raw = {}
     if not isinstance(raw, Mapping):
@@ -435,7 +459,8 @@ def _build_methods(raw: Any) -> dict:
     for name, settings in raw.items():
         if name not in METHOD_SETTINGS:
             raise ConfigError(f"methods.{name}", f"unknown method; one of: {', '.join(METHOD_SETTINGS)}")
-        methods[name] = build_dataclass(METHOD_SETTINGS[name], settings, f"methods.{name}")
+        if settings is not None:
+            methods[name] = build_dataclass(METHOD_SETTINGS[name], settings, f"methods.{name}")
     if not methods:
         raise ConfigError("methods", f"name at least one method of: {', '.join(METHOD_SETTINGS)}")
     return methods
@@ -547,13 +572,13 @@ def job_from_raw(raw: Mapping, overrides: list[str] | None = None, output: str |
             raise ConfigError("output", "must be a mapping with a 'path'")
         raw["output"]["path"] = output
     job = job_from_mapping(raw)
-    occlusion = job.methods.get("occlusion")
-    if occlusion is not None and occlusion.window > job.model.resolution:
-        raise ConfigError(
-            "methods.occlusion.window", f"must be ≤ model.resolution ({job.model.resolution}), got {occlusion.window}"
-        )
-    if job.target == "label" and job.data.source.startswith("builtin:"):
-        raise ConfigError("target", "'label' needs a manifest with a label column; builtin images have no labels")
+    for name, settings in job.methods.items():  # each method's checks against the rest of the job (resolution …)
+        check_job = method_spec(name).check_job
+        if check_job is not None:
+            check_job(settings, job)
+    unlabelled = source_kind(job.data.source).unlabelled
+    if job.target == "label" and unlabelled:
+        raise ConfigError("target", f"'label' needs a manifest with a label column; {unlabelled}")
     return job
 
 

@@ -21,12 +21,11 @@ import inspect
 import io
 import textwrap
 import tokenize
-import types
 import typing
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Literal, Mapping, Optional, Union
+from typing import Any, Callable, Iterator, Mapping, Optional
 
-from .config import Job, allows_none, dataclass_in
+from .config import Job, allows_none, dataclass_in, type_text, yaml_scalar
 from .methods.registry import method_specs
 from .metrics.registry import metric_specs
 
@@ -139,29 +138,9 @@ def _summary(cls: type) -> str:
 # ------------------------------------------------------------------------------ types and values as a job writes them
 
 
-def type_text(tp: Any) -> str:
-    """A type as a job file writes its values: ``auto | int``, ``zero | blur | mean``, ``float | null``."""
-    origin = typing.get_origin(tp)
-    if origin is Literal:
-        return " | ".join(yaml_text(a) for a in typing.get_args(tp))
-    if origin in (Union, types.UnionType):
-        return " | ".join(type_text(a) for a in typing.get_args(tp))
-    if tp is type(None):
-        return "null"
-    return getattr(tp, "__name__", str(tp))
-
-
 def yaml_text(value: Any) -> str:
-    """A default as it is written in a job file."""
-    if value is OFF:
-        return repr(OFF)
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return value if value else '""'
-    return repr(value)
+    """A default as it is written in a job file (types are written by :func:`xcv_batch.config.type_text`)."""
+    return repr(OFF) if value is OFF else yaml_scalar(value)
 
 
 # --------------------------------------------------------------------------------------------- comments as meanings
@@ -229,7 +208,8 @@ def render_text(keys: list[KeyDoc]) -> str:
 
 
 def render_markdown(keys: list[KeyDoc]) -> str:
-    """One markdown table of every key, for the README (``|`` in types escaped for GitHub's table parser)."""
+    """One markdown table of every key, for the key reference page docs/reference.md (``|`` in types escaped for
+    GitHub's table parser)."""
     lines = ["| key | type | default | meaning |", "|---|---|---|---|"]
     for k in keys:
         cells = (f"`{k.key}`", f"`{k.type}`", f"`{k.default}`", k.meaning)

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from xcv_batch.config import ComputeConfig, MetricsConfig, SensitivityConfig
-from xcv_batch.driver.plan import CLASSIFY, Passes
+from xcv_batch.plan import CLASSIFY, Passes
 from xcv_batch.execution import device as dev
 from xcv_batch.execution.explain import BatchExplainer, BatchResult
 from xcv_batch.methods import method_spec, segmentation

@@ -10,7 +10,8 @@
 * :func:`load_mask` reads a ground-truth object mask (a manifest's optional ``mask_path`` column) through the same
   resize and centre crop as its image, so mask pixels line up with attribution pixels.
 
-Local paths go through ``open`` and never need fsspec; URLs (anything with ``://``) go through fsspec.
+Local paths go through ``open`` and never need fsspec; URLs (anything with ``://``) go through fsspec; a record of a
+source whose images are not files names its own ``reader`` (:mod:`xcv_batch.data.registry`).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from torchvision.transforms import InterpolationMode
 
 from ..errors import ImageError
 from ..models.classifier import Preprocessing
+from .registry import read_with
 from .sources import ImageRecord, is_url
 
 # Resizing the short side of a very elongated image makes its long side huge (a 100000×2 strip at 256 px would be
@@ -53,9 +55,12 @@ _SIGNATURES = (
 )
 
 
-def read_bytes(path: str) -> bytes:
-    """The whole file; local paths with ``open``, URLs with fsspec."""
+def read_bytes(path: str, reader: str = "") -> bytes:
+    """The whole file; local paths with ``open``, URLs with fsspec, and with ``reader`` (``"module:function"``, a
+    source's own way to open its images) when one is given."""
     try:
+        if reader:
+            return read_with(reader, path)
         if is_url(path):
             import fsspec
 
@@ -67,7 +72,7 @@ def read_bytes(path: str) -> bytes:
         raise ImageError(f"cannot read file: {err}") from err
 
 
-def decode_image(path: str, min_short_side: int | None = None) -> Image.Image:
+def decode_image(path: str, min_short_side: int | None = None, reader: str = "") -> Image.Image:
     """The image at ``path`` as 8-bit RGB: EXIF orientation applied, first frame only, see :func:`to_rgb`.
 
     ``min_short_side``: a larger JPEG is decoded at the smallest scale (1/2, 1/4 or 1/8, by its decoder) whose short
@@ -76,7 +81,7 @@ def decode_image(path: str, min_short_side: int | None = None) -> Image.Image:
     ``Image.MAX_IMAGE_PIXELS`` is refused, and other formats warn as PIL does. Truncated files fail
     (``ImageFile.LOAD_TRUNCATED_IMAGES`` is left False).
     """
-    return _decode(path, min_short_side)[0]
+    return _decode(path, min_short_side, reader)[0]
 
 
 #: A large JPEG is decoded reduced, but to no less than this many times the short side it is then resized to.
@@ -101,9 +106,9 @@ class Reduced:
     # reduced size up, so the last row and column are partly outside it
 
 
-def _decode(path: str, min_short_side: int | None = None) -> tuple[Image.Image, Reduced | None]:
+def _decode(path: str, min_short_side: int | None = None, reader: str = "") -> tuple[Image.Image, Reduced | None]:
     """The RGB image, reduced as :func:`decode_image` says, and how (None: decoded whole)."""
-    data = read_bytes(path)
+    data = read_bytes(path, reader)
     if not data:
         raise ImageError("empty file: the file has 0 bytes")
     try:
@@ -300,17 +305,17 @@ def _check_resized_size(size: tuple[int, int], resize_size: int) -> None:
         )
 
 
-def load_image(path: str, preprocessing: Preprocessing) -> torch.Tensor:
+def load_image(path: str, preprocessing: Preprocessing, reader: str = "") -> torch.Tensor:
     """The model input for one file, before normalisation: (3, R, R) float32 in [0, 1]; fails with ImageError.
 
     Transparent pixels come out as if the image lay on a white background (see :func:`to_rgb`). A large JPEG is
     decoded reduced to no less than DECODE_MARGIN times the resized short side (see there for how close that is).
     """
-    image, reduced = _decode(path, DECODE_MARGIN * preprocessing.resize_size)
+    image, reduced = _decode(path, DECODE_MARGIN * preprocessing.resize_size, reader)
     return preprocess(image, preprocessing, reduced)
 
 
-def load_mask(path: str, preprocessing: Preprocessing) -> torch.Tensor:
+def load_mask(path: str, preprocessing: Preprocessing, reader: str = "") -> torch.Tensor:
     """A ground-truth mask as (R, R) bool, aligned with :func:`load_image` of its image; fails with ImageError.
 
     Any pixel mode is read as grey levels and a pixel is in the mask when it is at least half the full level (≥ 128
@@ -319,7 +324,7 @@ def load_mask(path: str, preprocessing: Preprocessing) -> torch.Tensor:
     mask goes through the image's resize (short side) and centre crop with **nearest** interpolation, so it stays
     binary; it must have its image's aspect ratio to line up with it.
     """
-    data = read_bytes(path)
+    data = read_bytes(path, reader)
     if not data:
         raise ImageError("empty mask file: the file has 0 bytes")
     try:
@@ -344,9 +349,9 @@ def load_mask(path: str, preprocessing: Preprocessing) -> torch.Tensor:
     return torch.from_numpy(np.asarray(binary) >= 128)
 
 
-def _load_or_error(path: str, preprocessing: Preprocessing) -> torch.Tensor | ImageError:
+def _load_or_error(record: ImageRecord, preprocessing: Preprocessing) -> torch.Tensor | ImageError:
     try:
-        return load_image(path, preprocessing)
+        return load_image(record.path, preprocessing, record.reader)
     except ImageError as err:
         return err
 
@@ -378,7 +383,7 @@ def _decode_in_threads(
     def submit_next() -> None:
         record = next(pending_records, None)
         if record is not None:
-            pending.append((record, pool.submit(_load_or_error, record.path, preprocessing)))
+            pending.append((record, pool.submit(_load_or_error, record, preprocessing)))
 
     try:
         for _ in range(ahead):

@@ -1,7 +1,9 @@
 """Listing image sources: ``data.source`` → :class:`ImageRecord` s sorted by id, without opening any image.
 
 :func:`list_images` takes a folder, a glob, a ``.txt``/``.csv``/``.parquet`` manifest, an ``s3://``-style URL of any
-of those, or ``builtin:skimage``. A file that cannot be decoded is listed and fails later, as that image's error rows.
+of those, ``builtin:skimage``, or any other kind registered in :mod:`xcv_batch.data.registry` (the two built-in kinds
+register at the end of this module). A file that cannot be decoded is listed and fails later, as that image's error
+rows.
 
 Its own module, free of torch, torchvision and PIL, so that ``run`` checks the source (and ``--dry-run`` counts the
 images) before any heavy import; :mod:`xcv_batch.data` decodes and preprocesses what is listed here.
@@ -10,6 +12,7 @@ Local paths go through ``os``/``open`` and never need fsspec; URLs (anything wit
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import glob as globlib
 import importlib.util
@@ -21,6 +24,7 @@ from dataclasses import dataclass
 from typing import Callable, Mapping
 
 from ..errors import DataError
+from .registry import SourceSpec, register, source_kind, source_kinds_text
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 MANIFEST_EXTENSIONS = (".txt", ".csv", ".parquet")
@@ -48,6 +52,9 @@ class ImageRecord:
     path: str
     label: int | None = None
     mask_path: str | None = None  # ground-truth object mask (manifest column ``mask_path``), absolute path or URL
+    #: ``"module:function"`` returning the bytes of ``path`` and ``mask_path``, for a source whose images are not
+    #: files (its spec's ``reader``); "" for files and URLs, which the decoder opens itself
+    reader: str = ""
 
 
 def is_url(path: str) -> bool:
@@ -77,24 +84,28 @@ def _skimage_photos() -> list[ImageRecord]:
 # Named datasets that ship with installed packages: handy for smoke runs without any data of one's own.
 BUILTIN_SOURCES: Mapping[str, Callable[[], list[ImageRecord]]] = {"builtin:skimage": _skimage_photos}
 
-_SOURCE_KINDS = "a folder, a glob pattern, a .txt/.csv/.parquet manifest, or " + ", ".join(BUILTIN_SOURCES)
-
 
 def list_images(source: str, limit: int | None = None) -> list[ImageRecord]:
     """The images of ``source`` sorted by ``image_id``; ``limit`` keeps the first N of that order."""
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise DataError(f"data.limit must be a positive integer or null, not {limit!r}")
-    if source.startswith("builtin:"):
-        if source not in BUILTIN_SOURCES:
-            raise DataError(f"data.source '{source}' is not a builtin source; use one of {', '.join(BUILTIN_SOURCES)}")
-        records = BUILTIN_SOURCES[source]()
-    else:
-        records = _list_path_source(source)
+    spec = source_kind(source)
+    records = spec.list(source)
+    if spec.reader:
+        records = (record if record.reader else dataclasses.replace(record, reader=spec.reader) for record in records)
     records = sorted(records, key=lambda record: record.image_id)
     return records[:limit] if limit is not None else records
 
 
-def _list_path_source(source: str) -> list[ImageRecord]:
+def list_builtin(source: str) -> list[ImageRecord]:
+    """The images of a named dataset (``builtin:skimage``)."""
+    if source not in BUILTIN_SOURCES:
+        raise DataError(f"data.source '{source}' is not a builtin source; use one of {', '.join(BUILTIN_SOURCES)}")
+    return BUILTIN_SOURCES[source]()
+
+
+def list_files(source: str) -> list[ImageRecord]:
+    """The images of a folder, glob, manifest or single image, local or at a URL."""
     files = _RemoteFiles(source) if is_url(source) else _LocalFiles()
     location = source if is_url(source) else os.path.abspath(os.path.expanduser(source))
     if not is_url(source):
@@ -119,7 +130,7 @@ def _list_path_source(source: str) -> list[ImageRecord]:
             return _read_manifest(files, location, extension)
         if extension in IMAGE_EXTENSIONS:
             return [ImageRecord(posixpath.basename(location.replace(os.sep, "/")), location)]
-        raise DataError(f"data.source {source} is a file but not a manifest or an image; give {_SOURCE_KINDS}")
+        raise DataError(f"data.source {source} is a file but not a manifest or an image; give {source_kinds_text()}")
 
     if globlib.has_magic(location):
         prefix = _glob_prefix(location)
@@ -134,7 +145,7 @@ def _list_path_source(source: str) -> list[ImageRecord]:
             raise DataError(f"data.source: the pattern {source} matched no image files ({' '.join(IMAGE_EXTENSIONS)})")
         return records
 
-    raise DataError(f"data.source {source} does not exist; give {_SOURCE_KINDS}")
+    raise DataError(f"data.source {source} does not exist; give {source_kinds_text()}")
 
 
 def _refuse_pseudo_filesystem(source: str, folder: str) -> None:
@@ -425,3 +436,14 @@ class _RemoteFiles:
         return url[len(root):] if url.startswith(root) else url
 
 
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The built-in kinds (registered first, so that any other kind is asked before the folder/glob/manifest one)
+# ---------------------------------------------------------------------------------------------------------------
+
+register(SourceSpec(name="files", matches=lambda source: True, lister=".sources:list_files",
+                    written="a folder, a glob pattern, a .txt/.csv/.parquet manifest"))
+register(SourceSpec(name="builtin", matches=lambda source: source.startswith("builtin:"),
+                    lister=".sources:list_builtin", written=", ".join(BUILTIN_SOURCES),
+                    unlabelled="builtin images have no labels"))

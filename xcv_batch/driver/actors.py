@@ -37,7 +37,8 @@ from ..models.pinned import PinnedWeights, pin_job_weights
 from .progress import ProgressEvent, RunProgress
 from ..output.sink import OutputSink, open_sink
 from ..execution.explain import error_rows
-from ..execution.worker import Shard, ShardReport, ShardWorker
+from ..execution.worker import ShardWorker
+from ..work import Shard, ShardReport
 from .faults import Fault, faults_from_env, progress_hook
 from .placement import WorkerPlan, plan_workers
 from .session import RaySession
@@ -80,7 +81,7 @@ class ShardActor:
             self.worker = ShardWorker(job, device=device, torch_threads=torch_threads, weights=weights)
         except Exception as err:  # noqa: BLE001 - raising here would kill the actor and hide the reason
             self.failure = StartFailure(type(err).__name__, str(err), traceback.format_exc())
-        self.store = open_sink(out)
+        self.store = open_sink(out, map_format=job.output.format)
         self.faults = faults
         self.inbox = inbox
 

@@ -2,7 +2,7 @@
 
 The checks are the run's own (job, source, labels, OUT) and come before any heavy import; then the plan (images,
 shards, workers), the passes every method needs per image (:mod:`xcv_batch.plan`) and an estimate from a short
-probe of the model on this machine (:mod:`xcv_batch.probe`).
+probe of the model on this machine (:mod:`xcv_batch.execution.probe`).
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 from ..config import Job
 from ..output.outdir import check_out
-from .plan import CLASSIFY, Passes, format_duration, method_passes
+from ..plan import CLASSIFY, Passes, format_duration, method_passes
 from .placement import WorkerPlan, local_resources, plan_workers
-from .run import _wants_ray, checked_images, plan_shards, with_layout_of
+from .run import _wants_ray, checked_images, open_store, plan_shards
 
 
 @dataclass
@@ -86,10 +86,9 @@ def plan_run(job: Job, resume: bool = False, probe: bool = True) -> RunPlan:
     """Check the job's source and OUT as ``run`` does, then plan it; ``probe`` times the model for an estimate."""
     records = checked_images(job)
     check_out(job.output.path, job, resume)
-    from ..output.sink import UnreadableShard, open_sink
+    from ..output.sink import UnreadableShard
 
-    store = open_sink(job.output.path)
-    job = with_layout_of(job, store, resume)
+    job, store = open_store(job, resume)
     done, broken = set(), 0
     if resume:
         for name in store.committed_files():  # read only: a real --resume would set unreadable files aside

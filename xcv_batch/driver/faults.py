@@ -14,8 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from .progress import ImagesDone, ProgressEvent
-from .shards import Shard
+from ..work import ImagesDone, ProgressEvent, Shard
 
 ENV = "XCV_TEST_FAULTS"
 

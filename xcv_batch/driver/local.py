@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from ..config import Job
 from ..models.pinned import PinnedWeights, pin_job_weights
 from .progress import RunProgress
-from .shards import Shard, ShardReport
+from ..work import Shard, ShardReport
 
 if TYPE_CHECKING:
     from ..output.sink import OutputSink

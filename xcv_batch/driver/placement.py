@@ -15,7 +15,7 @@ import math
 from dataclasses import dataclass
 
 from ..config import ComputeConfig
-from ..execution.cores import usable_cores
+from ..cores import usable_cores
 from ..errors import ConfigError
 
 

@@ -1,11 +1,12 @@
 """Run progress at the grain of the work: a rich bar on a terminal, plain lines at a steady interval elsewhere.
 
-Workers report small events while they compute (:class:`MethodDone` when a method has explained a batch's images,
-:class:`Forwarded` a few times a second while it runs, :class:`Skipped` for images that ran no method); in-process
-they arrive as calls, from Ray actors as messages. :class:`RunProgress` keeps them per *key* (a shard's attempt) so
-that a lost attempt's progress is taken back (:meth:`RunProgress.discard`) and a committed shard counts exactly
-what its report says (:meth:`RunProgress.settle`). Work is weighed in forward-equivalents (:mod:`xcv_batch.plan`),
-so the fraction done and the ETA do not jump when a cheap method follows an expensive one.
+Workers report small events (:mod:`xcv_batch.work`) while they compute (:class:`MethodDone` when a method has
+explained a batch's images, :class:`Forwarded` a few times a second while it runs, :class:`Skipped` for images that
+ran no method); in-process they arrive as calls, from Ray actors as messages. :class:`RunProgress` keeps them per
+*key* (a shard's attempt) so that a lost attempt's progress is taken back (:meth:`RunProgress.discard`) and a
+committed shard counts exactly what its report says (:meth:`RunProgress.settle`). Work is weighed in
+forward-equivalents (:mod:`xcv_batch.plan`), so the fraction done and the ETA do not jump when a cheap method follows
+an expensive one.
 
 "images" counts committed images (what ``--resume`` would skip); "image-methods" the explanations finished.
 Job logs keep only a bar's last frame, so off a terminal the lines are plain, from a timer thread: they come at
@@ -18,108 +19,11 @@ import sys
 import threading
 import time
 from collections import Counter
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, Hashable, Iterator, Mapping, Sequence
+from typing import Hashable, Mapping
 
-from .plan import Passes, format_duration
-
-#: Seconds between two :class:`Forwarded` events of one worker: often enough for a live ETA, rare enough to cost
-#: nothing next to a forward pass (and a few bytes a second from a Ray worker).
-HEARTBEAT_S = 0.5
-
-
-# ------------------------------------------------------------------------------------------------------ events
-
-
-@dataclass(frozen=True)
-class MethodDone:
-    """``method`` has explained ``images`` images of a batch (Max-Sensitivity and metrics included) in ``seconds``."""
-
-    method: str
-    images: int
-    seconds: float
-
-
-@dataclass(frozen=True)
-class Forwarded:
-    """``rows`` more rows went through the model for ``method``, in a call on ``images`` images still running."""
-
-    method: str
-    rows: int
-    images: int
-
-
-@dataclass(frozen=True)
-class Skipped:
-    """``images`` images of a batch ended without ``method`` running (unreadable, or their forward failed)."""
-
-    method: str
-    images: int
-
-
-@dataclass(frozen=True)
-class ImagesDone:
-    """A batch of ``images`` is finished, ``failed`` of them with error rows (its rows commit with the shard)."""
-
-    images: int
-    failed: int
-
-
-ProgressEvent = MethodDone | Forwarded | Skipped | ImagesDone
-
-
-class ShardTally:
-    """A worker's view of one shard: passes its events on, fills in :class:`Skipped` at the end of each batch, and
-    keeps the per-method seconds and images that the shard's report carries back."""
-
-    def __init__(self, methods: Sequence[str], send: Callable[[ProgressEvent], None] | None = None):
-        self.methods = list(methods)
-        self.send = send
-        self.seconds: Counter = Counter()
-        self.images: Counter = Counter()
-        self._batch: Counter = Counter()  # images each method has explained in the current batch
-
-    def __call__(self, event: ProgressEvent) -> None:
-        if isinstance(event, MethodDone):
-            self.seconds[event.method] += event.seconds
-            self.images[event.method] += event.images
-            self._batch[event.method] += event.images
-        if self.send is not None:
-            self.send(event)
-
-    def end_batch(self, images: int, failed: int) -> None:
-        for method in self.methods:
-            missing = images - self._batch[method]
-            if missing > 0:
-                self(Skipped(method, missing))
-        self._batch.clear()
-        self(ImagesDone(images, failed))
-
-    @contextmanager
-    def counting_forwards(self, net, method: str, images: int) -> Iterator[None]:
-        """While open, rows through ``net`` are reported as :class:`Forwarded` (at most every HEARTBEAT_S)."""
-        if self.send is None:
-            yield
-            return
-        pending = {"rows": 0, "last": -HEARTBEAT_S}
-        active = [True]  # a copy of the model made meanwhile (deep copies keep hooks) must not report later
-
-        def count(module, args, output) -> None:
-            if not active[0] or not args or not hasattr(args[0], "shape"):
-                return
-            pending["rows"] += int(args[0].shape[0])
-            now = time.monotonic()
-            if now - pending["last"] >= HEARTBEAT_S:
-                self(Forwarded(method, pending["rows"], images))
-                pending["rows"], pending["last"] = 0, now
-
-        handle = net.register_forward_hook(count)
-        try:
-            yield
-        finally:
-            active[0] = False
-            handle.remove()
+from ..plan import Passes, format_duration
+from ..work import Forwarded, MethodDone, ProgressEvent, Skipped
 
 
 # ------------------------------------------------------------------------------------------------------ ledger
@@ -206,7 +110,7 @@ class RunProgress:
     def __enter__(self) -> "RunProgress":
         self._started = time.monotonic()
         if self._stream.isatty():
-            self._bar = _Bar(self._stream, self.total * len(self.work), self._settled_units)
+            self._bar = _Bar(self._stream)
             self._bar.start()
         else:
             self._print_line(force=True)
@@ -355,7 +259,7 @@ class RunProgress:
 class _Bar:
     """The terminal bar: work done, image-methods and images, failures, elapsed and the measured ETA."""
 
-    def __init__(self, stream, total_units: int, done_units: int):
+    def __init__(self, stream):
         from rich.console import Console  # only on a terminal: plain lines need nothing from rich
         from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 

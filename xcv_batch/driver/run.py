@@ -18,11 +18,11 @@ from ..config import Job, dump_job, weights_file_digest
 from ..errors import ConfigError, OutputError
 from ..output.lock import RunLock
 from ..output.outdir import check_out_contents, check_out_writable
-from .plan import method_passes
+from ..plan import method_passes
 from .progress import RunProgress
 from ..models.pinned import PinnedWeights, pin_weights, weights_changed
 from ..output.provenance import provenance_from_metadata, run_provenance
-from .shards import Shard, ShardReport
+from ..work import Shard, ShardReport
 from ..data.sources import ImageRecord, list_images
 from .placement import local_resources, plan_workers
 
@@ -209,6 +209,20 @@ def check_weights_unchanged(job: Job, provenance: dict[str, str]) -> None:
         raise weights_changed(os.path.abspath(job.model.weights), recorded.get("weights_sha256"), now)
 
 
+def open_store(job: Job, resume: bool, provenance: dict[str, str] | None = None) -> tuple[Job, OutputSink]:
+    """OUT's sink, and ``job`` with the layout of the maps already in OUT when resuming onto them: the map format that
+    OUT/job.yaml records (not in the fingerprint: the maps are the same values in any format, so a resume may name
+    another), then the images per object (:func:`with_layout_of`). zarr and pyarrow are imported here."""
+    from ..output.formats import stored_format
+    from ..output.sink import open_sink
+
+    stored = stored_format(job.output.path) if resume else None
+    if stored is not None and stored != job.output.format:
+        job = dataclasses.replace(job, output=dataclasses.replace(job.output, format=stored))
+    store = open_sink(job.output.path, provenance=provenance, map_format=job.output.format)
+    return with_layout_of(job, store, resume), store
+
+
 def with_layout_of(job: Job, store: OutputSink, resume: bool) -> Job:
     """``job`` with the images per object of the arrays already in OUT, when resuming onto them: the layout was
     fixed when OUT was made (the setting is not in the fingerprint, so a resume may name another)."""
@@ -248,10 +262,9 @@ def run_job(job: Job, resume: bool = False, executor: Executor | None = None,
 def _run_holding_lock(job: Job, resume: bool, executor: Executor | None, stream: TextIO, records: list[ImageRecord],
                       started: float, verify: bool = False) -> RunReport:
     provenance = run_provenance(job)  # first: the weights file's digest as the OUT check just saw it (hashed once)
-    from ..output.sink import CommitCheck, open_sink  # zarr and pyarrow: imported by open_sink, once the checks have passed
+    from ..output.sink import CommitCheck
 
-    store = open_sink(job.output.path, provenance=provenance)
-    job = with_layout_of(job, store, resume)
+    job, store = open_store(job, resume, provenance)  # zarr and pyarrow: imported now that the checks have passed
     check = store.verify_committed(list(job.methods), decode=verify) if resume else CommitCheck()
     shards = plan_shards(records, job.compute.shard_size, check.done, job.output.images_per_object)
     print(start_line(job, len(records), len(check.done), len(shards)), file=stream, flush=True)

@@ -1,1 +1,1 @@
-"""Running a job on a device: explain_batch (methods and metrics on one batch, no I/O), precision, batch sizing, feeding, cores, and the worker that turns a shard into results."""
+"""Running a job on a device: explain_batch (methods and metrics on one batch, no I/O), the metric runner, precision, batch sizing, feeding, a shard's progress tally, and the worker that turns a shard into results."""

@@ -31,7 +31,7 @@ from typing import Callable, ContextManager, Iterable, Iterator, Protocol, Seque
 
 import torch
 
-from .cores import usable_cores
+from ..cores import usable_cores
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ def optimised_net(net: torch.nn.Module, example: torch.Tensor, channels_last: bo
     - weights in channels_last: oneDNN (CPU) and cuDNN (GPU) convolutions run faster in NHWC, and an NCHW input is
       converted once, in the first convolution.
 
-    Measured on the 2-core EPYC of the README's Performance section (one thread, ResNet-18, 64 and 224 px):
+    Measured on the 2-core EPYC of docs/performance.md (one thread, ResNet-18, 64 and 224 px):
     +10–17 % from channels_last alone, +15–20 % with the folding, forward and forward+backward alike. Results differ
     from the original network's by float rounding (relative 1e-6 on attributions).
     """

@@ -23,19 +23,20 @@ import numpy as np
 import torch
 
 from . import device as dev
-from .cores import usable_cores
+from ..cores import usable_cores
 from ..config import ComputeConfig, Job, MetricsConfig, SensitivityConfig
 from ..data.sources import ImageRecord
-from ..driver.progress import MethodDone, ProgressEvent, ShardTally
 from ..errors import MethodUnavailable, first_line
 from ..methods import build_method
 from ..methods.base import target_outputs
 from ..methods.segmentation import set_segmentation_workers
 from ..metrics.base import MapBatch, MetricContext
-from ..metrics.runner import MetricRunner
+from .metric_runner import MetricRunner
 from ..models.classifier import Classifier, build_classifier, read_categories, resolve_device
 from ..models.pinned import PinnedWeights
 from ..seeding import derive_seed
+from ..work import MethodDone, ProgressEvent
+from .tally import ShardTally
 
 log = logging.getLogger(__name__)
 
@@ -252,7 +253,7 @@ class BatchExplainer:
         ``inputs``: (N, 3, H, W) normalised model inputs on the model's device. ``targets``: the class to explain
         per image; without them, the ``target`` mode decides (the predicted class, or ``labels``). ``masks``: one
         (H, W) bool ground-truth mask or None per image (None: no image has one), for localisation. ``progress``
-        receives :mod:`xcv_batch.driver.progress` events (a :class:`ShardTally` also counts forwards).
+        receives :mod:`xcv_batch.work` events (a :class:`ShardTally` also counts forwards).
         """
         if len(image_ids) != inputs.shape[0]:
             raise ValueError(f"{inputs.shape[0]} inputs but {len(image_ids)} image ids")

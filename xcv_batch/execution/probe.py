@@ -15,7 +15,7 @@ import torch
 from . import device as dev
 from ..config import Job
 from ..models.classifier import build_classifier, resolve_device
-from ..driver.plan import Passes
+from ..methods.registry import Passes, method_spec
 
 #: Rows of a probe pass on a CPU: per-row cost is flat from here to 64+ there, and 16 rows keep the probe short.
 CPU_PROBE_ROWS = 16
@@ -43,11 +43,10 @@ def probe_pass_times(job: Job, repeats: int = 2) -> PassTimes:
     since a shared machine only ever makes a pass slower."""
     device = resolve_device(job.compute.device)
     classifier = build_classifier(job.model.arch, "none", job.model.resolution, seed=job.seed, device=device)
-    ggc = job.methods.get("guided_gradcam")
-    if ggc is not None:  # its layer is checked against the model here too, as the run will
-        from ..methods.guided_gradcam import resolve_layer
-
-        resolve_layer(classifier, ggc.layer)
+    for name, settings in job.methods.items():  # each method's checks against the model (a layer), as its build
+        check = method_spec(name).load_check_model()
+        if check is not None:
+            check(classifier, settings)
     if job.compute.fast_execution:
         classifier = dev.attribution_classifier(classifier)
     rows = AUTO_FORWARD_BATCH if job.compute.forward_batch == "auto" else job.compute.forward_batch

@@ -21,12 +21,13 @@ from ..config import Job
 from ..data.sources import ImageRecord
 from ..data.images import decode_many, load_mask
 from ..errors import ImageError
-from ..driver.progress import ProgressEvent, ShardTally
-from ..driver.shards import Shard, ShardReport  # noqa: F401 - re-exported: the driver's and tests' import path
+from ..metrics.registry import masks_required_by
 from ..models.classifier import Classifier
 from ..models.pinned import PinnedWeights
 from ..output.sink import OutputSink
+from ..work import ProgressEvent, Shard, ShardReport
 from .explain import BatchExplainer, error_rows
+from .tally import ShardTally
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +77,7 @@ class ShardWorker:
         self, shard: Shard, store: OutputSink, progress: Callable[[ProgressEvent], None] | None = None
     ) -> ShardReport:
         """Compute, write the maps, then commit the rows. ``progress`` receives the events of
-        :mod:`xcv_batch.progress` while the shard runs: per method and batch, and a few times a second in between."""
+        :mod:`xcv_batch.work` while the shard runs: per method and batch, and a few times a second in between."""
         started = time.perf_counter()
         writer = store.open_arrays()
         rows: list[dict] = []
@@ -121,11 +122,11 @@ class ShardWorker:
             item.error = f"label {label} is not a class of this model (0 … {n_classes - 1})"
         elif item.record.mask_path and self.explainer.wants_masks:
             try:
-                item.mask = load_mask(item.record.mask_path, self.classifier.preprocessing)
+                item.mask = load_mask(item.record.mask_path, self.classifier.preprocessing, item.record.reader)
             except ImageError as err:
                 item.error = f"cannot use mask: {err}"
-        elif self.job.metrics.get("localisation") is True:
-            item.error = "metrics.localisation is on but this image has no mask_path in the manifest"
+        elif (requiring := masks_required_by(self.job.sensitivity, self.job.metrics)) is not None:
+            item.error = f"{requiring.job_key} is on but this image has no mask_path in the manifest"
         return item
 
     def _process_batch(self, batch: list[_Prepared], pixels: dev.InFlight | None, writer) -> list[dict]:

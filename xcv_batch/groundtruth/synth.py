@@ -9,7 +9,7 @@ saturation). So the only pixels that carry label information are the object's, a
 point there — the setup of ground-truth benchmarks such as CLEVR-XAI (Arras et al. 2022).
 
 The object lies wholly inside the centre crop that torchvision's preprocessing keeps (resize to 256/224 of the crop
-size, then centre-crop), so the mask survives :func:`xcv_batch.data.load_mask` at the generated size.
+size, then centre-crop), so the mask survives :func:`xcv_batch.data.images.load_mask` at the generated size.
 
 Layout of ``out_dir``::
 

@@ -1,11 +1,11 @@
 """Train a torchvision classifier on a labelled manifest, on the CPU, and save a state_dict for ``model.weights``.
 
-Made for :mod:`xcv_batch.synth` datasets (a few thousand 64 px images, a few minutes on two cores), so that a job
-can explain a model that really has learnt something when no pretrained weights can be downloaded.
+Made for :mod:`xcv_batch.groundtruth.synth` datasets (a few thousand 64 px images, a few minutes on two cores), so
+that a job can explain a model that really has learnt something when no pretrained weights can be downloaded.
 
-The inputs are exactly what an xcv_batch run feeds the model: :func:`xcv_batch.data.load_image` with the
-preprocessing of :func:`xcv_batch.model.describe_weights` for ``(arch, "none", resolution)`` — the same resize,
-centre crop, mean and std that a run with ``model.weights: <this file>`` uses — then ``normalize``. Training is
+The inputs are exactly what an xcv_batch run feeds the model: :func:`xcv_batch.data.images.load_image` with the
+preprocessing of :func:`xcv_batch.models.classifier.describe_weights` for ``(arch, "none", resolution)`` — the same
+resize, centre crop, mean and std that a run with ``model.weights: <this file>`` uses — then ``normalize``. Training is
 seeded (initialisation, batch order, augmentation); AdamW with a one-cycle learning-rate schedule, and random
 horizontal flips as the only augmentation (every class shape is mirror-symmetric, and the object's place is
 already random).
@@ -45,8 +45,8 @@ def train(
     """Train ``arch`` from scratch on the ``train`` rows of ``manifest``, test on its ``test`` rows, save weights.
 
     ``manifest``: a CSV/Parquet manifest with ``path``, ``label`` and ``split`` (``train``/``test``) columns, such
-    as the ``manifest.csv`` of :func:`xcv_batch.synth.generate`, or the folder holding it. ``out_path``: where the
-    state_dict goes (written to a temporary name and renamed). ``threads``: torch's CPU threads while training
+    as the ``manifest.csv`` of :func:`xcv_batch.groundtruth.synth.generate`, or the folder holding it. ``out_path``:
+    where the state_dict goes (written to a temporary name and renamed). ``threads``: torch's CPU threads while training
     (default: leave torch's setting). ``log``: called with one line per epoch.
 
     Returns ``{"test_accuracy", "train_accuracy", "epochs", "seconds", "n_train", "n_test", "num_classes",

@@ -50,7 +50,8 @@ class AttributionMethod(ABC):
         self, inputs: torch.Tensor, targets: torch.Tensor, attributions: torch.Tensor
     ) -> dict[str, tuple[torch.Tensor, str]]:
         """Per-image checks of the method's own output, as row columns: name → ((B,) values, why a value can be NaN).
-        Diagnostics are reported, never ranked; most methods have none."""
+        Diagnostics are reported, never ranked; most methods have none. Each column is declared in the method's spec
+        (``MethodSpec.diagnostics``: its label, tolerance and meaning)."""
         return {}
 
 

@@ -49,9 +49,9 @@ def grad_cam(activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor
     return F.relu((weights * activations).sum(dim=1, keepdim=True))
 
 
-def resolve_layer(classifier, layer: str) -> tuple[str, tuple[int, ...]]:
-    """``settings.layer`` (``auto`` included) as a module name of ``classifier.net``, and the shape of its output for
-    one blank image at the classifier's resolution; ``ConfigError`` unless it is a layer giving (N, C, h, w) maps."""
+def resolve_layer(classifier, layer: str) -> str:
+    """``settings.layer`` (``auto`` included) as a module name of ``classifier.net``; ``ConfigError`` unless its
+    output for one blank image at the classifier's resolution is (N, C, h, w) maps."""
     net = classifier.net
     name = auto_target_layer(net, classifier.preprocessing.crop_size) if layer == "auto" else layer
     if name not in dict(net.named_modules()):
@@ -65,7 +65,13 @@ def resolve_layer(classifier, layer: str) -> tuple[str, tuple[int, ...]]:
             f"{name} gives {shape}, not the (batch, channels, height, width) maps Grad-CAM weighs; name a "
             "convolutional block",
         )
-    return name, shape
+    return name
+
+
+def check_layer(classifier, settings: GuidedGradCamSettings) -> None:
+    """The spec's ``check_model``: the layer is resolved and checked as the method's build does, without the rest of
+    the build (``run --dry-run`` calls it on the architecture with random weights)."""
+    resolve_layer(classifier, settings.layer)
 
 
 class GuidedGradCam(AttributionMethod):
@@ -83,7 +89,7 @@ class GuidedGradCam(AttributionMethod):
             raise MethodUnavailable(f"{self.name}: guided backprop needs nn.ReLU activations; {classifier.arch} "
                                     f"{obstacle}")
         self.switch = install_guided_switch(classifier.net)
-        self.layer_name, self.layer_shape = resolve_layer(classifier, settings.layer)
+        self.layer_name = resolve_layer(classifier, settings.layer)
         self.layer: nn.Module = dict(classifier.net.named_modules())[self.layer_name]
 
     def attribute(self, inputs: torch.Tensor, targets: torch.Tensor, seeds: Sequence[int]) -> torch.Tensor:

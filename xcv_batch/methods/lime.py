@@ -4,7 +4,7 @@ For one image, lime 0.2.0.1's ``LimeImageExplainer(kernel_width, random_state=se
 classifier_fn, labels=(target,), top_labels=None, hide_color=None, num_samples, segmentation_fn=…,
 random_seed=seed)`` computes:
 
-1. superpixels of the image (:mod:`xcv_batch.segmentation`);
+1. superpixels of the image (:mod:`xcv_batch.methods.segmentation`);
 2. ``data = RandomState(seed).randint(0, 2, num_samples * F).reshape(num_samples, F)``, first row all ones;
 3. for each row, the image with the superpixels of its zeros replaced by the "fudged" image (each superpixel's mean
    colour, or a constant), scored as softmax(logits)[target];

@@ -13,13 +13,23 @@ A spec is everything the rest of the package knows about a method:
   (:class:`Passes`: forward only, forward + backward, extra backwards of those rows);
 * ``implementation`` — ``"module:Class"`` of its :class:`~xcv_batch.methods.base.AttributionMethod`; a module that
   starts with ``.`` is relative to ``xcv_batch.methods``;
-* ``differentiates`` — whether its passes differentiate the model; ``stochastic`` — whether its seeds change its map.
+* ``differentiates`` — whether its passes differentiate the model; ``stochastic`` — whether its seeds change its map;
+* ``signed`` — whether its maps take both signs (a panel draws them diverging around 0), or a function of its
+  settings (as saved in OUT/job.yaml, a mapping) that says so; None: unknown, decided by a map's content;
+* ``diagnostics`` — the row columns of its own per-image checks (:class:`DiagnosticInfo`), reported, never ranked;
+* ``check_job(settings, job)`` — its checks against the rest of the job (e.g. the model's resolution), raising
+  ``ConfigError`` with the full key, when the job loads;
+* ``check_model`` — ``"module:function"`` of ``check(classifier, settings)``, its checks against the built model
+  (e.g. that a layer exists), run by ``run --dry-run``'s probe as the run's build of the method would;
+* ``unhashed`` — its settings keys that change how maps are computed, not what they are, left out of the job's
+  fingerprint (so that ``--resume`` accepts a run made with another value).
 
 The built-in methods register when ``xcv_batch.methods.settings`` is imported; every lookup here imports it first.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
@@ -66,6 +76,18 @@ class Passes:
 
 
 @dataclass(frozen=True)
+class DiagnosticInfo:
+    """A method's check of its own correctness, as a row column: reported and flagged above ``tolerance``, not ranked.
+    ``method`` is the name of the method whose spec declares it (filled in by the spec)."""
+
+    name: str
+    label: str
+    tolerance: float
+    meaning: str
+    method: str = ""
+
+
+@dataclass(frozen=True)
 class MethodSpec:
     """One attribution method, as the registry knows it (see the module docstring)."""
 
@@ -80,11 +102,32 @@ class MethodSpec:
     #: W) input (a module starting with ``.`` is relative to this package): the tests compare every deterministic
     #: method that names one with it, on stock networks ("" for none; stochastic methods have their own tests)
     oracle: str = ""
+    signed: bool | Callable[[Mapping], bool] | None = None
+    diagnostics: tuple[DiagnosticInfo, ...] = ()
+    check_job: Callable[[Any, Any], None] | None = None
+    #: ``"module:function"`` (imported only when a model is checked; "" for none)
+    check_model: str = ""
+    unhashed: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         check_reference("method", self.name, "implementation", self.implementation)
         if self.oracle:
             check_reference("method", self.name, "oracle", self.oracle)
+        if self.check_model:
+            check_reference("method", self.name, "check_model", self.check_model)
+        object.__setattr__(self, "diagnostics", tuple(
+            dataclasses.replace(info, method=self.name) for info in self.diagnostics))
+        object.__setattr__(self, "unhashed", tuple(self.unhashed))
+
+    def is_signed(self, settings: Mapping | None = None) -> bool | None:
+        """Whether its maps take both signs with ``settings`` (a mapping, as in OUT/job.yaml; None: the defaults)."""
+        if callable(self.signed):
+            return bool(self.signed(dict(settings or {})))
+        return self.signed
+
+    def load_check_model(self) -> Callable | None:
+        """The function named by ``check_model`` (imports its module, and with it torch); None when it names none."""
+        return load_reference(self.check_model, __package__) if self.check_model else None
 
     @property
     def module(self) -> str:
@@ -123,6 +166,11 @@ def spec_of_class(module: str, qualname: str) -> MethodSpec | None:
     """The spec whose implementation is ``module:qualname``, if one is registered."""
     return next((s for s in method_specs() if s.module == module and s.implementation.split(":")[1] == qualname),
                 None)
+
+
+def method_diagnostics() -> dict[str, DiagnosticInfo]:
+    """Every registered method's diagnostic columns: column → its :class:`DiagnosticInfo`."""
+    return {info.name: info for spec in method_specs() for info in spec.diagnostics}
 
 
 class RegistryView(Mapping):

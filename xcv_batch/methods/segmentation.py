@@ -19,7 +19,7 @@ from typing import Sequence
 import numpy as np
 from skimage.segmentation import quickshift, slic
 
-from ..execution.cores import usable_cores
+from ..cores import usable_cores
 from .settings import LimeSettings
 
 

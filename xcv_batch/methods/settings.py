@@ -3,7 +3,9 @@
 Kept apart from the method code (and free of torch) so that validating a job file is cheap. Each ``check`` raises
 ``ConfigError`` with a key relative to the method; the job loader prefixes ``methods.<name>.``. Beside each settings
 class, one :class:`~xcv_batch.methods.registry.MethodSpec` registers the method: its name, label, passes per image,
-whether it differentiates the model or is stochastic, and where its (torch) implementation lives.
+whether it differentiates the model or is stochastic, where its (torch) implementation lives, and its traits that
+other modules act on (signed maps, diagnostics columns, checks against the job and the model, keys left out of the
+fingerprint), so that none of them names a method.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from dataclasses import dataclass
 from typing import Literal, Mapping, Union
 
 from ..errors import ConfigError
-from .registry import MethodSpec, Passes, RegistryView, register
+from .registry import DiagnosticInfo, MethodSpec, Passes, RegistryView, register
 
 
 def _positive(key: str, value: int | float) -> None:
@@ -46,16 +48,24 @@ def occlusion_windows(resolution: int, window: int, stride: int) -> int:
     return -(-(resolution - window) // stride) + 1
 
 
+def _window_fits_resolution(settings: OcclusionSettings, job) -> None:
+    if settings.window > job.model.resolution:
+        raise ConfigError(
+            "methods.occlusion.window", f"must be ≤ model.resolution ({job.model.resolution}), got {settings.window}"
+        )
+
+
 register(MethodSpec(
     name="occlusion", settings=OcclusionSettings, label="Occlusion", implementation=".occlusion:Occlusion",
-    oracle=".oracles:captum_occlusion",
+    oracle=".oracles:captum_occlusion", signed=True,
+    check_job=_window_fits_resolution,
+    # Incremental occlusion changes how the scores are computed, not what they are (equal to the full forwards up
+    # to float rounding, as batching is): not fingerprinted, so runs made before it existed still resume.
+    unhashed=("incremental",),
     # one row per window, plus the clean image
     passes=lambda s, height, width: Passes(
         forward=occlusion_windows(height, s.window, s.stride) * occlusion_windows(width, s.window, s.stride) + 1),
 ))
-
-
-IG_METHODS = ("gausslegendre", "riemann_trapezoid", "riemann_left", "riemann_right", "riemann_middle")
 
 
 @dataclass(frozen=True)
@@ -76,7 +86,11 @@ class IntegratedGradientsSettings:
 register(MethodSpec(
     name="integrated_gradients", settings=IntegratedGradientsSettings, label="Integrated Gradients",
     implementation=".integrated_gradients:IntegratedGradients", differentiates=True,
-    oracle=".oracles:captum_integrated_gradients",
+    oracle=".oracles:captum_integrated_gradients", signed=True,
+    # Sundararajan et al. 2017 check completeness and raise the step count until the sum is within 5 %.
+    diagnostics=(DiagnosticInfo(
+        "ig_completeness_gap", "IG completeness gap", 0.05,
+        "|Σ attribution − (f(x) − f(baseline))| ÷ |f(x) − f(baseline)|: above the tolerance, n_steps is too few"),),
     passes=lambda s, height, width: Passes(forward_backward=s.n_steps),  # no row for the zero baseline
 ))
 
@@ -111,6 +125,8 @@ class IGSmoothGradSettings:
 register(MethodSpec(
     name="ig_smoothgrad", settings=IGSmoothGradSettings, label="IG + SmoothGrad",
     implementation=".ig_smoothgrad:IGSmoothGrad", differentiates=True, stochastic=True,
+    # smoothgrad averages signed maps; smoothgrad_sq and vargrad average squares
+    signed=lambda s: s.get("nt_type", IGSmoothGradSettings.nt_type) == "smoothgrad",
     passes=lambda s, height, width: Passes(forward_backward=s.nt_samples * s.n_steps),
 ))
 
@@ -128,7 +144,8 @@ class GuidedGradCamSettings:
 register(MethodSpec(
     name="guided_gradcam", settings=GuidedGradCamSettings, label="Guided Grad-CAM",
     implementation=".guided_gradcam:GuidedGradCam", differentiates=True,
-    oracle=".oracles:captum_guided_gradcam",
+    oracle=".oracles:captum_guided_gradcam", signed=True,
+    check_model=".guided_gradcam:check_layer",
     # one forward and two backwards: the plain one to the layer, the guided one to the input
     passes=lambda s, height, width: Passes(forward_backward=1, extra_backward=1),
 ))
@@ -171,7 +188,7 @@ class LimeSettings:
 
 
 register(MethodSpec(
-    name="lime", settings=LimeSettings, label="LIME", implementation=".lime:Lime", stochastic=True,
+    name="lime", settings=LimeSettings, label="LIME", implementation=".lime:Lime", stochastic=True, signed=True,
     passes=lambda s, height, width: Passes(forward=s.num_samples),
 ))
 

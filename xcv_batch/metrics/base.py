@@ -1,8 +1,8 @@
 """The protocol of a metric's implementation: built once per worker from a :class:`MetricContext`, then asked to
 ``evaluate`` one method's maps of one batch (a :class:`MapBatch`), returning its columns (an :class:`Evaluation`).
 
-The runner (runner.py) times each call into the metric's ``<name>_seconds`` column, retries it with a halved
-``forward_batch`` when it runs out of device memory, and turns its values into row columns.
+The runner (execution/metric_runner.py) times each call into the metric's ``<name>_seconds`` column, retries it with
+a halved ``forward_batch`` when it runs out of device memory, and turns its values into row columns.
 """
 
 from __future__ import annotations

@@ -30,7 +30,6 @@ from .base import Evaluation, MapBatch, Metric
 #: element (in model-input space) and perturbs to x − I. We use that scheme and that σ.
 DEFAULT_INFIDELITY_NOISE_STD = 0.003
 
-Substrate = Literal["zero", "blur", "mean"]
 SUBSTRATES: tuple[str, ...] = ("zero", "blur", "mean")
 
 

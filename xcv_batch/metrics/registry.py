@@ -15,7 +15,11 @@ A spec is everything the rest of the package knows about a metric:
   family);
 * ``passes`` — the model passes it costs per image and method, for ``run --dry-run`` and the progress weights;
 * ``implementation`` — ``"module:Class"`` of its :class:`~xcv_batch.metrics.base.Metric`; a module that starts with
-  ``.`` is relative to ``xcv_batch.metrics``; ``uses_masks`` — whether it reads ground-truth masks.
+  ``.`` is relative to ``xcv_batch.metrics``; ``uses_masks`` — whether it reads ground-truth masks;
+* ``masks_required(settings)`` — whether, with these settings, every image must have a mask (an image without one
+  is then a failed row, and the Python API refuses a call without one);
+* ``hashed_when_off`` — whether its ``null`` (off) still enters the job's fingerprint: True for the metrics that
+  existed before off metrics left it, so that their runs still resume; a metric added later leaves it False.
 
 ``summarize`` ranks every numeric column registered here and ignores the others (``target_prob``, ``index``, the
 ``*_seconds`` costs, per-method diagnostics such as ``ig_completeness_gap`` …). Only quality enters a rank. Time is a
@@ -30,6 +34,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Literal, Mapping
 
+from ..methods.registry import DiagnosticInfo, method_diagnostics
 from ..registry import Registry, check_reference, load_reference, reference_module
 
 Direction = Literal["lower", "higher"]
@@ -72,6 +77,8 @@ class MetricSpec:
     #: the model passes it costs per image and method, from its settings and the method's ``Passes`` for one
     #: explanation (None: no passes of its own); ``run --dry-run`` and the progress weights add them up
     passes: Callable[[Any, Any], Any] | None = None
+    masks_required: Callable[[Any], bool] | None = None
+    hashed_when_off: bool = False
 
     def __post_init__(self) -> None:
         check_reference("metric", self.name, "implementation", self.implementation)
@@ -155,6 +162,12 @@ def enabled_metrics(sensitivity: Any, metrics: Mapping[str, Any]) -> list[tuple[
     return enabled
 
 
+def masks_required_by(sensitivity: Any, metrics: Mapping[str, Any]) -> MetricSpec | None:
+    """The first metric the job turns on with settings that need a mask for every image; None when none does."""
+    return next((spec for spec, settings in enabled_metrics(sensitivity, metrics)
+                 if spec.masks_required is not None and spec.masks_required(settings)), None)
+
+
 def metric_info(name: str) -> MetricInfo:
     """The registered entry of the column ``name`` (KeyError if it is not a metric)."""
     return _REGISTRY.column_infos()[name]
@@ -177,20 +190,19 @@ def metrics_in(columns: Iterable[str]) -> list[str]:
 COST_COLUMNS = ("attr_seconds",)
 
 
-@dataclass(frozen=True)
-class DiagnosticInfo:
-    """A per-method check of a method's own correctness: reported and flagged above ``tolerance``, not ranked."""
+class _Diagnostics(Mapping):
+    """Column → :class:`~xcv_batch.methods.registry.DiagnosticInfo` of every registered method, read from the method
+    specs when asked (methods registered later included)."""
 
-    name: str
-    method: str
-    label: str
-    tolerance: float
-    meaning: str
+    def __getitem__(self, name: str) -> DiagnosticInfo:
+        return method_diagnostics()[name]
+
+    def __iter__(self):
+        return iter(method_diagnostics())
+
+    def __len__(self) -> int:
+        return len(method_diagnostics())
 
 
-DIAGNOSTICS: dict[str, DiagnosticInfo] = {
-    # Sundararajan et al. 2017 check completeness and raise the step count until the sum is within 5 %.
-    "ig_completeness_gap": DiagnosticInfo(
-        "ig_completeness_gap", "integrated_gradients", "IG completeness gap", 0.05,
-        "|Σ attribution − (f(x) − f(baseline))| ÷ |f(x) − f(baseline)|: above the tolerance, n_steps is too few"),
-}
+#: The per-method diagnostic columns, each declared by its method's spec (``MethodSpec.diagnostics``).
+DIAGNOSTICS: Mapping[str, DiagnosticInfo] = _Diagnostics()

@@ -80,17 +80,17 @@ class InsertionConfig(CausalCurveConfig):
 
 
 register(MetricSpec(
-    name="infidelity", settings=InfidelityConfig, implementation=".faithfulness:Infidelity",
+    name="infidelity", hashed_when_off=True, settings=InfidelityConfig, implementation=".faithfulness:Infidelity",
     passes=lambda s, explanation: Passes(forward=s.n_perturb_samples + 1),
     columns=(MetricInfo("infidelity", "lower", "Infidelity", family="faithfulness"),),
 ))
 register(MetricSpec(
-    name="deletion", settings=CausalCurveConfig, implementation=".faithfulness:Deletion",
+    name="deletion", hashed_when_off=True, settings=CausalCurveConfig, implementation=".faithfulness:Deletion",
     passes=lambda s, explanation: Passes(forward=s.n_steps + 1),
     columns=(MetricInfo("deletion_auc", "lower", "Deletion AUC", family="faithfulness"),),
 ))
 register(MetricSpec(
-    name="insertion", settings=InsertionConfig, implementation=".faithfulness:Insertion",
+    name="insertion", hashed_when_off=True, settings=InsertionConfig, implementation=".faithfulness:Insertion",
     passes=lambda s, explanation: Passes(forward=s.n_steps + 1),
     columns=(MetricInfo("insertion_auc", "higher", "Insertion AUC", family="faithfulness"),),
 ))
@@ -111,7 +111,7 @@ class RandomisationConfig:
 register(MetricSpec(
     # Similarity of a map to the map of a randomised model: a map that survives randomisation does not depend on
     # what the model learned, so lower is better.
-    name="randomisation", settings=RandomisationConfig, implementation=".randomisation:Randomisation",
+    name="randomisation", settings=RandomisationConfig, hashed_when_off=True, implementation=".randomisation:Randomisation",
     passes=lambda s, explanation: explanation,  # one more explanation, on the randomised model
     columns=(MetricInfo("randomisation_spearman", "lower", "Randomisation Spearman", family="randomisation"),
              MetricInfo("randomisation_ssim", "lower", "Randomisation SSIM", family="randomisation")),
@@ -143,6 +143,7 @@ LocalisationSwitch = Union[Literal["auto"], bool]
 
 register(MetricSpec(
     name="localisation", settings=LocalisationSwitch, default="auto", uses_masks=True,
+    masks_required=lambda switch: switch is True,  # auto evaluates the images that have one
     doc="pointing game, relevance mass and rank against the manifest's mask_path: auto (every image that has one), "
         "true (every image must have one), false (off)",
     implementation=".localisation:Localisation",

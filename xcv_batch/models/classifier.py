@@ -189,12 +189,6 @@ def build_classifier(
                                   device=device, name=arch, weights=built.weights)
 
 
-def build_job_classifier(model, seed: int, device: torch.device | str = "cpu") -> Classifier:
-    """:func:`build_classifier` for a job's ``model`` section (a ``ModelConfig``)."""
-    return build_classifier(model.arch, model.weights, model.resolution, seed, device,
-                            categories=read_categories(model.categories), preprocessing=model.preprocessing)
-
-
 def describe_weights(arch: str, weights: str, resolution: int,
                      preprocessing=None) -> tuple[Preprocessing, tuple[str, ...] | None]:
     """Preprocessing and class names of a model, without building it (for the driver, which holds no model)."""

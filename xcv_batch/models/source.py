@@ -1,5 +1,6 @@
-"""Which kind of model ``model.arch`` names (torchvision, ``timm:``, ``package.module:callable``), and what building
-one gives back. Each kind lives in its own module with the same three functions:
+"""Which kind of model ``model.arch`` names (torchvision, ``timm:``, ``package.module:callable``, or any other kind
+registered in :mod:`.kinds`), and what building one gives back. Each kind's builder is a module with the same three
+functions:
 
 - ``check(name)``: the name exists (cheap; no network is built), else a one-line ``ConfigError``;
 - ``build(name, weights, seed, resolution, pinned=None) -> BuiltModel``: the network with the weights loaded (a
@@ -10,15 +11,14 @@ one gives back. Each kind lives in its own module with the same three functions:
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 from types import ModuleType
 
 from torch import nn
 
+from ..errors import ConfigError
+from .kinds import kinds_text, model_kind
 from .preprocessing import Preprocessing
-
-TIMM_PREFIX = "timm:"
 
 
 @dataclass
@@ -34,8 +34,7 @@ class BuiltModel:
 
 def source_of(arch: str) -> tuple[ModuleType, str]:
     """The module that builds ``arch``, and the name to hand it (``timm:resnet18`` → the timm module, ``resnet18``)."""
-    if arch.startswith(TIMM_PREFIX):
-        return importlib.import_module(".timm_models", __package__), arch[len(TIMM_PREFIX):]
-    if ":" in arch:
-        return importlib.import_module(".callable_models", __package__), arch
-    return importlib.import_module(".torchvision_models", __package__), arch
+    kind = model_kind(arch)
+    if kind is None:
+        raise ConfigError("model.arch", f"'{arch}' is neither {kinds_text('nor')}")
+    return kind.load(), kind.name_in(arch)

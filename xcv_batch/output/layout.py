@@ -1,6 +1,6 @@
-"""The schema of an output directory, shared by the writer (store.py), the reader (results.py) and the early checks
-(outdir.py): its file names, the Parquet row columns, the Zarr array names and dimensions, and the ImageNet
-preprocessing that outputs predating the ``preprocessing`` attribute were made with.
+"""The schema of an output directory, shared by the row ledger (store.py), the Zarr format (zarr_maps.py), the reader
+(results.py) and the early checks (outdir.py): its file names, the Parquet row columns, the Zarr array names and
+dimensions, and the ImageNet preprocessing that outputs predating the ``preprocessing`` attribute were made with.
 
 Kept free of zarr, pyarrow and torch imports so that reading rows or listing an OUT stays light: the columns are
 declared once as (name, kind) pairs, from which store.py derives the pyarrow schema and results.py the pandas dtypes.
@@ -21,7 +21,7 @@ REJECTED_DIR = "_rejected"
 #: when a table is empty), a float.
 STRING, INT, OPTIONAL_INT, FLOAT = "string", "int", "optional_int", "float"
 
-#: The Parquet row columns, in order (the README's Output section), as (name, kind). Extra metric columns (float) may follow.
+#: The Parquet row columns, in order (docs/output.md), as (name, kind). Extra metric columns (float) may follow.
 ROW_COLUMNS: tuple[tuple[str, str], ...] = (
     ("image_id", STRING),
     ("image_path", STRING),

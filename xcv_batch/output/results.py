@@ -8,6 +8,7 @@ Example (a notebook)::
     rows = res.rows()                              # pandas: one row per image × method
     rows[rows.status == "ok"].groupby("method").sensitivity_max.median()
     attr = res.attribution(res.image_ids[0], "occlusion")   # (3, H, W) float32, reads one Zarr chunk
+    # (maps are read through the run's map format: :mod:`xcv_batch.output.formats`)
     img = res.input_image(res.image_ids[0])                 # (H, W, 3) in [0, 1]
 
 The Parquet files are plain Parquet, so DuckDB reads them without xcv_batch::
@@ -20,7 +21,7 @@ The Parquet files are plain Parquet, so DuckDB reads them without xcv_batch::
 from __future__ import annotations
 
 from functools import cached_property
-from typing import Any, Mapping
+from typing import Any
 
 import fsspec
 import numpy as np
@@ -29,26 +30,17 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 
 from ..errors import ConfigError, OutputError, first_line
-from .chunks import chunk_key
-from .layout import (IMAGENET_MEAN, IMAGENET_STD, JOB_FILE, METRICS_DIR, ZARR_NAME, array_chunks, pandas_dtypes,
-                     stored_image_ids)
-from ..methods.registry import RegistryView
+from .formats import MapReader, MapUnreadable, format_of_job, map_reader
+from .layout import IMAGENET_MEAN, IMAGENET_STD, JOB_FILE, METRICS_DIR, pandas_dtypes
 from .provenance import provenance_from_metadata
 from ..yaml_io import load_yaml
 
-#: Display names (each method's registered label), as the seed report wrote them.
-METHOD_LABELS: Mapping[str, str] = RegistryView("label")
-
-#: The Parquet columns of the contract (:data:`xcv_batch.layout.ROW_COLUMNS`), with the dtypes an empty table gets.
+#: The Parquet columns of the contract (:data:`xcv_batch.output.layout.ROW_COLUMNS`), with the dtypes an empty table
+#: gets.
 ROW_COLUMNS = pandas_dtypes()
 
 # Used only when an output directory predates the ``preprocessing`` attribute.
 _IMAGENET_PREPROCESSING = {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
-
-
-def method_label(name: str) -> str:
-    """The display name of a method (its registry name when it has none)."""
-    return METHOD_LABELS.get(name, name)
 
 
 def open_results(out: "str | Results") -> "Results":
@@ -69,14 +61,15 @@ class Results:
         self._fs, self._root = fsspec.core.url_to_fs(self.out)
         if not self._fs.exists(self._root):
             raise OutputError(f"{self.out}: no such output directory")
-        if not any(self._fs.exists(f"{self._root}/{name}") for name in (JOB_FILE, METRICS_DIR, ZARR_NAME)):
+        if not (any(self._fs.exists(f"{self._root}/{name}") for name in (JOB_FILE, METRICS_DIR))
+                or self.maps.exists()):
             raise OutputError(f"{self.out}: not an xcv_batch output directory (no {JOB_FILE}, {METRICS_DIR}/ or "
-                              f"{ZARR_NAME})")
+                              f"{self.maps.folder})")
 
     def __repr__(self) -> str:
         return f"Results({self.out!r})"
 
-    # --- the job and the Zarr group's attributes ----------------------------------------------------------------
+    # --- the job and the maps' attributes --------------------------------------------------------------------------
 
     @cached_property
     def job(self) -> dict:
@@ -89,30 +82,26 @@ class Results:
         return job if isinstance(job, dict) else {}
 
     @cached_property
-    def _group(self):
-        import zarr  # here, so reading rows alone never needs zarr
-
-        if not self._fs.exists(f"{self._root}/{ZARR_NAME}"):
-            return None
-        # The group's consolidated metadata, when a run wrote it, makes this one read; maps written after it are
-        # found all the same (chunks are not metadata).
-        return zarr.open_group(store=f"{self.out}/{ZARR_NAME}", mode="r")
+    def maps(self) -> MapReader:
+        """The reader of the maps, in the format the job file names (:mod:`xcv_batch.output.formats`; the format's
+        own imports, zarr for the default, come only when a map or attribute is read)."""
+        return map_reader(self.out, format_of_job(self.job))
 
     @property
     def attrs(self) -> dict:
-        """The Zarr group's attributes (empty when there is no Zarr group yet)."""
-        return dict(self._group.attrs) if self._group is not None else {}
+        """The maps' attributes (empty when no maps are laid out yet)."""
+        return self.maps.attrs()
 
     @cached_property
     def stored_image_ids(self) -> list[str] | None:
-        """The run's image ids in index order as its Zarr group lists them (the ``image`` array; the ``image_ids``
-        attribute of older outputs), or None when there is no group: then nobody knows how many images the run
+        """The run's image ids in index order as its maps list them (Zarr: the ``image`` array; the ``image_ids``
+        attribute of older outputs), or None when there are none: then nobody knows how many images the run
         will have."""
-        return stored_image_ids(self._group) if self._group is not None else None
+        return self.maps.image_ids()
 
     @cached_property
     def image_ids(self) -> list[str]:
-        """Image ids in index order (from the Zarr group; from the rows if there is none)."""
+        """Image ids in index order (from the maps; from the rows if there are none)."""
         if self.stored_image_ids is not None:
             return self.stored_image_ids
         rows = self.rows()
@@ -139,7 +128,7 @@ class Results:
         return {image_id: i for i, image_id in enumerate(self.image_ids)}
 
     def index_of(self, image_id: str) -> int:
-        """The row of ``image_id`` in the Zarr arrays."""
+        """The index of ``image_id`` in the maps."""
         try:
             return self._index_of[str(image_id)]
         except KeyError:
@@ -213,22 +202,21 @@ class Results:
         return OutputError(f"{self.out}/{METRICS_DIR} cannot be read as Parquet: {first_line(err)}")
 
     def _without_missing_maps(self, rows: pd.DataFrame) -> pd.DataFrame:
-        """Rows say ``ok`` only where the map was written whole: an ok row whose Zarr chunk is missing (deleted,
-        lost) or cannot be whole (empty, truncated: see :mod:`xcv_batch.output.chunks`) becomes an error row saying
-        so. One listing per array (and each object's index when sharded); no map is decoded."""
-        if self._group is None or rows.empty:
+        """Rows say ``ok`` only where the map was written whole: an ok row whose map is missing (deleted, lost) or
+        cannot be whole as the map format sees it without decoding (Zarr: an empty or truncated chunk, see
+        :mod:`xcv_batch.output.chunks`) becomes an error row saying so."""
+        if not self.maps.exists() or rows.empty:
             return rows
         rows = rows.copy()
         for method in rows["method"].astype(str).unique():
-            chunks = array_chunks(self._fs, self._root, method)
+            stored = self.maps.stored(method)
             ok = (rows["method"] == method) & (rows["status"] == "ok")
-            lost = ok & ~rows["index"].isin(chunks.written)
+            lost = ok & ~rows["index"].isin(stored.whole)
             rows.loc[lost, "status"] = "error"
-            rows.loc[lost, "error"] = f"map missing from {ZARR_NAME} (run the job again with --resume)"
-            for index, key in chunks.broken_images.items():
+            rows.loc[lost, "error"] = f"map missing from {self.maps.folder} (run the job again with --resume)"
+            for index, where in stored.broken.items():
                 damaged = lost & (rows["index"] == index)
-                rows.loc[damaged, "error"] = (f"map unreadable: {self.out}/{ZARR_NAME}/{method}/{key} "
-                                              f"{chunks.broken[key]} (run the job again with --resume)")
+                rows.loc[damaged, "error"] = f"map unreadable: {where} (run the job again with --resume)"
         return rows
 
     def image_rows(self, image_id: str) -> pd.DataFrame:
@@ -239,14 +227,12 @@ class Results:
 
     # --- arrays ---------------------------------------------------------------------------------------------------
 
-    def _array(self, name: str):
-        if self._group is None:
-            raise OutputError(f"{self.out}: no {ZARR_NAME} (the run has not written any maps yet)")
-        try:
-            return self._group[name]
-        except KeyError:
-            raise ConfigError("method", f"no array {name!r} in {self.out}/{ZARR_NAME} "
-                                        f"(methods: {', '.join(self.methods)})") from None
+    def _check_array(self, name: str) -> None:
+        if not self.maps.exists():
+            raise OutputError(f"{self.out}: no {self.maps.folder} (the run has not written any maps yet)")
+        if not self.maps.has_array(name):
+            raise ConfigError("method", f"no array {name!r} in {self.out}/{self.maps.folder} "
+                                        f"(methods: {', '.join(self.methods)})")
 
     def attribution(self, image_id: str, method: str) -> np.ndarray:
         """The raw map of one image and method, ``(3, H, W)`` float32; all NaN if it was never written; an
@@ -258,16 +244,12 @@ class Results:
         return self._read("inputs", self.index_of(image_id))
 
     def _read(self, name: str, index: int) -> np.ndarray:
-        array = self._array(name)
+        self._check_array(name)
         try:
-            return np.asarray(array[index])
-        except Exception as err:  # noqa: BLE001 - whatever the codecs raise on damaged bytes, the chunk is unreadable
-            key = chunk_key(index, array.shards[0] if array.shards else 1, array.ndim)
-            path = f"{self.out}/{ZARR_NAME}/{name}/{key}"
-            message = (f"{path} cannot be decoded ({type(err).__name__}: {first_line(err)}); "
-                       "run the job again with --resume --verify to recompute it")
-            self.unreadable[path] = message
-            raise OutputError(message) from None
+            return self.maps.read(name, index)
+        except MapUnreadable as err:
+            self.unreadable[err.path] = str(err)
+            raise OutputError(str(err)) from None
 
     def input_image(self, image_id: str) -> np.ndarray:
         """The image as the model saw it, denormalised with the stored mean/std: ``(H, W, 3)`` in [0, 1]."""

@@ -1,7 +1,8 @@
 """The output sink: what the driver, its actors and the worker need from where results go.
 
-:class:`OutputSink` lists every call they make; :class:`xcv_batch.store.RunStore` (Zarr maps + Parquet rows, local or
-any fsspec URL) is the one implementation, and :func:`open_sink` is the one place that constructs it. The commit
+:class:`OutputSink` lists every call they make; :class:`xcv_batch.output.store.RunStore` (the Parquet row ledger,
+local or any fsspec URL, with the maps in the job's map format of :mod:`xcv_batch.output.formats`) is the one
+implementation, and :func:`open_sink` is the one place that constructs it. The commit
 protocol a sink keeps: the driver lays OUT out once (:meth:`OutputSink.prepare`); a shard writes its maps through an
 :class:`ArrayWriter`, flushes it, then commits its rows (:meth:`OutputSink.commit_rows`); an image is done iff a
 committed row names it, so a shard that dies before its commit is simply run again.
@@ -58,8 +59,8 @@ class OutputSink(Protocol):
 
     #: The sink's address as the user gave it (``--out``), for messages.
     out: str
-    #: Key-value metadata every committed shard carries (:func:`xcv_batch.provenance.run_provenance`); the actors set
-    #: it per shard.
+    #: Key-value metadata every committed shard carries (:func:`xcv_batch.output.provenance.run_provenance`); the actors
+    #: set it per shard.
     provenance: dict[str, str]
 
     # --- driver side, before the shards
@@ -101,9 +102,10 @@ class OutputSink(Protocol):
         """After the last shard (consolidate metadata, close)."""
 
 
-def open_sink(out: str, provenance: dict[str, str] | None = None) -> OutputSink:
-    """The output sink for ``out`` (a local path or an fsspec URL such as ``s3://…``): the one place the concrete
-    store is constructed. zarr and pyarrow are imported here, not when this module is."""
+def open_sink(out: str, provenance: dict[str, str] | None = None, map_format: str = "zarr") -> OutputSink:
+    """The output sink for ``out`` (a local path or an fsspec URL such as ``s3://…``), its maps in ``map_format``
+    (``output.format``): the one place the concrete store is constructed. pyarrow and the format's writer (zarr) are
+    imported here, not when this module is."""
     from .store import RunStore
 
-    return RunStore(out, provenance=provenance)
+    return RunStore(out, provenance=provenance, map_format=map_format)

@@ -22,7 +22,8 @@ from . import stats
 from ..errors import OutputError
 from ..output.layout import JOB_FILE
 from .panel import panel_figure
-from ..output.results import Results, method_label, open_results
+from ..output.results import Results, open_results
+from .labels import method_label
 from .summary_text import (SEED, agreement_matrix_table, agreement_pairs_table, agreement_sentence,
                            cost_sentence, cost_table, diagnostic_sentences, fmt, friedman_sentence, pairwise_table,
                            rank_sentence, ranking_table)

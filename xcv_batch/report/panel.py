@@ -6,8 +6,9 @@ the channels are summed, and the map is divided by the value below which 98 % of
 superpixels). A **signed** method's map — Occlusion, IG, LIME, Guided Grad-CAM, IG + SmoothGrad with ``nt_type:
 smoothgrad`` — is drawn with a diverging colour map centred at 0 (blue against the class, red for it), on every image
 alike even when one map happens to be all positive; IG + SmoothGrad's ``smoothgrad_sq`` and ``vargrad`` are never
-negative and are drawn as a magnitude, white to red. A method the panel does not know is signed when its map has a
-negative value. Each map has a colour bar in the map's own units.
+negative and are drawn as a magnitude, white to red. Each method's spec says which (``MethodSpec.signed``); a method
+whose spec does not say, or that is not registered, is signed when its map has a negative value. Each map has a
+colour bar in the map's own units.
 """
 
 from __future__ import annotations
@@ -26,24 +27,22 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure  # no pyplot: no global figure state, no GUI backend (Agg renders savefig)
 
 from ..errors import ConfigError, OutputError, first_line
-from ..output.results import Results, method_label
+from ..methods.registry import method_names, method_spec
+from ..output.results import Results
+from .labels import method_label
 
 _PANEL_INCHES = 2.7
 #: Share of a map's Σ|·| above the clipping value (Captum's ``outlier_perc`` default).
 OUTLIER_PERCENT = 2.0
 SIGNED_CMAP, MAGNITUDE_CMAP = "bwr", "Reds"
-#: Methods whose maps can take both signs whatever their settings.
-SIGNED_METHODS = ("occlusion", "integrated_gradients", "guided_gradcam", "lime")
 
 
 def is_signed(method: str, settings: dict | None = None) -> bool | None:
-    """Whether a method's maps are signed, from the method and its settings; None when unknown (decide by content)."""
-    if method in SIGNED_METHODS:
-        return True
-    if method == "ig_smoothgrad":
-        # smoothgrad averages signed maps; smoothgrad_sq and vargrad average squares
-        return (settings or {}).get("nt_type", "smoothgrad_sq") == "smoothgrad"
-    return None
+    """Whether a method's maps are signed, as its spec says for these settings; None when unknown (a method not
+    registered here, or whose spec does not say: decide by content)."""
+    if method not in method_names():
+        return None
+    return method_spec(method).is_signed(settings)
 
 
 @dataclass(frozen=True)

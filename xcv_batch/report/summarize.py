@@ -2,8 +2,8 @@
 ``summary.json`` and ``summary.md`` (the words and tables are in summary_text.py).
 
 Ranking rules (Demšar 2006): per image and metric, the methods are ranked (1 = best by the metric's direction in
-:mod:`metrics_info`, ties share the average rank); an image where a method has no value for that metric is left out
-of that metric's ranks and tests. Only **quality** metrics are ranked. A method's ``mean_rank`` is the weighted mean
+:mod:`xcv_batch.metrics.registry`, ties share the average rank); an image where a method has no value for that metric is
+left out of that metric's ranks and tests. Only **quality** metrics are ranked. A method's ``mean_rank`` is the weighted mean
 over the metrics that enter the rank (``rank_on``) of its per-metric mean ranks, its ``win_rate`` the same weighted
 mean of the share of images it ranks first on (ties shared); both are also kept per metric under ``ranks``. By
 default every metric family present (robustness, faithfulness, randomisation, localisation, complexity) weighs 1,
@@ -41,8 +41,9 @@ from ..errors import ConfigError, OutputError, first_line
 from ..output.layout import JOB_FILE
 from ..methods.settings import METHOD_SETTINGS
 from ..metrics.registry import COST_COLUMNS, DIAGNOSTICS, metric_info, metrics_in
-from ..driver.plan import Passes, explanation_passes
-from ..output.results import Results, method_label, open_results
+from ..plan import Passes, explanation_passes
+from ..output.results import Results, open_results
+from .labels import method_label
 from .summary_text import render_markdown
 from .summary_types import (Agreement, Concordance, Cost, Diagnostic, DiagnosticImage, Failure, FriedmanTest,
                             MethodCost, MethodSummary, MetricPair, MetricRank, MetricTests, MetricValues, ModelFacts,

@@ -11,7 +11,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..output.results import method_label
+from .labels import method_label
 from .summary_types import FriedmanTest, MetricTests, Summary
 from .tables import HTML, MARKDOWN, TERMINAL, Column, Table, to_markdown, to_rich
 

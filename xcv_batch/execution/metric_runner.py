@@ -3,7 +3,8 @@
 Each metric is built once per worker (:meth:`MetricSpec.build`) and evaluated per batch; the runner adds its cost
 column ``<name>_seconds`` (the batch's time for it ÷ its images, so the price of every metric is visible per image),
 retries a call that ran out of device memory with a halved ``forward_batch``, and collects why values are missing.
-Which metrics exist and what they write is the registry's (registry.py, settings.py); this module only runs them.
+Which metrics exist and what they write is the registry's (metrics/registry.py, metrics/settings.py); this module only
+runs them, here beside the device tools it uses, so that the metrics package never imports the execution.
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ from typing import Any, Mapping
 
 import torch
 
-from ..execution.device import HalveOnOutOfMemory, synchronize
-from .base import MapBatch, MetricContext
-from .registry import MetricSpec, enabled_metrics
+from ..metrics.base import MapBatch, MetricContext
+from ..metrics.registry import enabled_metrics
+from .device import HalveOnOutOfMemory, synchronize
 
 #: Per-image reasons for missing values: column → one reason (or None) per image.
 Reasons = dict[str, list[str | None]]

@@ -1,6 +1,7 @@
 """How much model work a job is: passes through the model per image and method, from the methods' settings alone.
 
-Torch-free, so ``run --dry-run`` can show it and the progress can weigh a method's share before any model exists.
+Torch-free, so ``run --dry-run`` can show it and the progress can weigh a method's share before any model exists;
+below the driver, so the report and a worker's probe read it without loading scheduling code.
 Each method's count is the ``passes`` of its registration (methods/settings.py), following the method modules (every
 perturbed copy is one row of a forward pass):
 
@@ -23,9 +24,9 @@ from __future__ import annotations
 import math
 from typing import Mapping
 
-from ..config import Job
-from ..methods.registry import BACKWARD_COST, Passes, method_spec
-from ..metrics.registry import enabled_metrics
+from .config import Job
+from .methods.registry import BACKWARD_COST, Passes, method_spec
+from .metrics.registry import enabled_metrics
 
 __all__ = ["BACKWARD_COST", "CLASSIFY", "Passes", "explanation_passes", "format_duration", "method_passes",
            "total_work"]

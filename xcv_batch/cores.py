@@ -1,6 +1,8 @@
 """How many CPU cores this process may use: one answer for thread counts, worker placement and process pools.
 
-Its own module, free of torch and skimage, so that light processes (segmentation workers) can import it cheaply.
+Its own module, free of torch and skimage, so that light processes (segmentation workers) can import it cheaply; at
+the package's bottom, so LIME's segmentation, the execution and the driver's placement share it without importing
+each other.
 """
 
 from __future__ import annotations

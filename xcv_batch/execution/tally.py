@@ -1,0 +1,67 @@
+"""A worker's progress in one shard: the events it sends (:mod:`xcv_batch.work`) and the seconds its report keeps."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from contextlib import contextmanager
+from typing import Callable, Iterator, Sequence
+
+from ..work import Forwarded, ImagesDone, MethodDone, ProgressEvent, Skipped
+
+#: Seconds between two :class:`Forwarded` events of one worker: often enough for a live ETA, rare enough to cost
+#: nothing next to a forward pass (and a few bytes a second from a Ray worker).
+HEARTBEAT_S = 0.5
+
+
+class ShardTally:
+    """A worker's view of one shard: passes its events on, fills in :class:`Skipped` at the end of each batch, and
+    keeps the per-method seconds and images that the shard's report carries back."""
+
+    def __init__(self, methods: Sequence[str], send: Callable[[ProgressEvent], None] | None = None):
+        self.methods = list(methods)
+        self.send = send
+        self.seconds: Counter = Counter()
+        self.images: Counter = Counter()
+        self._batch: Counter = Counter()  # images each method has explained in the current batch
+
+    def __call__(self, event: ProgressEvent) -> None:
+        if isinstance(event, MethodDone):
+            self.seconds[event.method] += event.seconds
+            self.images[event.method] += event.images
+            self._batch[event.method] += event.images
+        if self.send is not None:
+            self.send(event)
+
+    def end_batch(self, images: int, failed: int) -> None:
+        for method in self.methods:
+            missing = images - self._batch[method]
+            if missing > 0:
+                self(Skipped(method, missing))
+        self._batch.clear()
+        self(ImagesDone(images, failed))
+
+    @contextmanager
+    def counting_forwards(self, net, method: str, images: int) -> Iterator[None]:
+        """While open, rows through ``net`` are reported as :class:`Forwarded` (at most every HEARTBEAT_S)."""
+        if self.send is None:
+            yield
+            return
+        pending = {"rows": 0, "last": -HEARTBEAT_S}
+        active = [True]  # a copy of the model made meanwhile (deep copies keep hooks) must not report later
+
+        def count(module, args, output) -> None:
+            if not active[0] or not args or not hasattr(args[0], "shape"):
+                return
+            pending["rows"] += int(args[0].shape[0])
+            now = time.monotonic()
+            if now - pending["last"] >= HEARTBEAT_S:
+                self(Forwarded(method, pending["rows"], images))
+                pending["rows"], pending["last"] = 0, now
+
+        handle = net.register_forward_hook(count)
+        try:
+            yield
+        finally:
+            active[0] = False
+            handle.remove()

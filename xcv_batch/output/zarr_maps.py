@@ -1,0 +1,285 @@
+"""The Zarr map format (``output.format: zarr``, the default): ``OUT/attributions.zarr``, one float32 array of
+``(N, 3, H, W)`` per method and one for the model inputs, beside the 1-D ``image`` (ids) and ``image_path`` arrays.
+
+Layout: one image a chunk (readers fetch one image; shards own whole chunks), ``output.images_per_object`` images
+per stored object (Zarr v3's sharding codec), NaN fill, zstd with its checksum, consolidated metadata. Shards start
+at multiples of the images per object, so concurrent shards write whole objects and need no lock; a shard that dies
+before its rows commit leaves objects that its retry overwrites byte for byte.
+
+``--resume`` asks :meth:`ZarrWriter.check` which committed maps are whole: the chunk files, their sizes and each
+sharded object's index (:mod:`.chunks`, without decoding), and with ``--verify`` every committed map decoded.
+"""
+
+from __future__ import annotations
+
+import warnings
+from functools import cached_property
+from typing import Iterable, Sequence
+
+import fsspec
+import numpy as np
+import zarr
+from zarr.codecs import ZstdCodec
+
+from ..errors import OutputError, first_line
+from .chunks import ArrayChunks, chunk_key
+from .formats import MapLayout, MapUnreadable, StoredMaps
+from .layout import IMAGE_ARRAY, IMAGE_PATH_ARRAY, MAP_DIMENSIONS, ZARR_NAME, array_chunks, stored_image_ids
+
+#: The chunks of an array that is not in OUT (a method added since): nothing written, nothing broken.
+_NO_CHUNKS = ArrayChunks(per_object=1, ndim=4)
+
+#: Ids and paths per chunk of their 1-D arrays: a million images are 16 chunks, each a few MB at most.
+STRINGS_PER_CHUNK = 65536
+
+
+class ZarrWriter:
+    """The Zarr group of one OUT (local or any fsspec URL), written (see the module docstring)."""
+
+    folder = ZARR_NAME
+
+    def __init__(self, out: str):
+        self.out = out.rstrip("/")
+        self.fs, self.root = fsspec.core.url_to_fs(self.out)
+        self.url = f"{self.out}/{ZARR_NAME}"
+
+    def _exists(self) -> bool:
+        return self.fs.exists(f"{self.root}/{ZARR_NAME}")
+
+    def _open_group(self, mode: str) -> zarr.Group:
+        return zarr.open_group(self.url, mode=mode)
+
+    def prepare(self, layout: MapLayout, resume: bool) -> None:
+        if resume and self._exists():
+            stored = stored_image_ids(self._open_group("r")) or []
+            if stored != list(layout.image_ids):
+                raise OutputError(
+                    f"{self.out} was made from a different image list ({len(stored)} "
+                    f"images, now {len(layout.image_ids)}); the source changed since — use another --out"
+                )
+            return
+        # The maps are gone on a resume (the ledger has set every shard with maps aside): laid out again.
+        group = self._open_group("w")
+        n, resolution, per_object = len(layout.image_ids), layout.resolution, layout.images_per_object
+        image = (1, 3, resolution, resolution)
+        for name in layout.arrays:
+            group.create_array(
+                name,
+                shape=(n, 3, resolution, resolution),
+                chunks=image,  # one image a chunk: readers fetch one image, shards own whole chunks
+                # K images an object (Zarr's sharding codec); run shards start at multiples of K, so they own whole
+                # objects. None keeps one object per image.
+                shards=(per_object, *image[1:]) if per_object > 1 else None,
+                dtype="float32",
+                # zstd's own checksum (4 bytes a chunk): damage that still decodes is found by --resume --verify and
+                # readers instead of read as wrong maps.
+                compressors=ZstdCodec(level=0, checksum=True),
+                fill_value=float("nan"),
+                dimension_names=MAP_DIMENSIONS,
+                # xarray: image_path is a coordinate (beside the image index), not a data variable
+                attributes={"coordinates": IMAGE_PATH_ARRAY} if layout.image_paths is not None else None,
+            )
+        _write_strings(group, IMAGE_ARRAY, layout.image_ids)
+        if layout.image_paths is not None:
+            _write_strings(group, IMAGE_PATH_ARRAY, layout.image_paths)
+        # The ids live in the arrays above, not here: attributes are read on every open and must stay small.
+        group.attrs.update({"fingerprint": layout.fingerprint, **layout.attrs})
+        self.consolidate()
+
+    def consolidate(self) -> None:
+        """Gather every array's metadata into the group's ``zarr.json``, so an open is one read (on S3: one request
+        instead of one per array). The arrays' metadata never changes during a run; chunks are not metadata."""
+        with warnings.catch_warnings():
+            # zarr warns that consolidated metadata is not in the v3 spec yet; zarr, xarray and this package read it.
+            warnings.simplefilter("ignore", category=UserWarning)
+            zarr.consolidate_metadata(self.url)
+
+    def finish(self) -> None:
+        """After the last shard: consolidate the metadata (also of an OUT laid out before this was done)."""
+        if self._exists():
+            self.consolidate()
+
+    def images_per_object(self) -> int | None:
+        if not self._exists():
+            return None
+        group = self._open_group("r")
+        if "inputs" not in group:
+            return None
+        shards = group["inputs"].shards
+        return shards[0] if shards else 1
+
+    def open_shard(self) -> "ShardWriter":  # an xcv_batch.output.sink.ArrayWriter
+        return ShardWriter(self._open_group("r+"))
+
+    def check(self, arrays: Sequence[str]) -> "ZarrCheck":
+        return ZarrCheck(self, arrays)
+
+    def chunk_file(self, array: str, key: str) -> str:
+        return f"{self.url}/{array}/{key}"
+
+
+class ZarrCheck:
+    """The chunk files of the arrays, listed once (:mod:`.chunks`: present, of a size their codecs can write, each
+    sharded object's index whole), and with ``--verify`` the committed maps decoded."""
+
+    def __init__(self, writer: ZarrWriter, arrays: Sequence[str]):
+        self.writer = writer
+        self.chunks = {name: array_chunks(writer.fs, writer.root, name) for name in arrays}
+        self.failed: dict[tuple[int, str], str] = {}  # (image, array) → why it cannot be decoded
+
+    def problem(self, maps: Sequence[tuple[int, str]]) -> str | None:
+        chunks = self.chunks
+        broken = [(index, array) for index, array in maps if index in chunks.get(array, _NO_CHUNKS).broken_images]
+        if broken:
+            index, array = broken[0]
+            key = chunks[array].broken_images[index]
+            return (f"{len(broken)} maps whose chunk file cannot be whole (first: {array} of image {index}, "
+                    f"{self.writer.chunk_file(array, key)} {chunks[array].broken[key]})")
+        missing = [(index, array) for index, array in maps if index not in chunks.get(array, _NO_CHUNKS).written]
+        if missing:
+            index, array = missing[0]
+            return f"{len(missing)} maps that are missing from {ZARR_NAME} (first: {array} of image {index})"
+        return None
+
+    def decode(self, maps: Iterable[tuple[int, str]]) -> None:
+        wanted = sorted(set(maps), key=lambda pair: pair[::-1])  # array by array, in chunk order
+        if not wanted:  # nothing committed with a map (or the maps are gone, and their shards already rejected)
+            return
+        group = self.writer._open_group("r")
+        for index, array in wanted:
+            try:  # each image on its own: one damaged chunk names its file and leaves the others to be checked
+                group[array][index]
+            except Exception as err:  # noqa: BLE001 - whatever a codec raises on damaged bytes, the chunk is unreadable
+                self.failed[(index, array)] = f"cannot be decoded ({type(err).__name__}: {first_line(err)})"
+
+    def decode_problem(self, maps: Sequence[tuple[int, str]]) -> str | None:
+        bad = [pair for pair in maps if pair in self.failed]
+        if not bad:
+            return None
+        index, array = bad[0]
+        return (f"{len(bad)} maps whose chunk cannot be decoded (first: {array} of image {index}, "
+                f"{self.writer.chunk_file(array, self.chunks[array].key_of(index))} {self.failed[bad[0]]})")
+
+    def clean(self) -> None:
+        """Remove the chunk files that cannot be whole: the rewrite of a partly recomputed object starts afresh."""
+        for array, found in self.chunks.items():
+            for key in found.broken:
+                self.writer.fs.rm(f"{self.writer.root}/{ZARR_NAME}/{array}/{key}")
+
+
+class ShardWriter:
+    """Writes the images of one shard into the Zarr arrays; call :meth:`flush` before committing the shard's rows.
+
+    With one image an object each image is written as it comes. With K images an object, writing one image would
+    rewrite the whole object (read, merge, write: K times per object), so a sharded array's images are gathered per
+    object and the object is written once, when all its images are in; :meth:`flush` writes what is left (objects
+    with a failed image, or only partly this shard's after a resume), each run of consecutive images in one write,
+    so images that are not this writer's are never touched.
+    """
+
+    def __init__(self, group: zarr.Group):
+        self.group = group
+        self._arrays: dict[str, zarr.Array] = {}
+        self._gathered: dict[tuple[str, int], dict[int, np.ndarray]] = {}  # (array, object) → image index → map
+
+    def write(self, name: str, index: int, values: np.ndarray) -> None:
+        array = self._array(name)
+        image = np.ascontiguousarray(values, dtype=np.float32)
+        per_object = array.shards[0] if array.shards else 1
+        if per_object == 1:
+            self._store(name, index, image[None])
+            return
+        obj = index // per_object
+        images = self._gathered.setdefault((name, obj), {})
+        images[index] = image
+        if len(images) == min(per_object, array.shape[0] - obj * per_object):
+            self._write_gathered(name, obj)
+
+    def flush(self) -> None:
+        """Write every image still gathered."""
+        for name, obj in list(self._gathered):
+            self._write_gathered(name, obj)
+
+    def _array(self, name: str) -> zarr.Array:
+        array = self._arrays.get(name)
+        if array is None:
+            array = self._arrays[name] = self.group[name]
+        return array
+
+    def _write_gathered(self, name: str, obj: int) -> None:
+        images = self._gathered.pop((name, obj))
+        for first, block in _consecutive_blocks(images):
+            self._store(name, first, block)
+
+    def _store(self, name: str, first: int, block: np.ndarray) -> None:
+        try:
+            self._array(name)[first: first + len(block)] = block
+        except OSError as err:
+            raise OutputError(f"cannot write {name} of image {first} to {ZARR_NAME}: {first_line(err)}") from None
+
+
+def _consecutive_blocks(images: dict[int, np.ndarray]) -> list[tuple[int, np.ndarray]]:
+    """(first index, stacked maps) for each run of consecutive indices."""
+    blocks: list[tuple[int, list[np.ndarray]]] = []
+    previous = None
+    for index in sorted(images):
+        if previous is None or index != previous + 1:
+            blocks.append((index, []))
+        blocks[-1][1].append(images[index])
+        previous = index
+    return [(first, np.stack(maps)) for first, maps in blocks]
+
+
+def _write_strings(group: zarr.Group, name: str, values: Sequence[str]) -> None:
+    """A 1-D array of variable-length strings along the ``image`` dimension."""
+    array = group.create_array(name, shape=(len(values),), chunks=(max(1, min(len(values), STRINGS_PER_CHUNK)),),
+                               dtype=str, dimension_names=(MAP_DIMENSIONS[0],))
+    if len(values):
+        array[:] = np.asarray(list(values), dtype=object)
+
+
+class ZarrReader:
+    """The Zarr group of one OUT, read: its consolidated metadata, when a run wrote it, makes the open one read; maps
+    written after it are found all the same (chunks are not metadata)."""
+
+    folder = ZARR_NAME
+
+    def __init__(self, out: str):
+        self.out = out.rstrip("/")
+        self.fs, self.root = fsspec.core.url_to_fs(self.out)
+
+    @cached_property
+    def group(self) -> zarr.Group | None:
+        if not self.fs.exists(f"{self.root}/{ZARR_NAME}"):
+            return None
+        return zarr.open_group(store=f"{self.out}/{ZARR_NAME}", mode="r")
+
+    def exists(self) -> bool:
+        return self.group is not None
+
+    def attrs(self) -> dict:
+        return dict(self.group.attrs) if self.group is not None else {}
+
+    def image_ids(self) -> list[str] | None:
+        return stored_image_ids(self.group) if self.group is not None else None
+
+    def has_array(self, name: str) -> bool:
+        try:
+            self.group[name]
+        except (KeyError, TypeError):
+            return False
+        return True
+
+    def read(self, name: str, index: int) -> np.ndarray:
+        array = self.group[name]
+        try:
+            return np.asarray(array[index])
+        except Exception as err:  # noqa: BLE001 - whatever the codecs raise on damaged bytes, the chunk is unreadable
+            key = chunk_key(index, array.shards[0] if array.shards else 1, array.ndim)
+            raise MapUnreadable(f"{self.out}/{ZARR_NAME}/{name}/{key}",
+                                f"{type(err).__name__}: {first_line(err)}") from None
+
+    def stored(self, name: str) -> StoredMaps:
+        chunks = array_chunks(self.fs, self.root, name)
+        return StoredMaps(chunks.written, {index: f"{self.out}/{ZARR_NAME}/{name}/{key} {chunks.broken[key]}"
+                                           for index, key in chunks.broken_images.items()})
