@@ -101,19 +101,22 @@ JOB = {
 
 
 def test_the_built_in_kinds_are_registered_in_order():
-    assert [spec.name for spec in source_specs()] == ["files", "builtin"]
+    assert [spec.name for spec in source_specs()] == ["files", "builtin", "tar", "parquet"]
     assert [spec.name for spec in kinds.model_kind_specs()] == ["torchvision", "timm", "callable"]
     assert [model_kind(a).name for a in ("resnet18", "timm:resnet18", "custom_models:tiny_cnn", "")] == [
         "torchvision", "timm", "callable", "torchvision"]
     assert model_kind("a b:c") is None
-    assert [source_kind(s).name for s in ("builtin:skimage", "builtin:nothing", "images/", "s3://b/*.png")] == [
-        "builtin", "builtin", "files", "files"]
+    assert [source_kind(s).name for s in ("builtin:skimage", "builtin:nothing", "images/", "s3://b/*.png",
+                                          "s3://b/train-{000..009}.tar", "m.csv", "m.parquet")] == [
+        "builtin", "builtin", "files", "files", "tar", "files", "parquet"]
 
 
 def test_a_source_registered_from_a_test_file_lists_its_records_sorted_with_its_reader(tmp_path):
     missing = str(tmp_path / "missing")
     with pytest.raises(DataError, match=r"does not exist; give a folder, a glob pattern, a \.txt/\.csv/\.parquet "
-                                        r"manifest, or builtin:skimage$"):
+                                        r"manifest, builtin:skimage, WebDataset tar shards "
+                                        r"\(shards/train-\{000\.\.099\}\.tar\), or a \.parquet file with an "
+                                        r"'image' column of bytes$"):
         list_images(missing)
     with registered(TOY_SOURCE):
         assert source_kind("toy:3") is TOY_SOURCE and source_kind("builtin:skimage").name == "builtin"
@@ -124,7 +127,7 @@ def test_a_source_registered_from_a_test_file_lists_its_records_sorted_with_its_
         with pytest.raises(DataError, match="write toy:N with N ≥ 1"):
             list_images("toy:zero")
         # the message that lists what data.source may be names the new kind too
-        with pytest.raises(DataError, match=r"manifest, builtin:skimage, or toy:N$"):
+        with pytest.raises(DataError, match=r"column of bytes, or toy:N$"):
             list_images(missing)
         with pytest.raises(ConfigError, match="^target: 'label' needs a manifest with a label column; toy images "
                                               "have no labels$"):

@@ -38,7 +38,8 @@ MAX_JOB_FILE_BYTES = 1024**2
 @dataclass(frozen=True)
 class DataConfig:
     #: The images: a folder (recursive), a glob, a .txt list or .csv/.parquet manifest (path[, label][, mask_path]),
-    #: an s3:// URL of any of those, or builtin:skimage (six photographs bundled with scikit-image).
+    #: WebDataset tar shards (train-{000..099}.tar, .cls labels), a .parquet file with an 'image' bytes column
+    #: [+ label], an s3:// URL of any of those, or builtin:skimage (six photographs bundled with scikit-image).
     source: str = "builtin:skimage"
     limit: Optional[int] = None  # explain only the first N images in image-id order; null: all of them
 
@@ -230,6 +231,18 @@ class OutputConfig:
     #: The map format (a registered one; ``zarr``: OUT/attributions.zarr). Not in the fingerprint: the maps are the
     #: same values in any; a resume keeps the format OUT was laid out with.
     format: str = "zarr"
+    #: The maps' stored dtype: float16 halves the bytes (about 3 significant digits, range ±65504; larger values
+    #: become ±inf). The metrics are computed on the float32 maps before they are stored, so they do not change. Not
+    #: in the fingerprint; a resume keeps the dtype OUT was laid out with.
+    dtype: Literal["float32", "float16"] = "float32"
+    #: The maps' channels: ``all`` (3, as computed) or ``sum`` (1: their sum over the colour channels, what ``show``,
+    #: the report and the localisation metrics use), a third of the bytes. Not in the fingerprint; a resume keeps the
+    #: choice OUT was laid out with.
+    channels: Literal["all", "sum"] = "all"
+    #: Store the normalised model inputs beside the maps; false leaves them out (they can be recomputed from the
+    #: source and the preprocessing; ``show`` then draws the maps on the source image). Not in the fingerprint; a
+    #: resume keeps the choice OUT was laid out with.
+    inputs: bool = True
 
     def check(self) -> None:
         if self.images_per_object < 1:

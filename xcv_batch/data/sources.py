@@ -1,9 +1,9 @@
 """Listing image sources: ``data.source`` → :class:`ImageRecord` s sorted by id, without opening any image.
 
 :func:`list_images` takes a folder, a glob, a ``.txt``/``.csv``/``.parquet`` manifest, an ``s3://``-style URL of any
-of those, ``builtin:skimage``, or any other kind registered in :mod:`xcv_batch.data.registry` (the two built-in kinds
-register at the end of this module). A file that cannot be decoded is listed and fails later, as that image's error
-rows.
+of those, ``builtin:skimage``, tar shards and Parquet files of image bytes (:mod:`xcv_batch.data.packed`), or any
+other kind registered in :mod:`xcv_batch.data.registry` (the built-in kinds register at the end of this module). A
+file that cannot be decoded is listed and fails later, as that image's error rows.
 
 Its own module, free of torch, torchvision and PIL, so that ``run`` checks the source (and ``--dry-run`` counts the
 images) before any heavy import; :mod:`xcv_batch.data` decodes and preprocesses what is listed here.
@@ -447,3 +447,9 @@ register(SourceSpec(name="files", matches=lambda source: True, lister=".sources:
 register(SourceSpec(name="builtin", matches=lambda source: source.startswith("builtin:"),
                     lister=".sources:list_builtin", written=", ".join(BUILTIN_SOURCES),
                     unlabelled="builtin images have no labels"))
+# Images packed into bigger files (xcv_batch/data/packed.py, imported only when a job names one). A .parquet source
+# is listed there too: its schema, not its name, tells images in an 'image' bytes column from a manifest of paths.
+register(SourceSpec(name="tar", matches=lambda source: source.lower().endswith(".tar"), lister=".packed:list_tar",
+                    reader=".packed:read_tar_member", written="WebDataset tar shards (shards/train-{000..099}.tar)"))
+register(SourceSpec(name="parquet", matches=lambda source: source.lower().endswith(".parquet"),
+                    lister=".packed:list_parquet", written="a .parquet file with an 'image' column of bytes"))

@@ -513,7 +513,7 @@ def _commit_failed_image(job: Job, store: OutputSink, shard: Shard, message: str
     resolution = job.model.resolution
     writer = store.open_arrays()
     empty = np.full((3, resolution, resolution), np.nan, dtype=np.float32)
-    for name in ("inputs", *job.methods):
+    for name in ("inputs", *job.methods) if job.output.inputs else job.methods:
         writer.write(name, index, empty)
     writer.flush()
     rows = [{**row, "shard": shard.name} for row in error_rows(index, record, job.methods, message)]

@@ -65,6 +65,9 @@ class RunPlan:
             cost = f"   ≈ {seconds[name]:.3g} s/image" if name in seconds else ""
             lines.append(f"  {name:<{width}}  {passes.describe()}{cost}")
         lines.append(f"  {'classification':<{width}}  {CLASSIFY.describe()} (the target)")
+        per_image = stored_bytes_per_image(job)
+        lines.append(f"storage: {per_image:,} bytes per image uncompressed ({_storage_choice(job)}), "
+                     f"{_bytes_text(per_image * self.n_images)} for {self.n_images} images")
         if self.times is not None:
             t = self.times
             lines.append(f"probe: {job.model.arch} on {t.device}, {t.rows} rows a pass: "
@@ -104,6 +107,30 @@ def plan_run(job: Job, resume: bool = False, probe: bool = True) -> RunPlan:
 
         plan.times = probe_pass_times(job)
     return plan
+
+
+def stored_bytes_per_image(job: Job) -> int:
+    """The bytes of one image's stored arrays before compression: each method's map (``output.channels``: 3, or 1
+    when summed; ``output.dtype``: 4 or 2 bytes a value) and, with ``output.inputs``, the float32 ``(3, R, R)``
+    input."""
+    pixels = job.model.resolution ** 2
+    channels = 1 if job.output.channels == "sum" else 3
+    value_bytes = 2 if job.output.dtype == "float16" else 4
+    maps = len(job.methods) * channels * pixels * value_bytes
+    return maps + (3 * pixels * 4 if job.output.inputs else 0)
+
+
+def _storage_choice(job: Job) -> str:
+    out = job.output
+    inputs = "stored" if out.inputs else "not stored"
+    return f"{len(job.methods)} maps, {out.dtype}, channels {out.channels}, inputs {inputs}"
+
+
+def _bytes_text(n: int) -> str:
+    for unit, size in (("TB", 10 ** 12), ("GB", 10 ** 9), ("MB", 10 ** 6), ("kB", 10 ** 3)):
+        if n >= size:
+            return f"{n / size:.3g} {unit}"
+    return f"{n} bytes"
 
 
 def _describe_workers(job: Job, n_shards: int) -> tuple[str, WorkerPlan | None]:

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol, Sequence, TextIO
 
-from ..config import Job, dump_job, weights_file_digest
+from ..config import Job, OutputConfig, dump_job, weights_file_digest
 from ..errors import ConfigError, OutputError
 from ..output.lock import RunLock
 from ..output.outdir import check_out_contents, check_out_writable
@@ -195,6 +195,7 @@ def prepare_store(job: Job, store: OutputSink, records: list, resume: bool) -> N
         resume=resume,
         image_paths=[r.path for r in records],
         images_per_object=job.output.images_per_object,
+        storage=storage_of(job),
     )
 
 
@@ -212,15 +213,37 @@ def check_weights_unchanged(job: Job, provenance: dict[str, str]) -> None:
 def open_store(job: Job, resume: bool, provenance: dict[str, str] | None = None) -> tuple[Job, OutputSink]:
     """OUT's sink, and ``job`` with the layout of the maps already in OUT when resuming onto them: the map format that
     OUT/job.yaml records (not in the fingerprint: the maps are the same values in any format, so a resume may name
-    another), then the images per object (:func:`with_layout_of`). zarr and pyarrow are imported here."""
-    from ..output.formats import stored_format
+    another), its storage choices (:func:`with_storage_of`), then the images per object (:func:`with_layout_of`). zarr
+    and pyarrow are imported here."""
+    from ..output.formats import stored_format, stored_job
     from ..output.sink import open_sink
 
     stored = stored_format(job.output.path) if resume else None
     if stored is not None and stored != job.output.format:
         job = dataclasses.replace(job, output=dataclasses.replace(job.output, format=stored))
+    if resume:
+        job = with_storage_of(job, stored_job(job.output.path))
     store = open_sink(job.output.path, provenance=provenance, map_format=job.output.format)
     return with_layout_of(job, store, resume), store
+
+
+def storage_of(job: Job) -> dict:
+    """How the maps are stored (``output.dtype``, ``output.channels``, ``output.inputs``), for the layout."""
+    return {"dtype": job.output.dtype, "channels": job.output.channels, "inputs": job.output.inputs}
+
+
+def with_storage_of(job: Job, out_job: dict | None) -> Job:
+    """``job`` with the storage choices (:func:`storage_of`) of the job OUT was laid out with, read from its job.yaml
+    (a mapping; None when OUT has none): they are not in the fingerprint (the values computed are the same), so a
+    resume may name others, but the arrays in OUT are laid out one way. A job.yaml from before the keys: defaults."""
+    output = (out_job or {}).get("output")
+    if out_job is None or not isinstance(output, dict):
+        return job
+    defaults = OutputConfig()
+    stored = {key: output.get(key, getattr(defaults, key)) for key in storage_of(job)}
+    if stored == storage_of(job):
+        return job
+    return dataclasses.replace(job, output=dataclasses.replace(job.output, **stored))
 
 
 def with_layout_of(job: Job, store: OutputSink, resume: bool) -> Job:
@@ -265,7 +288,8 @@ def _run_holding_lock(job: Job, resume: bool, executor: Executor | None, stream:
     from ..output.sink import CommitCheck
 
     job, store = open_store(job, resume, provenance)  # zarr and pyarrow: imported now that the checks have passed
-    check = store.verify_committed(list(job.methods), decode=verify) if resume else CommitCheck()
+    check = (store.verify_committed(list(job.methods), decode=verify, inputs=job.output.inputs) if resume
+             else CommitCheck())
     shards = plan_shards(records, job.compute.shard_size, check.done, job.output.images_per_object)
     print(start_line(job, len(records), len(check.done), len(shards)), file=stream, flush=True)
     if shards:

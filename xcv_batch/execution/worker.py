@@ -147,10 +147,11 @@ class ShardWorker:
             masks=[item.mask for item in good],
             progress=self._tally,
         )
-        host_inputs = inputs.float().cpu().numpy()
-        for item, image, x in zip(good, result.images, host_inputs):
-            if image.error is None:  # the inputs of every image that went through the model
-                writer.write("inputs", item.index, x)
+        if self.job.output.inputs:  # output.inputs false: no inputs array is laid out
+            host_inputs = inputs.float().cpu().numpy()
+            for item, image, x in zip(good, result.images, host_inputs):
+                if image.error is None:  # the inputs of every image that went through the model
+                    writer.write("inputs", item.index, x)
         for explained in result.results:
             if explained.attribution is not None:
                 writer.write(explained.method, good[explained.image].index, explained.attribution)

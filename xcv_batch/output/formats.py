@@ -2,10 +2,11 @@
 ``output.format``.
 
 The rows are the Parquet ledger's (:mod:`.store`): it commits them, verifies them on ``--resume`` and says which
-images are done. A format only stores and reads back float32 ``(3, H, W)`` maps by (array, image index), where the
-arrays are ``inputs`` and one per method; the ledger asks it which committed maps are whole. A format is one
-:class:`MapFormatSpec` naming its writer and reader classes as ``"module:Class"`` (imported only when a run writes
-or a reader opens: zarr is not imported to validate a job), registered with :func:`register`:
+images are done. A format stores ``(3, H, W)`` maps as :class:`MapLayout` says (dtype, channels) and reads them
+back as float32 by (array, image index), where the arrays are ``inputs`` (unless left out) and one per method; the
+ledger asks it which committed maps are whole. A format is one :class:`MapFormatSpec` naming its writer and reader
+classes as ``"module:Class"`` (imported only when a run writes or a reader opens: zarr is not imported to validate a
+job), registered with :func:`register`:
 
 * the writer, ``Writer(out)`` (:class:`MapWriter`): lays the maps out (:meth:`MapWriter.prepare`), opens an
   :class:`~.sink.ArrayWriter` per shard, checks what is stored for ``--resume`` (:class:`MapCheck`);
@@ -73,10 +74,24 @@ class MapLayout:
     #: Images stored together in one object, for a format that groups them (Zarr's sharding codec); shards start at
     #: multiples of it, so no two shards write one object.
     images_per_object: int = 1
+    #: The maps' stored dtype (``output.dtype``); the writer converts the float32 maps, readers return float32.
+    dtype: str = "float32"
+    #: ``all``: the maps' 3 channels; ``sum``: one, their sum over the channels (``output.channels``).
+    channels: str = "all"
+    #: Whether the ``inputs`` array is laid out (``output.inputs``).
+    inputs: bool = True
 
     @property
     def arrays(self) -> tuple[str, ...]:
-        return ("inputs", *self.methods)
+        return ("inputs", *self.methods) if self.inputs else tuple(self.methods)
+
+    def dtype_of(self, name: str) -> str:
+        """The stored dtype of array ``name``: the inputs stay float32 (the model's exact input); maps ``dtype``."""
+        return "float32" if name == "inputs" else self.dtype
+
+    def channels_of(self, name: str) -> int:
+        """The channels stored of array ``name``: the inputs keep their 3; a method's maps 1 when summed."""
+        return 1 if self.channels == "sum" and name != "inputs" else 3
 
 
 @dataclass(frozen=True)
@@ -144,7 +159,8 @@ class MapReader(Protocol):
         """Whether array ``name`` (``inputs`` or a method) is laid out."""
 
     def read(self, name: str, index: int) -> np.ndarray:
-        """The ``(3, H, W)`` float32 map of image ``index`` in array ``name`` (all NaN when never written); a
+        """The ``(C, H, W)`` float32 map of image ``index`` in array ``name`` (C: 3, or 1 for maps stored summed over
+        the channels; all NaN when never written); a
         :class:`MapUnreadable` naming what cannot be decoded."""
 
     def stored(self, name: str) -> StoredMaps:
@@ -190,13 +206,19 @@ def map_reader(out: str, name: str | None = None) -> MapReader:
 def stored_format(out: str) -> str | None:
     """The map format OUT was laid out with, from ``OUT/job.yaml`` (``zarr`` for a job file from before the key);
     None when OUT has no readable job file."""
+    job = stored_job(out)
+    return None if job is None else format_of_job(job)
+
+
+def stored_job(out: str) -> dict | None:
+    """``OUT/job.yaml`` read as a mapping (empty when it is not one); None when OUT has no readable job file."""
     fs, root = fsspec.core.url_to_fs(out.rstrip("/"))
     try:
         with fs.open(f"{root}/{JOB_FILE}", "r") as fh:
             job = load_yaml(fh)
     except (OSError, yaml.YAMLError, UnicodeDecodeError):
         return None
-    return format_of_job(job if isinstance(job, dict) else {})
+    return job if isinstance(job, dict) else {}
 
 
 def format_of_job(job: dict) -> str:

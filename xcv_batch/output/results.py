@@ -21,7 +21,7 @@ The Parquet files are plain Parquet, so DuckDB reads them without xcv_batch::
 from __future__ import annotations
 
 from functools import cached_property
-from typing import Any
+from typing import Any, Callable
 
 import fsspec
 import numpy as np
@@ -174,18 +174,52 @@ class Results:
         files = self.metrics_files()
         if not files:
             return pd.DataFrame({name: pd.Series(dtype=dtype) for name, dtype in ROW_COLUMNS.items()})
-        where = dict(filesystem=self._fs, format="parquet", partitioning="hive",
-                     partition_base_dir=f"{self._root}/{METRICS_DIR}")
         try:
-            dataset = pads.dataset(files, **where)
-            # Shards written before a metric existed lack its column; unify so every row has every column (null
-            # there).
-            schema = pa.unify_schemas([dataset.schema] + [frag.physical_schema for frag in dataset.get_fragments()],
-                                      promote_options="permissive")
-            rows = pads.dataset(files, schema=schema, **where).to_table().to_pandas()
+            rows = self._dataset(files).to_table().to_pandas()
         except (pa.ArrowException, OSError) as err:
             raise self._unreadable(files, err) from None
         return self._without_missing_maps(rows)
+
+    def _dataset(self, files: list[str]) -> pads.Dataset:
+        where = dict(filesystem=self._fs, format="parquet", partitioning="hive",
+                     partition_base_dir=f"{self._root}/{METRICS_DIR}")
+        dataset = pads.dataset(files, **where)
+        # Shards written before a metric existed lack its column; unify so every row has every column (null there).
+        schema = pa.unify_schemas([dataset.schema] + [frag.physical_schema for frag in dataset.get_fragments()],
+                                  promote_options="permissive")
+        return pads.dataset(files, schema=schema, **where)
+
+    def compact_rows(self, columns: Callable[[list[str]], list[str]]) -> tuple[pd.DataFrame, list[str]]:
+        """The rows as :meth:`rows` gives them, but only ``image_id``, ``index``, ``method``, ``status``, ``error``
+        and the columns that ``columns(every column name)`` picks, and small at any size: ``image_id`` is an integer
+        code into the sorted list of ids returned beside the frame (code order is id order), and ``error`` is kept on
+        error rows only. Arrow reads just those columns, batch by batch; the other string columns (path, note,
+        shard, target name) are never read, and no id is held once per method."""
+        import pyarrow.compute as pc
+
+        files = self.metrics_files()
+        if not files:
+            return self._read_rows(), []
+        try:
+            dataset = self._dataset(files)
+            names = dataset.schema.names
+            wanted = [c for c in dict.fromkeys(["image_id", "index", "method", "status", "error", *columns(names)])
+                      if c in names]
+            table = dataset.to_table(columns=wanted)
+        except (pa.ArrowException, OSError) as err:
+            raise self._unreadable(files, err) from None
+        ids = table.column("image_id").cast(pa.string())
+        unique = pc.unique(ids)
+        sorted_ids = unique.take(pc.array_sort_indices(unique))
+        table = table.set_column(wanted.index("image_id"), "image_id", pc.index_in(ids, value_set=sorted_ids))
+        if "error" in wanted:
+            error = table.column("error").cast(pa.string())
+            table = table.set_column(wanted.index("error"), "error",
+                                     pc.if_else(pc.equal(table.column("status"), "ok"), pa.scalar(None, pa.string()),
+                                                error))
+        # Without the files' pandas metadata, which would turn the codes back into strings.
+        rows = table.replace_schema_metadata(None).to_pandas()
+        return self._without_missing_maps(rows), sorted_ids.to_pylist()
 
     def _unreadable(self, files: list[str], err: Exception) -> OutputError:
         """The error naming the first metrics file that Parquet cannot read."""
@@ -241,6 +275,9 @@ class Results:
 
     def model_input(self, image_id: str) -> np.ndarray:
         """The normalised model input of one image, ``(3, H, W)`` float32 (an OutputError as for attribution)."""
+        if self.maps.exists() and not self.maps.has_array("inputs"):
+            raise OutputError(f"{self.out} stores no inputs (output.inputs: false); input_image() reads the image "
+                              "again from its file")
         return self._read("inputs", self.index_of(image_id))
 
     def _read(self, name: str, index: int) -> np.ndarray:
@@ -256,5 +293,31 @@ class Results:
         pre: dict[str, Any] = self.attrs.get("preprocessing") or _IMAGENET_PREPROCESSING
         mean = np.asarray(pre["mean"], dtype=np.float32)[:, None, None]
         std = np.asarray(pre["std"], dtype=np.float32)[:, None, None]
+        if self.maps.exists() and not self.maps.has_array("inputs"):
+            return self._recomputed_input(image_id, pre)
         image = self.model_input(image_id) * std + mean
         return np.clip(np.nan_to_num(image, nan=0.0), 0.0, 1.0).transpose(1, 2, 0)
+
+    def _recomputed_input(self, image_id: str, pre: dict[str, Any]) -> np.ndarray:
+        """The image as the model saw it, read again from its source file with the stored preprocessing: for an OUT
+        laid out with ``output.inputs: false``. An OutputError when the file cannot be read (moved, or in a packed
+        source whose reader is not recorded)."""
+        from ..data.images import ImageError, load_image  # torch: only for an OUT without inputs
+        from ..models.preprocessing import Preprocessing
+
+        self.index_of(image_id)  # a ConfigError for an unknown id, as with stored inputs
+        rows = self.image_rows(image_id)
+        path = str(rows["image_path"].iloc[0]) if len(rows) else None
+        if path is None:
+            raise OutputError(f"{self.out} stores no inputs (output.inputs: false) and has no row for {image_id} "
+                              "naming its file")
+        # the weights' own filter is not recorded: the job's, else bilinear (a display, not the maps' input)
+        interpolation = ((self.job.get("model") or {}).get("preprocessing") or {}).get("interpolation") or "bilinear"
+        preprocessing = Preprocessing(int(pre["resize_size"]), int(pre["resolution"]), tuple(pre["mean"]),
+                                      tuple(pre["std"]), interpolation)
+        try:
+            pixels = load_image(path, preprocessing).numpy()
+        except ImageError as err:
+            raise OutputError(f"{self.out} stores no inputs (output.inputs: false) and {path} cannot be read "
+                              f"again: {first_line(err)}") from None
+        return np.clip(pixels, 0.0, 1.0).transpose(1, 2, 0)

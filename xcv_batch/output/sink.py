@@ -67,14 +67,16 @@ class OutputSink(Protocol):
     def layout_images_per_object(self) -> int | None:
         """Images per stored object of the arrays already there (None when there are none)."""
 
-    def verify_committed(self, methods: Sequence[str], decode: bool = False) -> CommitCheck:
+    def verify_committed(self, methods: Sequence[str], decode: bool = False, inputs: bool = True) -> CommitCheck:
         """For ``--resume``: the images of committed shards that are whole; broken shards are set aside. With
-        ``decode`` (``--verify``) every committed map and input is also decoded."""
+        ``decode`` (``--verify``) every committed map and input is also decoded. ``inputs``: whether OUT stores the
+        inputs (``output.inputs``)."""
 
     def prepare(self, job_yaml: str, fingerprint: str, image_ids: Sequence[str], resolution: int,
                 methods: Sequence[str], attrs: dict, resume: bool, image_paths: Sequence[str] | None = None,
-                images_per_object: int = 1) -> None:
-        """Lay out the arrays and write the job, or check on resume that what is there is this job's."""
+                images_per_object: int = 1, storage: dict | None = None) -> None:
+        """Lay out the arrays and write the job, or check on resume that what is there is this job's. ``storage``:
+        the :class:`~.formats.MapLayout` storage choices (dtype, channels, inputs; defaults when None)."""
 
     # --- shard side (workers, and the driver for an image no worker survived)
     def open_arrays(self) -> ArrayWriter:

@@ -73,10 +73,12 @@ class RunStore:
         resume: bool,
         image_paths: Sequence[str] | None = None,
         images_per_object: int = 1,
+        storage: dict | None = None,
     ) -> None:
         """Lay out OUT for a run, or check that a resumed run matches what is there (after
         :func:`xcv_batch.output.outdir.check_out`)."""
-        layout = MapLayout(fingerprint, image_ids, image_paths, resolution, methods, attrs, images_per_object)
+        layout = MapLayout(fingerprint, image_ids, image_paths, resolution, methods, attrs, images_per_object,
+                           **(storage or {}))
         if resume and self.fs.exists(self._path(JOB_FILE)):
             # The maps there are checked to be this image list's; gone, verify_committed has set every shard with maps
             # aside, and they are laid out again.
@@ -126,14 +128,15 @@ class RunStore:
             why = re.sub(r"^Could not open Parquet input source '[^']*': ", "", first_line(err))
             raise UnreadableShard(f"{self.out}/{METRICS_DIR}/{name}", why) from None
 
-    def verify_committed(self, methods: Sequence[str], decode: bool = False) -> "CommitCheck":
+    def verify_committed(self, methods: Sequence[str], decode: bool = False, inputs: bool = True) -> "CommitCheck":
         """For ``--resume``: the images of committed shards that are whole — every file readable, and every ok row's
         map and input whole as the map format checks them without decoding (Zarr: chunk files present and of a size
         their codecs can write, :mod:`.chunks`), and with ``decode`` (``--verify``) decodable too. A shard that fails
         is moved to ``metrics/_rejected/`` (kept, but no longer committed) so that its images run again; what the
         format stores but cannot be whole is removed, so that the rewrite of a partly recomputed object starts
         afresh."""
-        maps = self.maps.check(("inputs", *methods))
+        arrays = ("inputs", *methods) if inputs else tuple(methods)  # output.inputs false: no inputs to check
+        maps = self.maps.check(arrays)
         check = CommitCheck()
         committed: dict[str, tuple[list[tuple[int, str]], list[int]]] = {}  # file → its ok (image, array), its images
         for name in self.committed_files():
@@ -144,7 +147,7 @@ class RunStore:
                 continue
             ok = [(index, method) for index, method, status
                   in zip(*(table.column(c).to_pylist() for c in ("index", "method", "status"))) if status == "ok"]
-            pairs = [(index, array) for index, method in ok for array in (method, "inputs")]
+            pairs = [(index, array) for index, method in ok for array in ((method, "inputs") if inputs else (method,))]
             problem = maps.problem(pairs)
             if problem:
                 check.reject(name, f"{self.out}/{METRICS_DIR}/{name} commits {problem}; recomputing its shard")

@@ -1,5 +1,7 @@
 """The Zarr map format (``output.format: zarr``, the default): ``OUT/attributions.zarr``, one float32 array of
-``(N, 3, H, W)`` per method and one for the model inputs, beside the 1-D ``image`` (ids) and ``image_path`` arrays.
+``(N, 3, H, W)`` per method and one for the model inputs, beside the 1-D ``image`` (ids) and ``image_path`` arrays
+(``output.dtype: float16`` stores the maps as float16, ``output.channels: sum`` as ``(N, 1, H, W)``,
+``output.inputs: false`` lays no ``inputs`` array out; readers return float32).
 
 Layout: one image a chunk (readers fetch one image; shards own whole chunks), ``output.images_per_object`` images
 per stored object (Zarr v3's sharding codec), NaN fill, zstd with its checksum, consolidated metadata. Shards start
@@ -61,16 +63,17 @@ class ZarrWriter:
         # The maps are gone on a resume (the ledger has set every shard with maps aside): laid out again.
         group = self._open_group("w")
         n, resolution, per_object = len(layout.image_ids), layout.resolution, layout.images_per_object
-        image = (1, 3, resolution, resolution)
         for name in layout.arrays:
+            # output.channels: sum keeps a channel dimension of size 1, so readers and xarray see one layout
+            image = (1, layout.channels_of(name), resolution, resolution)
             group.create_array(
                 name,
-                shape=(n, 3, resolution, resolution),
+                shape=(n, *image[1:]),
                 chunks=image,  # one image a chunk: readers fetch one image, shards own whole chunks
                 # K images an object (Zarr's sharding codec); run shards start at multiples of K, so they own whole
                 # objects. None keeps one object per image.
                 shards=(per_object, *image[1:]) if per_object > 1 else None,
-                dtype="float32",
+                dtype=layout.dtype_of(name),  # output.dtype: the writer converts, readers return float32
                 # zstd's own checksum (4 bytes a chunk): damage that still decodes is found by --resume --verify and
                 # readers instead of read as wrong maps.
                 compressors=ZstdCodec(level=0, checksum=True),
@@ -103,9 +106,11 @@ class ZarrWriter:
         if not self._exists():
             return None
         group = self._open_group("r")
-        if "inputs" not in group:
+        # any laid-out map array: the inputs are left out with output.inputs false, and every array has the same
+        arrays = [name for name in group.array_keys() if name not in (IMAGE_ARRAY, IMAGE_PATH_ARRAY)]
+        if not arrays:
             return None
-        shards = group["inputs"].shards
+        shards = group[arrays[0]].shards
         return shards[0] if shards else 1
 
     def open_shard(self) -> "ShardWriter":  # an xcv_batch.output.sink.ArrayWriter
@@ -184,7 +189,7 @@ class ShardWriter:
 
     def write(self, name: str, index: int, values: np.ndarray) -> None:
         array = self._array(name)
-        image = np.ascontiguousarray(values, dtype=np.float32)
+        image = _stored(values, array)
         per_object = array.shards[0] if array.shards else 1
         if per_object == 1:
             self._store(name, index, image[None])
@@ -216,6 +221,16 @@ class ShardWriter:
             self._array(name)[first: first + len(block)] = block
         except OSError as err:
             raise OutputError(f"cannot write {name} of image {first} to {ZARR_NAME}: {first_line(err)}") from None
+
+
+def _stored(values: np.ndarray, array: zarr.Array) -> np.ndarray:
+    """One image's float32 ``(3, H, W)`` map as ``array`` stores it: summed over the channels when it has one
+    (``output.channels: sum``; summed in float32, as the metrics see the map), then in its dtype (``output.dtype``).
+    Only here: the metrics are computed on the maps as computed, before they are stored."""
+    image = np.asarray(values, dtype=np.float32)
+    if array.shape[1] == 1 and image.shape[0] != 1:
+        image = image.sum(axis=0, keepdims=True, dtype=np.float32)
+    return np.ascontiguousarray(image, dtype=array.dtype)
 
 
 def _consecutive_blocks(images: dict[int, np.ndarray]) -> list[tuple[int, np.ndarray]]:
@@ -273,7 +288,7 @@ class ZarrReader:
     def read(self, name: str, index: int) -> np.ndarray:
         array = self.group[name]
         try:
-            return np.asarray(array[index])
+            return np.asarray(array[index], dtype=np.float32)  # float16 maps are returned as float32
         except Exception as err:  # noqa: BLE001 - whatever the codecs raise on damaged bytes, the chunk is unreadable
             key = chunk_key(index, array.shards[0] if array.shards else 1, array.ndim)
             raise MapUnreadable(f"{self.out}/{ZARR_NAME}/{name}/{key}",

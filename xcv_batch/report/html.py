@@ -334,8 +334,9 @@ def _failures_section(summary: Summary) -> str:
 
 
 def render_report(results: Results, summary: Summary, gallery: int = 4) -> str:
-    """The report's HTML text."""
-    rows = results.rows()
+    """The report's HTML text. Its rows are read compact (ids as codes, only the ranked metrics and Max-Sensitivity),
+    and nothing in it grows with the images: box plots, ``gallery`` panels, capped diagnostics and failures."""
+    rows, image_ids = results.compact_rows(lambda columns: [*summary.metrics, "sensitivity_max"])
     facts = summary.facts
     status_class = "complete" if facts.complete else "partial"
     job = results.job
@@ -364,7 +365,7 @@ def render_report(results: Results, summary: Summary, gallery: int = 4) -> str:
         "<p>Methods joined by a bar are not significantly different (Nemenyi, α = 0.05).</p>",
     ]
     parts += [_img(cd_figure(summary, metric), f"critical-difference diagram: {metric}") for metric in summary.metrics]
-    picked = gallery_images(rows, gallery)
+    picked = [(image_ids[int(code)], why) for code, why in gallery_images(rows, gallery)]
     parts.append("<h2>Gallery</h2>")
     if picked:
         parts.append(f"<p>{len(picked)} images: the most stable first, by mean Max-Sensitivity over the methods "

@@ -122,7 +122,15 @@ def _target_text(row: pd.Series, categories: list | None) -> str:
 
 def panel_figure(results: Results, image_id: str) -> Figure:
     """The panel of one image: the image, then one subplot per method the run has (in the job's order)."""
-    image = results.input_image(image_id)  # raises ConfigError for an unknown id
+    try:
+        image = results.input_image(image_id)  # raises ConfigError for an unknown id
+        missing_input = False
+    except OutputError:
+        if not results.maps.exists() or results.maps.has_array("inputs"):
+            raise
+        # output.inputs false and the source file cannot be read again: the maps alone, with a note why
+        resolution = int((results.attrs.get("preprocessing") or {}).get("resolution") or 224)
+        image, missing_input = np.full((resolution, resolution, 3), 0.5, dtype=np.float32), True
     rows = results.image_rows(image_id)
     rows = rows.sort_values("status", key=lambda s: s == "ok").drop_duplicates("method", keep="last")
     by_method = {str(r["method"]): r for _, r in rows.iterrows()}
@@ -138,6 +146,8 @@ def panel_figure(results: Results, image_id: str) -> Figure:
         if pd.notna(first.get("label")):
             title.append(f"label {class_text(first['label'], categories)}")
     axes[0].imshow(image)
+    if missing_input:
+        title.append(textwrap.fill("image not shown (inputs not stored); its file cannot be read again", 34))
     axes[0].set_title("\n".join(title), fontsize=9)
 
     gray = image.mean(axis=2)

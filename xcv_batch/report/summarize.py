@@ -72,12 +72,13 @@ def summarize(out: "str | Results", n_boot: int = 2000, seed: int = 0,
     :func:`summarize_rows` with the run's facts (model, fingerprint, completeness, the seed's settings)."""
     check_bootstrap(n_boot)
     results = open_results(out)
-    rows = results.rows()
+    rows, image_ids = results.compact_rows(summary_columns)
     job = results.job
-    summary = summarize_rows(rows, methods=results.methods, n_boot=n_boot, seed=seed, rank_on=rank_on, job=job)
+    summary = summarize_rows(rows, methods=results.methods, n_boot=n_boot, seed=seed, rank_on=rank_on, job=job,
+                             image_ids=image_ids)
     model = job.get("model") or {}
     expected_ids = results.stored_image_ids
-    missing = _missing_rows(rows, expected_ids, results.methods)
+    missing = _missing_rows(rows, expected_ids, results.methods, image_ids)
     differences = seed_setting_differences(job)
     run = RunFacts(
         out=results.out, job_name=job.get("name"), fingerprint=results.fingerprint,
@@ -96,7 +97,7 @@ def summarize(out: "str | Results", n_boot: int = 2000, seed: int = 0,
 
 def summarize_rows(rows: pd.DataFrame, methods: Sequence[str] | None = None, n_boot: int = 2000, seed: int = 0,
                    alpha: float = stats.ALPHA, rank_on: Mapping[str, float] | None = None,
-                   job: Mapping | None = None) -> Summary:
+                   job: Mapping | None = None, image_ids: Sequence[str] | None = None) -> Summary:
     """Rankings, CIs, tests, agreement and cost of a table of metric rows (the Parquet schema); the part of
     :func:`summarize` that needs no files. ``rank_on``: metric → weight for the overall rank (default: every family
     of quality metrics present weighs 1); ``job``: the resolved job, for the cost's batch size and passes per image.
@@ -106,8 +107,11 @@ def summarize_rows(rows: pd.DataFrame, methods: Sequence[str] | None = None, n_b
     and win rate with CIs, its status counts, its ranks and values per metric, per metric its tests (Friedman,
     pairwise Wilcoxon + Holm, Nemenyi), the agreement (see :func:`metric_agreement`), the cost (see
     :func:`cost_summary`), the diagnostics and the failures (the error rows' image, method and message).
+    ``image_ids``: when given, the ``image_id`` column holds integer codes into it, in the ids' order
+    (:meth:`~xcv_batch.output.results.Results.compact_rows`).
     """
     check_bootstrap(n_boot)
+    name_of = (lambda code: str(image_ids[int(code)])) if image_ids is not None else str
     rows = _deduplicate(rows)
     method_names = list(dict.fromkeys([*(methods or []), *rows["method"].astype(str)]))
     images = _images_in_order(rows)
@@ -178,7 +182,7 @@ def summarize_rows(rows: pd.DataFrame, methods: Sequence[str] | None = None, n_b
             win_rate=win_rate, n_ok=counts[name][0], n_error=counts[name][1], ranks=ranks_of, values=values_of[name])
 
     errors = rows[rows["status"] == "error"]
-    failures = [Failure(image_id=str(r.image_id), method=str(r.method),
+    failures = [Failure(image_id=name_of(r.image_id), method=str(r.method),
                         error=None if pd.isna(r.error) else str(r.error))
                 for r in errors.sort_values(["image_id", "method"]).itertuples()]
     return plain(Summary(
@@ -186,7 +190,7 @@ def summarize_rows(rows: pd.DataFrame, methods: Sequence[str] | None = None, n_b
         metrics_skipped=skipped, methods=summaries, tests=tests,
         rank_on=RankOn(weights=weights, chosen=rank_on is not None),
         agreement=metric_agreement(metrics, value_tables, method_names, weights, n_boot, seed),
-        cost=cost_summary(rows, method_names, job), diagnostics=diagnostics_summary(ok), failures=failures,
+        cost=cost_summary(rows, method_names, job), diagnostics=diagnostics_summary(ok, name_of), failures=failures,
         n_failed_images=int(errors["image_id"].nunique()),
     ))
 
@@ -380,8 +384,9 @@ def _passes(method: str, job: Mapping) -> Passes | None:
 # --- per-method diagnostics -----------------------------------------------------------------------------------------
 
 
-def diagnostics_summary(ok: pd.DataFrame) -> dict[str, Diagnostic]:
-    """Each diagnostic column present: its method's values, and the images above its tolerance (worst first)."""
+def diagnostics_summary(ok: pd.DataFrame, name_of=str) -> dict[str, Diagnostic]:
+    """Each diagnostic column present: its method's values, and the images above its tolerance (worst first);
+    ``name_of`` turns an ``image_id`` value into the id (see :func:`summarize_rows`)."""
     found = {}
     for column, info in DIAGNOSTICS.items():
         if column not in ok.columns:
@@ -397,7 +402,7 @@ def diagnostics_summary(ok: pd.DataFrame) -> dict[str, Diagnostic]:
             label=info.label, method=info.method, tolerance=info.tolerance, meaning=info.meaning,
             n=int(present.sum()), median=float(values[present].median()), max=float(values[present].max()),
             n_above=int(len(above)),
-            above=[DiagnosticImage(image_id=str(r.image_id), value=float(r.diagnostic_value))
+            above=[DiagnosticImage(image_id=name_of(r.image_id), value=float(r.diagnostic_value))
                    for r in above.head(_DIAGNOSTIC_IMAGES_LISTED).itertuples()],
         )
     return found
@@ -419,11 +424,28 @@ def _images_in_order(rows: pd.DataFrame) -> list[str]:
     return rows.sort_values([key, "image_id"], kind="stable")["image_id"].drop_duplicates().tolist()
 
 
-def _missing_rows(rows: pd.DataFrame, expected_ids: Sequence[str] | None, methods: Sequence[str]) -> int | None:
+def _missing_rows(rows: pd.DataFrame, expected_ids: Sequence[str] | None, methods: Sequence[str],
+                  image_ids: Sequence[str]) -> int | None:
+    """Expected image × method pairs without a row (``image_id`` holds codes into ``image_ids``): one flag per id
+    and method rather than a set of every pair."""
     if expected_ids is None:
         return None
-    have = set(zip(rows["image_id"].astype(str), rows["method"].astype(str)))
-    return sum((str(i), m) not in have for i in expected_ids for m in methods)
+    code_of = {image_id: code for code, image_id in enumerate(image_ids)}
+    expected = np.array([code_of.get(str(i), -1) for i in expected_ids], dtype=np.int64)
+    codes = rows["image_id"].to_numpy(dtype=np.int64)
+    method = rows["method"].astype(str).to_numpy()
+    missing = 0
+    for name in methods:
+        have = np.zeros(len(image_ids) + 1, dtype=bool)  # the last flag, for ids with no row at all, stays False
+        have[codes[method == name]] = True
+        missing += int((~have[expected]).sum())
+    return missing
+
+
+def summary_columns(columns: Sequence[str]) -> list[str]:
+    """The row columns a summary reads beside the keys: the metrics, the seconds and the diagnostics."""
+    return [*metrics_in(columns), *(c for c in columns if c.endswith("_seconds")),
+            *(c for c in DIAGNOSTICS if c in columns)]
 
 
 def _nanmean(column: np.ndarray) -> float | None:
