@@ -10,6 +10,8 @@ import shutil
 import subprocess
 import sys
 
+import pytest
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -45,22 +47,17 @@ def test_the_docs_build_strictly(tmp_path):
     assert "<code>predicted | label</code>" in reference and "\\|" not in reference
 
 
-def test_a_broken_link_fails_the_build(tmp_path):
+@pytest.mark.parametrize("link, named", [
+    ("[the old page](no-such-page.md)", "no-such-page.md"),  # a missing page
+    ("[a section](metrics.md#no-such-section)", "no-such-section"),  # a missing anchor
+])
+def test_a_broken_link_or_anchor_fails_the_build(tmp_path, link, named):
     root = _copy_site_sources(tmp_path)
     with open(root / "docs" / "cli.md", "a", encoding="utf-8") as fh:
-        fh.write("\nSee [the old page](no-such-page.md).\n")
+        fh.write(f"\nSee {link}.\n")
     done = _build(root, tmp_path / "site")
     assert done.returncode != 0
-    assert "no-such-page.md" in done.stdout + done.stderr
-
-
-def test_a_broken_anchor_fails_the_build(tmp_path):
-    root = _copy_site_sources(tmp_path)
-    with open(root / "docs" / "cli.md", "a", encoding="utf-8") as fh:
-        fh.write("\nSee [a section](metrics.md#no-such-section).\n")
-    done = _build(root, tmp_path / "site")
-    assert done.returncode != 0
-    assert "no-such-section" in done.stdout + done.stderr
+    assert named in done.stdout + done.stderr
 
 
 def test_a_readme_snippet_the_docs_include_cannot_go_missing(tmp_path):
