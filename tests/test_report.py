@@ -85,12 +85,25 @@ def test_report_is_self_contained_and_has_what_it_promises(run_with_a_failure):
         assert base64.b64decode(attrs["src"].split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
     assert sum(a["alt"].startswith("panel of ") for a in images) == 4
 
-    # The ranking table: a header and one row per method, best first, counts as in the rows.
+    # The main ranking: method, mean rank, win rate and cost only, one row per method; the counts and each metric's
+    # rank in the per-metric table beside it.
     ranking = parsed.tables[0]
-    assert ranking[0][:3] == ["Method", "n ok", "n failed"]
+    assert ranking[0] == ["Method", "Mean rank [95% CI]", "Win rate", "Cost: s / image"]
     body = {row[0]: row for row in ranking[1:]}
     assert sorted(body) == sorted(["Occlusion", "Integrated Gradients", "IG + SmoothGrad", "Guided Grad-CAM", "LIME"])
-    assert body["LIME"][1:3] == ["7", "1"] and body["Occlusion"][1:3] == ["8", "0"]
+    per_metric = parsed.tables[1]
+    assert per_metric[0] == ["Method", "n ok", "n failed", "Max-Sensitivity rank"]
+    counts = {row[0]: row[1:3] for row in per_metric[1:]}
+    assert counts["LIME"] == ["7", "1"] and counts["Occlusion"] == ["8", "0"]
+    assert [row[0] for row in per_metric[1:]] == [row[0] for row in ranking[1:]]
+    # The metric's own table (in its collapsible part): n, median, rank and win rate on it alone.
+    detail = next(t for t in parsed.tables if t[0][:3] == ["Method", "n", "median [95% CI]"])
+    assert {row[0]: row[1] for row in detail[1:]}["LIME"] == "7"
+    # Every section in the contents; the gallery says how many of the 8 images it leaves out.
+    for anchor in ("ranking", "per-metric", "cost", "distributions", "gallery", "failures", "job"):
+        assert f'<a href="#{anchor}">' in text and f'<section id="{anchor}">' in text
+    assert "4 of 8 images with a map, the most and least stable" in text
+    assert "<strong>4 images are not shown</strong>" in text
 
     # The failed image with its message (escaped), the status, the fingerprint and the job settings.
     failures = next(t for t in parsed.tables if t[0] == ["Image", "Method", "Message"])
@@ -244,7 +257,8 @@ def test_the_ranking_is_one_table_with_the_same_cells_in_markdown_html_and_the_t
     summary = summarize(str(out), n_boot=100)
     parsed = _Tables()
     parsed.feed(open(write_report(str(out), summary, gallery=0)).read())
-    in_html = parsed.tables[0][1:]
+    in_html = parsed.tables[0][1:]  # the main ranking: method, mean rank, win rate, cost
+    medians_html = next(t for t in parsed.tables if t[0][:3] == ["Method", "n", "median [95% CI]"])[1:]
     lines = render_markdown(summary).splitlines()
     table_i = lines[lines.index("## Table I") + 4:lines.index("## Mean rank per metric (1 = best)") - 1]
     in_markdown = [[c.strip() for c in line.strip("|").split("|")] for line in table_i if line.startswith("| ")]
@@ -254,22 +268,25 @@ def test_the_ranking_is_one_table_with_the_same_cells_in_markdown_html_and_the_t
     # rate) hold the very same text.
     best_first = sorted(summary.methods.values(), key=lambda m: m.mean_rank)
     assert [row[0] for row in in_markdown] == [m.label for m in best_first]
-    assert [row[:5] for row in in_html] == [row[:5] for row in in_markdown] == [row[:5] for row in in_terminal]
-    lime = next(row for row in in_html if row[0] == "LIME")
+    assert [row[:5] for row in in_markdown] == [row[:5] for row in in_terminal]
+    assert [row[:3] for row in in_html] == [[row[0], *row[3:5]] for row in in_markdown]
+    lime = next(row for row in in_markdown if row[0] == "LIME")
     ok_lime = rows[(rows.method == "lime") & (rows.status == "ok")]
     assert lime[1:3] == [str(len(ok_lime)), "1"]
     lime_summary = summary.methods["lime"]
     lo, hi = lime_summary.mean_rank_ci95
     assert lime[3] == f"{lime_summary.mean_rank:.2f} [{lo:.2f}, {hi:.2f}]"
-    # The median of Max-Sensitivity: the same cell in markdown and HTML, the same number to 3 digits in the terminal.
+    # The median of Max-Sensitivity: the same cell in markdown and in the HTML's metric table, the same number to 3
+    # digits in the terminal.
     median = np.median(ok_lime.sensitivity_max)
     assert float(lime[5].split()[0]) == pytest.approx(median, rel=5e-4)
-    assert [row[5] for row in in_html] == [row[5] for row in in_markdown]
-    for terminal_row, html_row in zip(in_terminal, in_html):
-        assert float(terminal_row[5].split()[0]) == pytest.approx(float(html_row[5].split()[0]), rel=5e-3)
+    assert [[row[0], row[2]] for row in medians_html] == [[row[0], row[5]] for row in in_markdown]
+    for terminal_row, markdown_row in zip(in_terminal, in_markdown):
+        assert float(terminal_row[5].split()[0]) == pytest.approx(float(markdown_row[5].split()[0]), rel=5e-3)
     # Cost, last: seconds per image, the same in HTML and the terminal.
     assert [row[-1] for row in in_html] == [row[-1] for row in in_terminal]
-    assert float(lime[-1]) == pytest.approx(ok_lime.attr_seconds.mean(), rel=5e-3)
+    lime_html = next(row for row in in_html if row[0] == "LIME")
+    assert float(lime_html[-1]) == pytest.approx(ok_lime.attr_seconds.mean(), rel=5e-3)
 
 
 def test_a_table_renders_its_cells_and_each_mediums_own_header_and_cells():

@@ -120,8 +120,9 @@ def _target_text(row: pd.Series, categories: list | None) -> str:
     return f"{text}, p {prob:.2f}" if prob >= 0.01 else f"{text}, p {prob:.1e}"
 
 
-def panel_figure(results: Results, image_id: str) -> Figure:
-    """The panel of one image: the image, then one subplot per method the run has (in the job's order)."""
+def panel_figure(results: Results, image_id: str, columns: int | None = None) -> Figure:
+    """The panel of one image: the image, then one subplot per method the run has (in the job's order); in rows of
+    ``columns`` subplots (default: one row), so that a page can bound its width whatever the number of methods."""
     try:
         image = results.input_image(image_id)  # raises ConfigError for an unknown id
         missing_input = False
@@ -137,8 +138,13 @@ def panel_figure(results: Results, image_id: str) -> Figure:
     methods = list(results.methods)
     categories = results.categories
 
-    figure = Figure(figsize=(_PANEL_INCHES * (len(methods) + 1), _PANEL_INCHES * 1.7), dpi=100)
-    axes = figure.subplots(1, len(methods) + 1, squeeze=False)[0]
+    n_cols = min(columns or len(methods) + 1, len(methods) + 1)
+    n_rows = -(-(len(methods) + 1) // n_cols)
+    figure = Figure(figsize=(_PANEL_INCHES * n_cols, _PANEL_INCHES * 1.7 * n_rows), dpi=100)
+    grid = figure.subplots(n_rows, n_cols, squeeze=False).ravel()
+    for unused in grid[len(methods) + 1:]:
+        unused.remove()
+    axes = grid[:len(methods) + 1]
     first = next((r for r in by_method.values() if pd.notna(r.get("target"))), None)
     title = [str(image_id)]
     if first is not None:

@@ -251,6 +251,21 @@ def pairwise_table(tests: MetricTests) -> Table:
           method_label(p.better) if p.better else "–", "yes" if p.reject else "no"] for p in tests.pairwise])
 
 
+def metric_table(summary: Summary, metric: str) -> Table:
+    """One ranked metric in detail, best method first: images with a value, median [95% CI], mean rank [95% CI] and
+    win rate on this metric alone, and the seed's Table I value where comparable."""
+    seed = with_seed(summary) and metric == "sensitivity_max"
+    header = ["Method", "n", "median [95% CI]", "mean rank [95% CI]", "win rate"] + (["seed (Table I)"] if seed else [])
+    body = []
+    for name in summary.best_first():
+        method = summary.methods[name]
+        value, rank = method.values.get(metric), method.ranks.get(metric)
+        row = [method.label, str(value.n) if value else "0", fmt_ci(value.median, value.ci95) if value else "–",
+               fmt_rank(rank.mean_rank, rank.mean_rank_ci95) if rank else "–", fmt_rank(rank.win_rate) if rank else "–"]
+        body.append(row + ([_seed_cell(name, metric)] if seed else []))
+    return Table.from_rows(header, body)
+
+
 # --- the terminal and summary.md ------------------------------------------------------------------------------------
 
 
