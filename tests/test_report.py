@@ -143,6 +143,16 @@ def test_gallery_picks_the_most_and_least_stable_images():
     assert picked[2][1].startswith("least stable — rank 4 of 4 ")
 
 
+def test_gallery_under_its_cap_shows_images_without_a_sensitivity_for_every_method_last():
+    rows = table({"a": [0.5, 0.1, 0.9], "b": [0.2, None, 0.4]})  # img1 has no value for b: not ranked
+    picked = gallery_images(rows, 3)
+    assert [i for i, _ in picked] == ["img0", "img2", "img1"]
+    assert picked[0][1].startswith("most stable — rank 1 of 2 ") and picked[1][1].startswith("least stable — rank 2")
+    assert picked[2][1] == "not ranked: no Max-Sensitivity for every method"
+    assert [i for i, _ in gallery_images(rows, 2)] == ["img0", "img2"]  # the cap: ranked images first
+    assert gallery_images(rows.assign(status="error"), 3) == []
+
+
 @pytest.mark.parametrize("n_images", [1, 2, 3, 20])
 def test_gallery_labels_are_right_for_any_number_of_images(n_images):
     means = np.random.default_rng(n_images).permutation(np.linspace(0.3, 8.8, n_images))

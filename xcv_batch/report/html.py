@@ -455,7 +455,7 @@ def _gallery_section(results: Results, rows: pd.DataFrame, image_ids: list, cap:
              ": the most stable first, by mean Max-Sensitivity over the methods (lower = more stable); each caption "
              "gives the image's rank among all ranked images, rank 1 the lowest.")
     parts = []
-    if not picked:
+    if pool.empty:
         parts.append("<p>No image has a map to show.</p>")
     elif len(picked) == len(pool):
         parts.append(f"<p>All {len(pool)} images with a map{order}</p>")
