@@ -85,17 +85,18 @@ def test_report_is_self_contained_and_has_what_it_promises(run_with_a_failure):
         assert base64.b64decode(attrs["src"].split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
     assert sum(a["alt"].startswith("panel of ") for a in images) == 4
 
-    # The main ranking: method, mean rank, win rate and cost only, one row per method; the counts and each metric's
-    # rank in the per-metric table beside it.
+    # The main ranking: method, counts, mean rank, win rate and cost only, one row per method, best first; each
+    # metric's rank in the per-metric table below it, a row per metric and a column per method in the same order.
     ranking = parsed.tables[0]
-    assert ranking[0] == ["Method", "Mean rank [95% CI]", "Win rate", "Cost: s / image"]
+    assert ranking[0] == ["Method", "n ok", "n failed", "Mean rank [95% CI]", "Win rate", "Cost: s / image"]
     body = {row[0]: row for row in ranking[1:]}
     assert sorted(body) == sorted(["Occlusion", "Integrated Gradients", "IG + SmoothGrad", "Guided Grad-CAM", "LIME"])
+    assert body["LIME"][1:3] == ["7", "1"] and body["Occlusion"][1:3] == ["8", "0"]
     per_metric = parsed.tables[1]
-    assert per_metric[0] == ["Method", "n ok", "n failed", "Max-Sensitivity rank"]
-    counts = {row[0]: row[1:3] for row in per_metric[1:]}
-    assert counts["LIME"] == ["7", "1"] and counts["Occlusion"] == ["8", "0"]
-    assert [row[0] for row in per_metric[1:]] == [row[0] for row in ranking[1:]]
+    assert per_metric[0] == ["Metric (1 = best)", *(row[0] for row in ranking[1:])]
+    assert per_metric[1][0] == "Max-Sensitivity" and len(per_metric) == 2
+    # One metric: its mean rank is the overall one.
+    assert per_metric[1][1:] == [row[3].split()[0] for row in ranking[1:]]
     # The metric's own table (in its collapsible part): n, median, rank and win rate on it alone.
     detail = next(t for t in parsed.tables if t[0][:3] == ["Method", "n", "median [95% CI]"])
     assert {row[0]: row[1] for row in detail[1:]}["LIME"] == "7"
@@ -198,6 +199,17 @@ def test_panel_has_one_axes_per_method_plus_the_image_with_titles(run_with_a_fai
         panel_figure(results, "img99")
 
 
+def test_panel_in_rows_keeps_every_method_and_bounds_the_width(run_with_a_failure):
+    results = open_results(str(run_with_a_failure[0]))
+    one_row = panel_figure(results, "img5")
+    rows = panel_figure(results, "img5", columns=4)  # image + 5 methods: a row of 4, then 2
+    titles = [ax.get_title() for ax in one_row.axes if ax.get_label() != "<colorbar>"]
+    assert [ax.get_title() for ax in rows.axes if ax.get_label() != "<colorbar>"] == titles
+    assert len(titles) == 6 and len(rows.axes) == len(one_row.axes)
+    assert tuple(rows.get_size_inches()) == pytest.approx((4 * 2.7, 2 * 2.7 * 1.7))
+    assert tuple(one_row.get_size_inches()) == pytest.approx((6 * 2.7, 2.7 * 1.7))
+
+
 def test_render_panel_writes_a_non_blank_png_one_panel_wide_per_method(run_with_a_failure, tmp_path):
     out, _ = run_with_a_failure
     path = render_panel(open_results(str(out)), "img2", str(tmp_path / "panel.png"))
@@ -267,7 +279,7 @@ def test_the_ranking_is_one_table_with_the_same_cells_in_markdown_html_and_the_t
     summary = summarize(str(out), n_boot=100)
     parsed = _Tables()
     parsed.feed(open(write_report(str(out), summary, gallery=0)).read())
-    in_html = parsed.tables[0][1:]  # the main ranking: method, mean rank, win rate, cost
+    in_html = parsed.tables[0][1:]  # the main ranking: method, counts, mean rank, win rate, cost
     medians_html = next(t for t in parsed.tables if t[0][:3] == ["Method", "n", "median [95% CI]"])[1:]
     lines = render_markdown(summary).splitlines()
     table_i = lines[lines.index("## Table I") + 4:lines.index("## Mean rank per metric (1 = best)") - 1]
@@ -278,8 +290,7 @@ def test_the_ranking_is_one_table_with_the_same_cells_in_markdown_html_and_the_t
     # rate) hold the very same text.
     best_first = sorted(summary.methods.values(), key=lambda m: m.mean_rank)
     assert [row[0] for row in in_markdown] == [m.label for m in best_first]
-    assert [row[:5] for row in in_markdown] == [row[:5] for row in in_terminal]
-    assert [row[:3] for row in in_html] == [[row[0], *row[3:5]] for row in in_markdown]
+    assert [row[:5] for row in in_html] == [row[:5] for row in in_markdown] == [row[:5] for row in in_terminal]
     lime = next(row for row in in_markdown if row[0] == "LIME")
     ok_lime = rows[(rows.method == "lime") & (rows.status == "ok")]
     assert lime[1:3] == [str(len(ok_lime)), "1"]

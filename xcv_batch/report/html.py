@@ -29,9 +29,9 @@ from ..output.layout import JOB_FILE
 from .panel import panel_figure
 from ..output.results import Results, open_results
 from .labels import method_label
-from .summary_text import (COST, COUNTS, METHOD, METRIC_RANK, RANK, agreement_matrix_table, agreement_pairs_table,
-                           agreement_sentence, cost_sentence, cost_table, diagnostic_sentences, fmt,
-                           friedman_sentence, metric_table, pairwise_table, rank_sentence, ranking_table)
+from .summary_text import (COST, COUNTS, METHOD, RANK, agreement_matrix_table, agreement_pairs_table,
+                           agreement_sentence, cost_sentence, cost_table, diagnostic_sentences, fmt, friedman_sentence,
+                           metric_ranks_table, metric_table, pairwise_table, rank_sentence, ranking_table)
 from .summarize import write_text
 from .summary_types import Summary
 from .tables import Table, to_html
@@ -359,9 +359,9 @@ def _section_html(section: Section) -> str:
 
 
 def _ranking_section(summary: Summary) -> str:
-    """The main ranking, narrow enough for a laptop: method, mean rank [95% CI], win rate and cost. The counts and
-    each metric's values and ranks are in the per-metric section."""
-    main = ranking_table(summary).select(keep={METHOD, RANK, COST})
+    """The main ranking, narrow enough for a laptop: method, rows ok and failed, mean rank [95% CI], win rate and
+    cost. Each metric's values and ranks are in the per-metric section."""
+    main = ranking_table(summary).select(keep={METHOD, COUNTS, RANK, COST})
     return ("<p>Per image, the methods are ranked on each quality metric (1 = best, ties share the average rank); the "
             "win rate is the share of images a method ranks first on (ties shared). "
             f"{html.escape(rank_sentence(summary))}</p>" + _table(main, "main"))
@@ -370,9 +370,8 @@ def _ranking_section(summary: Summary) -> str:
 def _per_metric_section(summary: Summary) -> str:
     """Every metric's mean rank side by side, then one collapsible part per metric: its values, its ranks and its
     tests (Friedman, pairwise Wilcoxon)."""
-    overview = ranking_table(summary).select(keep={METHOD, COUNTS, METRIC_RANK})
-    parts = ["<p>Mean rank [95% CI] on each metric alone (1 = best); n: rows per method. Open a metric for its "
-             "values (median [95% CI]) and its tests.</p>", _table(overview)]
+    parts = ["<p>Each method's mean rank on each metric alone (1 = best). Open a metric for its values "
+             "(median [95% CI]), its ranks with their CIs and its tests.</p>", _table(metric_ranks_table(summary))]
     for metric, info in summary.metrics.items():
         tests = summary.tests.get(metric)
         weight = f"weight {info.weight:.3g} in the rank" if info.weight else "not in the rank"

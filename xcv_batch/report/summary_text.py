@@ -251,6 +251,18 @@ def pairwise_table(tests: MetricTests) -> Table:
           method_label(p.better) if p.better else "–", "yes" if p.reject else "no"] for p in tests.pairwise])
 
 
+def metric_ranks_table(summary: Summary) -> Table:
+    """Each method's mean rank on each metric alone: a row per metric, a column per method (best overall first), so
+    that a dozen metrics stay as narrow as the methods (the CIs are in :func:`metric_table`)."""
+    order = summary.best_first()
+    header = ["Metric (1 = best)", *(summary.methods[name].label for name in order)]
+    body = []
+    for metric, info in summary.metrics.items():
+        ranks = [summary.methods[name].ranks.get(metric) for name in order]
+        body.append([info.label, *(fmt_rank(r.mean_rank) if r else "–" for r in ranks)])
+    return Table.from_rows(header, body)
+
+
 def metric_table(summary: Summary, metric: str) -> Table:
     """One ranked metric in detail, best method first: images with a value, median [95% CI], mean rank [95% CI] and
     win rate on this metric alone, and the seed's Table I value where comparable."""
