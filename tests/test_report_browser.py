@@ -127,3 +127,25 @@ def test_report_past_the_gallery_cap_says_how_many_images_it_leaves_out(five_pho
     assert len(page["panels"]) == GALLERY_CAP
     assert f"{GALLERY_CAP} of {n_images} images with a map, the most and least stable" in page["galleryText"]
     assert f"{n_images - GALLERY_CAP} images are not shown" in page["galleryText"]
+
+
+def test_report_of_every_registered_metric_and_five_methods_still_fits(browser, tmp_path):
+    """The widest report: every registered quality metric (11 at this writing) on five methods, an OUT built by hand
+    (test_summarize.write_out). Before, its ranking had 28 columns and scrolled sideways at 1,920 px."""
+    from test_summarize import seed_like_rows, write_out
+    from xcv_batch.metrics.registry import registered_metrics
+
+    rows = seed_like_rows(10)
+    rng = np.random.default_rng(0)
+    names = [info.name for info in registered_metrics()]
+    for name in names[1:]:
+        rows[name] = rng.random(len(rows))
+    out = write_out(tmp_path / "out", rows, n_images=10)
+    summary = summarize(str(out), n_boot=50)
+    assert len(summary.metrics) == len(names) >= 11
+    seen = _look(browser, write_report(str(out), summary, gallery=2), tmp_path, "wide")  # the cap, given
+    _assert_fits(seen)
+    page = seen[1366]["open"]
+    assert sum(f["alt"].startswith("distribution of ") for f in page["figures"]) == len(names)
+    assert sum(f["alt"].startswith("critical-difference diagram") for f in page["figures"]) == len(names)
+    assert len(page["panels"]) == 2 and "8 images are not shown" in page["galleryText"]
