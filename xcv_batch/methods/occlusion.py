@@ -64,7 +64,8 @@ class Occlusion(AttributionMethod):
         plan = self._chosen_plan(tuple(inputs.shape[1:]))
         if plan is not None:
             with torch.inference_mode():
-                scores = incremental_scores(plan, inputs, targets, settings.baseline, self.forward_batch)
+                scores = incremental_scores(plan, inputs, targets, settings.baseline, self.forward_batch,
+                                            on_rows=self.report_rows)
             # Cloned outside inference_mode: callers get an ordinary tensor (inference tensors refuse in-place edits).
             scores = scores.clone()
             self.last_path = "incremental"
