@@ -51,6 +51,12 @@ class AttributionMethod(ABC):
         if self.rows_listener is not None and rows > 0:
             self.rows_listener(rows)
 
+    def row_probe(self, image: torch.Tensor, rows: int) -> tuple[str, Callable[[], None] | None]:
+        """For the dry run's probe (of a method whose spec sets ``own_path``): the path the method will take on inputs
+        like ``image`` (1, C, H, W), and a step that runs ``rows`` of its copies along it, or None when its copies
+        are ordinary passes of the model."""
+        return "forward passes", None
+
     @abstractmethod
     def attribute(self, inputs: torch.Tensor, targets: torch.Tensor, seeds: Sequence[int]) -> torch.Tensor:
         """(B, 3, H, W) model inputs on the classifier's device, (B,) int64 targets, B seeds → (B, 3, H, W) float32."""

@@ -630,6 +630,24 @@ def incremental_scores(plan: Plan, inputs: torch.Tensor, targets: torch.Tensor, 
     return scores
 
 
+def copies_step(plan: Plan, image: torch.Tensor, baseline: float, rows: int) -> Callable[[], None]:
+    """A step computing ``rows`` occluded copies of one (1, C, H, W) ``image`` (windows spread over its grid), its
+    clean pass done once now: what the dry run times as a copy's cost on this path."""
+    n_rows, n_cols = plan.rows[0].top.shape[0], plan.cols[0].top.shape[0]
+    runner = IncrementalRunner(plan, baseline)
+    plan_to(plan, image.device)
+    with torch.inference_mode():
+        _, layouts = runner.clean_pass(image, rows)
+    windows = torch.arange(rows, device=image.device) * (n_rows * n_cols) // rows
+    chunk = _Chunk(torch.zeros_like(windows), windows // n_cols, windows % n_cols)
+
+    def step() -> None:
+        with torch.inference_mode():
+            runner.occluded_logits(chunk, layouts)
+
+    return step
+
+
 def plan_to(plan: Plan, device: torch.device) -> None:
     """Moves the plan's index tensors to the device the images are on (once)."""
     for extents in (plan.rows, plan.cols):
