@@ -68,8 +68,9 @@ def test_cli_summarize_fits_columns_env(tmp_path, capsys, monkeypatch):
         monkeypatch.setenv("COLUMNS", str(width))
         assert cli.main(["summarize", str(out), "--no-report", "--bootstrap", "20"]) == 0
         printed = capsys.readouterr().out.splitlines()
-        table_lines = [line for line in printed if not line.startswith("wrote ")]  # file paths are as long as they are
-        assert max(len(line) for line in table_lines) <= width
+        end = next(i for i, line in enumerate(printed) if line.startswith("└"))
+        table_lines = printed[:end + 1]  # the sentences after it are whole lines, which the terminal wraps
+        assert table_lines[0].startswith("Method ranking") and max(len(line) for line in table_lines) <= width
         assert any(line.startswith(f"not shown at {width} columns (see summary.md): ") for line in printed)
     markdown = (out / "summary.md").read_text()
     assert all(f"{summary_metric} median" in markdown for summary_metric in ("Deletion AUC", "Insertion AUC"))

@@ -215,11 +215,12 @@ def _summarize(args) -> int:
     console = Console()
     table, left_out = fit_table(summary, console.width)
     console.print(table)
+    # Sentences are left whole (the terminal wraps them): a line broken by rich would not read back as one.
     if left_out:
         console.print(f"not shown at {console.width} columns (see summary.md): {', '.join(left_out)}",
-                      highlight=False, markup=False)
+                      highlight=False, markup=False, soft_wrap=True)
     for note in summary_notes(summary):
-        console.print(note, highlight=False, markup=False)
+        console.print(note, highlight=False, markup=False, soft_wrap=True)
     for path in paths:
         print(f"wrote {path}")
     if unwritten is not None:
