@@ -10,7 +10,7 @@ import argparse
 import sys
 from typing import Sequence
 
-from .errors import ConfigError, XcvError
+from .errors import ConfigError, XcvError, called_from_cli
 
 EXIT_USER_ERROR = 2
 
@@ -292,7 +292,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USER_ERROR
     try:
-        return _VERBS[args.verb](args)
+        with called_from_cli():
+            return _VERBS[args.verb](args)
     except XcvError as err:
         print(f"error: {one_line(str(err))}", file=sys.stderr)
         return EXIT_USER_ERROR

@@ -26,7 +26,7 @@ from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure  # no pyplot: no global figure state, no GUI backend (Agg renders savefig)
 
-from ..errors import ConfigError, OutputError, first_line
+from ..errors import ConfigError, OutputError, cli_or_python, first_line
 from ..methods.registry import method_names, method_spec
 from ..output.results import Results
 from .labels import method_label
@@ -207,7 +207,7 @@ def image_format(output_path: str) -> str:
     supported = Figure().canvas.get_supported_filetypes()
     if not suffix or suffix not in supported:
         named = f"'.{suffix}'" if suffix else "no extension"
-        raise ConfigError("--output", f"{output_path} has {named}; the extension picks the format, one of: "
+        raise ConfigError(cli_or_python("--output", "path"), f"{output_path} has {named}; the extension picks the format, one of: "
                                       f"{', '.join('.' + s for s in sorted(supported))}")
     return suffix
 
