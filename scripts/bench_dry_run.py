@@ -4,6 +4,7 @@ For each size it prints the estimate and its range (``run --dry-run``'s probe, i
 (the shards' own seconds, what the estimate covers: no model loading) and its wall time, and measured / estimated.
 
     python scripts/bench_dry_run.py --sizes 32 64 96 96i --images 2     # 96i: Occlusion forced incremental
+    python scripts/bench_dry_run.py --sizes 96 --dry-runs 3              # the estimate of 3 back-to-back dry runs
 """
 
 from __future__ import annotations
@@ -40,7 +41,20 @@ def main() -> None:
     parser.add_argument("--sizes", nargs="+", default=["32", "64", "96"],
                         help="resolutions; a trailing i forces Occlusion's incremental path")
     parser.add_argument("--images", type=int, default=2)
+    parser.add_argument("--dry-runs", type=int, default=0,
+                        help="only the estimates of this many back-to-back dry runs per size (their spread), no run")
     args = parser.parse_args()
+    if args.dry_runs:
+        for spec in args.sizes:
+            size = int(spec.rstrip("i"))
+            with tempfile.TemporaryDirectory() as tmp:
+                job = job_for(size, args.images, f"{tmp}/out", True if spec.endswith("i") else "auto")
+                for _ in range(args.dry_runs):
+                    plan = plan_run(job)
+                    print(f"{spec} px: estimate {plan.estimate_seconds():.1f} s "
+                          f"({plan.estimate_seconds('low'):.1f}–{plan.estimate_seconds('high'):.1f}), "
+                          f"median of {plan.times.repeats} passes", flush=True)
+        return
     print(f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {platform.machine()}, "
           f"{torch.get_num_threads()} torch threads, torch {torch.__version__}")
     print("| px | occlusion path | estimate (range) | run compute | run wall | compute / estimate |")
