@@ -10,7 +10,7 @@ import argparse
 import sys
 from typing import Sequence
 
-from .errors import ConfigError, XcvError
+from .errors import ConfigError, XcvError, called_from_cli
 
 EXIT_USER_ERROR = 2
 
@@ -191,7 +191,7 @@ def _summarize(args) -> int:
     from .output.results import open_results
     from .errors import OutputError
     from .report.summarize import check_bootstrap, parse_rank_on, summarize, write_summary
-    from .report.summary_text import render_table, summary_notes
+    from .report.summary_text import fit_table, summary_notes
 
     rank_on = parse_rank_on(args.rank_on) if args.rank_on is not None else None
     check_bootstrap(args.bootstrap)
@@ -210,14 +210,17 @@ def _summarize(args) -> int:
         done = {path.rsplit("/", 1)[-1] for path in paths}
         unwritten = f"{', '.join(name for name in wanted if name not in done)} not written: {one_line(str(err))}"
     _warn_unreadable(results)
-    table = render_table(summary)
-    # Piped output defaults to 80 columns; a table with many metrics needs more, and a wrapped line beats a
-    # column squeezed out of sight.
-    needed = Console(width=1000).measure(table).maximum
-    console = Console(width=max(Console().width, 120, needed))
+    # The terminal's width (COLUMNS, or 80 when piped): columns that do not fit are left out and named; summary.md
+    # has every one.
+    console = Console()
+    table, left_out = fit_table(summary, console.width)
     console.print(table)
+    # Sentences are left whole (the terminal wraps them): a line broken by rich would not read back as one.
+    if left_out:
+        console.print(f"not shown at {console.width} columns (see summary.md): {', '.join(left_out)}",
+                      highlight=False, markup=False, soft_wrap=True)
     for note in summary_notes(summary):
-        console.print(note, highlight=False, markup=False)
+        console.print(note, highlight=False, markup=False, soft_wrap=True)
     for path in paths:
         print(f"wrote {path}")
     if unwritten is not None:
@@ -289,7 +292,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USER_ERROR
     try:
-        return _VERBS[args.verb](args)
+        with called_from_cli():
+            return _VERBS[args.verb](args)
     except XcvError as err:
         print(f"error: {one_line(str(err))}", file=sys.stderr)
         return EXIT_USER_ERROR

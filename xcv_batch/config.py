@@ -20,7 +20,7 @@ from typing import Any, Literal, Mapping, Optional, Union
 import yaml
 
 from .data.registry import source_kind
-from .errors import ConfigError
+from .errors import ConfigError, cli_or_python
 from .models.kinds import kinds_text, model_kind
 from .methods.registry import method_spec, method_specs
 from .methods.settings import METHOD_SETTINGS
@@ -518,11 +518,12 @@ def job_from_mapping(raw: Any) -> Job:
 def parse_override(text: str) -> tuple[list[str], Any]:
     """``a.b.c=value`` → (["a","b","c"], value parsed as YAML, so numbers, null and lists work)."""
     if "=" not in text:
-        raise ConfigError("--set", f"expects KEY=VALUE, got {text!r}")
+        raise ConfigError(cli_or_python("--set", "overrides"), f"expects KEY=VALUE, got {text!r}")
     key, _, value = text.partition("=")
     parts = [p for p in key.strip().split(".")]
     if not all(parts):
-        raise ConfigError("--set", f"bad key {key!r}: use dotted job keys such as methods.occlusion.window")
+        raise ConfigError(cli_or_python("--set", "overrides"),
+                          f"bad key {key!r}: use dotted job keys such as methods.occlusion.window")
     try:
         parsed = load_yaml(value) if value.strip() else ""
     except (AliasRefused, NestingRefused) as err:

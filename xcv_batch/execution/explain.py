@@ -311,7 +311,7 @@ class BatchExplainer:
                 continue
             method = self.methods[name]
             started = time.perf_counter()
-            with tally.counting_forwards(self.executed.net, name, len(positions)):
+            with tally.counting_forwards(self.executed.net, name, len(positions), runner=method):
                 outcome = self._run_method(name, method, inputs, targets, image_ids, masks)
             tally(MethodDone(name, len(positions), time.perf_counter() - started))
             for position, result in zip(positions, outcome):

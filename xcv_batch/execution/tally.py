@@ -42,26 +42,37 @@ class ShardTally:
         self(ImagesDone(images, failed))
 
     @contextmanager
-    def counting_forwards(self, net, method: str, images: int) -> Iterator[None]:
-        """While open, rows through ``net`` are reported as :class:`Forwarded` (at most every HEARTBEAT_S)."""
+    def counting_forwards(self, net, method: str, images: int, runner=None) -> Iterator[None]:
+        """While open, rows through ``net`` are reported as :class:`Forwarded` (at most every HEARTBEAT_S), and so
+        are the rows ``runner`` (the method object) reports itself through ``report_rows``: a path that never calls
+        ``net`` as a whole (incremental Occlusion) still moves the progress while it runs."""
         if self.send is None:
             yield
             return
         pending = {"rows": 0, "last": -HEARTBEAT_S}
         active = [True]  # a copy of the model made meanwhile (deep copies keep hooks) must not report later
 
-        def count(module, args, output) -> None:
-            if not active[0] or not args or not hasattr(args[0], "shape"):
+        def add(rows: int) -> None:
+            if not active[0]:
                 return
-            pending["rows"] += int(args[0].shape[0])
+            pending["rows"] += rows
             now = time.monotonic()
             if now - pending["last"] >= HEARTBEAT_S:
                 self(Forwarded(method, pending["rows"], images))
                 pending["rows"], pending["last"] = 0, now
 
+        def count(module, args, output) -> None:
+            if args and hasattr(args[0], "shape"):
+                add(int(args[0].shape[0]))
+
         handle = net.register_forward_hook(count)
+        listening = runner is not None and hasattr(runner, "rows_listener")
+        if listening:
+            runner.rows_listener = add
         try:
             yield
         finally:
             active[0] = False
             handle.remove()
+            if listening:
+                runner.rows_listener = None

@@ -15,13 +15,13 @@ The target scores come from one of two exact paths: full forwards of every occlu
 from __future__ import annotations
 
 import logging
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
 from ..errors import ConfigError
 from .base import AttributionMethod, chunk_slices, target_outputs
-from .incremental import Plan, incremental_scores, lower, make_plan
+from .incremental import Plan, copies_step, incremental_scores, lower, make_plan
 from .settings import OcclusionSettings
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,8 @@ class Occlusion(AttributionMethod):
         plan = self._chosen_plan(tuple(inputs.shape[1:]))
         if plan is not None:
             with torch.inference_mode():
-                scores = incremental_scores(plan, inputs, targets, settings.baseline, self.forward_batch)
+                scores = incremental_scores(plan, inputs, targets, settings.baseline, self.forward_batch,
+                                            on_rows=self.report_rows)
             # Cloned outside inference_mode: callers get an ordinary tensor (inference tensors refuse in-place edits).
             scores = scores.clone()
             self.last_path = "incremental"
@@ -82,6 +83,14 @@ class Occlusion(AttributionMethod):
         covering = rows_f.sum(0).unsqueeze(1) * cols_f.sum(0).unsqueeze(0)
         per_pixel = summed / covering
         return per_pixel.float().unsqueeze(1).expand(n_images, channels, height, width).contiguous()
+
+    def row_probe(self, image: torch.Tensor, rows: int) -> tuple[str, Callable[[], None] | None]:
+        """The path ``attribute`` will choose for images of this shape; for the incremental one, a step computing
+        ``rows`` occluded copies of ``image`` (its clean pass done once beforehand)."""
+        plan = self._chosen_plan(tuple(image.shape[1:]))
+        if plan is None:
+            return "full forwards", None
+        return "incremental", copies_step(plan, image, self.settings.baseline, rows)
 
     def _full_scores(self, inputs: torch.Tensor, targets: torch.Tensor, rows: torch.Tensor,
                      cols: torch.Tensor) -> torch.Tensor:

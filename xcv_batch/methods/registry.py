@@ -108,6 +108,9 @@ class MethodSpec:
     #: ``"module:function"`` (imported only when a model is checked; "" for none)
     check_model: str = ""
     unhashed: tuple[str, ...] = ()
+    #: whether its copies may run a path of their own rather than ordinary passes of the model: the dry run's probe
+    #: then builds the method and times its ``row_probe`` step along the path it will take
+    own_path: bool = False
 
     def __post_init__(self) -> None:
         check_reference("method", self.name, "implementation", self.implementation)

@@ -62,6 +62,7 @@ register(MethodSpec(
     # Incremental occlusion changes how the scores are computed, not what they are (equal to the full forwards up
     # to float rounding, as batching is): not fingerprinted, so runs made before it existed still resume.
     unhashed=("incremental",),
+    own_path=True,
     # one row per window, plus the clean image
     passes=lambda s, height, width: Passes(
         forward=occlusion_windows(height, s.window, s.stride) * occlusion_windows(width, s.window, s.stride) + 1),

@@ -23,7 +23,7 @@ import numpy as np
 import zarr
 from zarr.codecs import ZstdCodec
 
-from ..errors import OutputError, first_line
+from ..errors import OutputError, cli_or_python, first_line
 from .chunks import ArrayChunks, chunk_key
 from .formats import MapLayout, MapUnreadable, StoredMaps
 from .layout import IMAGE_ARRAY, IMAGE_PATH_ARRAY, MAP_DIMENSIONS, ZARR_NAME, array_chunks, stored_image_ids
@@ -57,7 +57,8 @@ class ZarrWriter:
             if stored != list(layout.image_ids):
                 raise OutputError(
                     f"{self.out} was made from a different image list ({len(stored)} "
-                    f"images, now {len(layout.image_ids)}); the source changed since — use another --out"
+                    f"images, now {len(layout.image_ids)}); the source changed since — use another "
+                    f"{cli_or_python('--out', 'out')}"
                 )
             return
         # The maps are gone on a resume (the ledger has set every shard with maps aside): laid out again.

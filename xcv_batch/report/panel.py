@@ -26,7 +26,7 @@ from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure  # no pyplot: no global figure state, no GUI backend (Agg renders savefig)
 
-from ..errors import ConfigError, OutputError, first_line
+from ..errors import ConfigError, OutputError, cli_or_python, first_line
 from ..methods.registry import method_names, method_spec
 from ..output.results import Results
 from .labels import method_label
@@ -151,6 +151,7 @@ def panel_figure(results: Results, image_id: str, columns: int | None = None) ->
         title.append(textwrap.fill(f"target {_target_text(first, categories)}", 34))
         if pd.notna(first.get("label")):
             title.append(f"label {class_text(first['label'], categories)}")
+    image = np.asarray(image)  # a tensor from the notebook API, an array from a run's results
     axes[0].imshow(image)
     if missing_input:
         title.append(textwrap.fill("image not shown (inputs not stored); its file cannot be read again", 34))
@@ -184,7 +185,26 @@ def panel_figure(results: Results, image_id: str, columns: int | None = None) ->
         ax.set_xticks([])
         ax.set_yticks([])
     figure.tight_layout()
+    _fit_height(figure)
     return figure
+
+
+def _fit_height(figure: Figure, pad_inches: float = 0.08) -> None:
+    """Shrink the figure to its content's height. Square images in a figure of fixed height leave empty bands
+    above and below them (the title, bars and subtitles take less than was set aside); the height is set from what
+    was drawn, then laid out again, twice, since the layout moves with the size."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(figure)
+    width = figure.get_size_inches()[0]
+    for _ in range(2):
+        content = figure.get_tightbbox(canvas.get_renderer())
+        height = figure.get_size_inches()[1]
+        wanted = content.height + 2 * pad_inches
+        if wanted >= height - 0.01:
+            break
+        figure.set_size_inches(width, wanted)
+        figure.tight_layout()
 
 
 def image_format(output_path: str) -> str:
@@ -193,7 +213,7 @@ def image_format(output_path: str) -> str:
     supported = Figure().canvas.get_supported_filetypes()
     if not suffix or suffix not in supported:
         named = f"'.{suffix}'" if suffix else "no extension"
-        raise ConfigError("--output", f"{output_path} has {named}; the extension picks the format, one of: "
+        raise ConfigError(cli_or_python("--output", "path"), f"{output_path} has {named}; the extension picks the format, one of: "
                                       f"{', '.join('.' + s for s in sorted(supported))}")
     return suffix
 

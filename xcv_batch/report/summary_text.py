@@ -7,6 +7,7 @@ report.html lays out the same tables and sentences (see html.py); only their arr
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Any, Sequence
 
 import numpy as np
@@ -282,9 +283,35 @@ def metric_table(summary: Summary, metric: str) -> Table:
 
 
 def render_table(summary: Summary):
-    """The ranking as a rich table, best method first (each CI under its value, so it fits 80 columns); cost on the
-    right, apart from the rank."""
+    """The ranking as a rich table, best method first (each CI under its value); cost on the right, apart from the
+    rank. Every column: see :func:`fit_table` for one that fits a terminal."""
     return to_rich(ranking_table(summary).select(drop={SEED, METRIC_RANK}))
+
+
+#: Which of the ranking's columns a narrow terminal keeps first: the method and its rank, the cost, then each metric
+#: in the summary's order, then the counts. Shown columns keep the table's own order.
+_KEEP_FIRST = (METHOD, RANK, COST, METRIC, COUNTS)
+
+
+def fit_table(summary: Summary, width: int) -> tuple[Any, list[str]]:
+    """The ranking as a rich table no wider than ``width`` terminal columns, and the headers of the columns left
+    out to fit (summary.md has them all). Columns are added by :data:`_KEEP_FIRST` while the table's natural width
+    (nothing wrapped or cut) still fits; the method's name and its rank are always there."""
+    from rich.console import Console
+
+    table = ranking_table(summary).select(drop={SEED, METRIC_RANK})
+    measure = Console(width=100_000)
+    order = sorted(range(len(table.columns)), key=lambda j: (_KEEP_FIRST.index(table.columns[j].group)
+                                                             if table.columns[j].group in _KEEP_FIRST
+                                                             else len(_KEEP_FIRST), j))
+    kept: list[int] = []
+    for j in order:
+        trial = sorted(kept + [j])
+        fits = measure.measure(to_rich(replace(table, columns=[table.columns[i] for i in trial]))).maximum <= width
+        if fits or table.columns[j].group in (METHOD, RANK):
+            kept = trial
+    left_out = [table.columns[j].header_for(MARKDOWN) for j in range(len(table.columns)) if j not in kept]
+    return to_rich(replace(table, columns=[table.columns[j] for j in kept])), left_out
 
 
 def render_markdown(summary: Summary) -> str:
