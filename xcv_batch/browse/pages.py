@@ -98,7 +98,7 @@ def _pager(path: str, query: ListQuery, pages: int) -> str:
     parts = []
     if query.page > 1:
         parts.append(f'<a rel="prev" href="{esc(url(path, query.params(page=query.page - 1)))}">← previous</a>')
-    parts.append(f'<span id="page-of">page {query.page} of {pages}</span>')
+    parts.append(f'<span class="page-of">page {query.page} of {pages}</span>')
     if query.page < pages:
         parts.append(f'<a rel="next" href="{esc(url(path, query.params(page=query.page + 1)))}">next →</a>')
     return f'<p class="pages">{"".join(parts)}</p>'
@@ -116,7 +116,7 @@ def list_page(snapshot: Snapshot, query: ListQuery, indices: np.ndarray, pages: 
         f' · keep where <select name="col">{_options(columns, query.column or "status")}</select> '
         f'<select name="op">{_options(list(FILTER_OPS.items()), query.op)}</select> '
         f'<input name="val" size="12" value="{esc(query.value)}"> · '
-        f'<select name="per">{_options([(str(n), f"{n} a page") for n in PAGE_SIZES], str(query.per))}</select> '
+        f'<select name="per">{_options([(str(n), f"{n} a page") for n in sorted({*PAGE_SIZES, query.per})], str(query.per))}</select> '
         '<button type="submit">show</button></form>')
     shown = query.sort if query.method is None else f"{query.sort} of {query.method}"
     head = ("<tr><th>#</th><th>image</th>"

@@ -32,7 +32,7 @@ class Picture:
     png: bytes
     scale: float | None = None
     signed: bool | None = None
-    #: an input's pixels (H, W, 3) uint8, kept to draw the maps over it
+    #: an input's pixels (H, W, 3) in [0, 1], kept to draw the maps over it
     pixels: np.ndarray | None = field(default=None, compare=False)
 
     @property
@@ -78,7 +78,7 @@ class Renderer:
         """The image as the model saw it (H, W, 3), or its grey (H, W) as ``show`` puts under a map; mid-grey when
         the run stores no inputs and the file cannot be read again."""
         image = self._cached(("input-pixels", index), lambda: Picture(b"", pixels=self._read_input(snapshot, index)))
-        image = image.pixels.astype(np.float32) / 255.0
+        image = image.pixels
         return image if rgb else image.mean(axis=2)
 
     def _read_input(self, snapshot: Snapshot, index: int) -> np.ndarray:
@@ -91,8 +91,8 @@ class Renderer:
                 raise
             side = int((snapshot.results.attrs.get("preprocessing") or {}).get("resolution") or 224)
             image = np.full((side, side, 3), 0.5, dtype=np.float32)
-        # kept as bytes, a quarter of float32's: each input is read once for its thumbnail and every map over it
-        return np.round(np.clip(image, 0.0, 1.0) * 255).astype(np.uint8)
+        # kept as read (the cache counts its bytes): read once for its thumbnail and every map drawn over it
+        return np.asarray(image, dtype=np.float32)
 
     def count(self) -> None:
         with self._lock:

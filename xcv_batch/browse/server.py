@@ -157,7 +157,10 @@ class BrowseApp:
             raise NotFound(f"no {REPORT_FILE} in this run (python -m xcv_batch summarize OUT writes it)")
         fs, path = self._report_fs()
         with fs.open(path, "rb") as f:
-            return Response(200, f.read())
+            report = f.read()
+        # served as written, with one link back into browse after <body> (the file itself stays without links)
+        return Response(200, report.replace(b"<body>", b'<body><nav id="browse-nav"><a href="/">'
+                                                       b"\xe2\x86\x90 browse every image</a></nav>", 1))
 
 
 def _size(which: str) -> str:

@@ -333,6 +333,11 @@ def _failures_section(summary: Summary) -> str:
                                            for f in failures[:_FAILURES_SHOWN]]))
 
 
+#: How to look at every image; opened from browse (its Report link), this page also gets a link back to it.
+_BROWSE_LINE = ("<p>Every image with its maps, to sort and filter: <code>python -m xcv_batch browse OUT</code> (a local "
+                "page; its Report link opens this report).</p>")
+
+
 def render_report(results: Results, summary: Summary, gallery: int = 4) -> str:
     """The report's HTML text. Its rows are read compact (ids as codes, only the ranked metrics and Max-Sensitivity),
     and nothing in it grows with the images: box plots, ``gallery`` panels, capped diagnostics and failures."""
@@ -350,6 +355,7 @@ def render_report(results: Results, summary: Summary, gallery: int = 4) -> str:
         f"<p>Output: <code>{html.escape(results.out)}</code>. Fingerprint: "
         f"<code>{html.escape(str(facts.fingerprint or results.fingerprint))}</code>. "
         f"CIs: percentile bootstrap over images, {summary.n_boot} resamples, seed {summary.seed}.</p>",
+        _BROWSE_LINE,
         "<h2>Ranking</h2>",
         "<p>Per image, the methods are ranked on each quality metric (1 = best, ties share the average rank); the "
         "win rate is the share of images a method ranks first on (ties shared). "
