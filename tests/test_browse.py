@@ -83,7 +83,8 @@ def test_the_list_shows_the_runs_images_with_loaded_thumbnails(server, page, tmp
     # the input and each method's map of the images whose rows are ok; the image that is not one says failed
     widths = loaded_widths(page, "img.thumb")
     assert len(widths) == (len(IDS) - 1) * (1 + len(METHODS)) + 1
-    assert all(width == 96 for width in widths)
+    assert all(width == 32 for width in widths)  # the run's 32 pixels, shown 96 wide
+    assert set(page.eval_on_selector_all("img.thumb", "els => els.map(e => e.clientWidth)")) == {96}
     failed = page.locator('tr[data-index="4"] td.failed')
     assert failed.count() == len(METHODS) and "not an image" in failed.first.get_attribute("title")
     # names are shown as text, never as markup
@@ -133,7 +134,7 @@ def test_pages_read_only_the_maps_they_show_and_the_arrow_keys_turn_them(browse_
         assert listed_ids(page) == [IDS[5], IDS[4]]
         assert page.locator(".page-of").first.inner_text() == "page 1 of 3"
         widths = loaded_widths(page, "img.thumb")
-        assert len(widths) == 1 + (1 + len(METHODS)) and all(w == 96 for w in widths)
+        assert len(widths) == 1 + (1 + len(METHODS)) and all(w == 32 for w in widths)
         # the odd image's input and maps, and notes.jpg's input (its rows failed: no map to read)
         assert server.app.renderer.reads == 2 + len(METHODS)
         page.keyboard.press("ArrowRight")
@@ -161,14 +162,13 @@ def test_the_image_page_shows_every_method_as_show_draws_it(server, page, rows, 
     assert page.locator("#maps figcaption b.method").all_inner_texts() == [method_label(m) for m in METHODS]
     widths = loaded_widths(page, "#maps img")
     assert len(widths) == 1 + 2 * len(METHODS) and all(w > 0 for w in widths)  # input, each map and its bar
-    # every map is show's rendering, 8× (nearest neighbour) from 32 px
+    # every map is show's rendering, pixel for pixel
     results = open_results(browse_run)
     for method in METHODS:
         src = page.locator(f'#maps img[alt="{method} map"]').get_attribute("src")
         png = page.request.get(urllib.parse.urljoin(server.url, src)).body()
         drawn = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
-        assert drawn.shape == (256, 256, 3)
-        np.testing.assert_array_equal(drawn[::8, ::8], expected_picture(results, "chelsea.png", method))
+        np.testing.assert_array_equal(drawn, expected_picture(results, "chelsea.png", method))
     # every row of the image, and each method's rank per metric on it
     mine = rows[rows.image_id == "chelsea.png"]
     table = page.locator("#rows tr")
@@ -245,7 +245,7 @@ def test_the_disagreement_views_list_the_lowest_agreement_first(server, page, ro
     assert all(a <= b + 1e-12 for a, b in zip(ordered, ordered[1:]))
     shown = page.locator("td.value").all_inner_texts()
     assert shown == [f"{value[i]:.4g}" for i in listed[:-1]] + ["–"]
-    assert all(w == 96 for w in loaded_widths(page, "img.thumb"))
+    assert all(w == 32 for w in loaded_widths(page, "img.thumb"))
     page.screenshot(path=tmp_path / f"{view}.png", full_page=True)
     assert not_blank(tmp_path / f"{view}.png")
 

@@ -111,6 +111,14 @@ class Snapshot:
                      .sort_values(["index", "method"], kind="stable").reset_index(drop=True))
         self.methods = list(dict.fromkeys([*results.methods, *self.best["method"].astype(str)]))
         self.columns = [str(c) for c in self.rows.columns]
+        self._positions = self.best.groupby("index").indices  # image index → its rows' positions in best
+        # image index → method → (status, error): what the list asks of every image shown, without pandas per image
+        self._statuses: dict[int, dict[str, tuple[str, object]]] = {}
+        for index, method, status, error in zip(self.best["index"].tolist(), self.best["method"].astype(str).tolist(),
+                                                self.best["status"].astype(str).tolist(),
+                                                self.best.get("error", pd.Series([None] * len(self.best))).tolist()):
+            self._statuses.setdefault(int(index), {})[method] = (status, error)
+        self._values: OrderedDict[tuple, pd.Series] = OrderedDict()
         first = self.best.drop_duplicates("index")
         self.image_ids = pd.Series(first["image_id"].astype(str).to_numpy(), index=first["index"].to_numpy())
         self._orders: OrderedDict[tuple, np.ndarray] = OrderedDict()
@@ -142,6 +150,20 @@ class Snapshot:
     # --- the list ---------------------------------------------------------------------------------------------------
 
     def column_values(self, column: str, method: str | None) -> pd.Series:
+        """:meth:`_column_values`, computed once per column and method."""
+        key = (column, method)
+        with self._lock:
+            if key in self._values:
+                self._values.move_to_end(key)
+                return self._values[key]
+        values = self._column_values(column, method)
+        with self._lock:
+            self._values[key] = values
+            while len(self._values) > _ORDERS_KEPT:
+                self._values.popitem(last=False)
+        return values
+
+    def _column_values(self, column: str, method: str | None) -> pd.Series:
         """Per image (indexed by image index, in index order): ``column`` of ``method``'s row, or of the image's rows
         together (numbers: their mean; texts: the distinct values, sorted, joined by " / ")."""
         if column == "index":
@@ -218,9 +240,13 @@ class Snapshot:
         self.image_id(index)
         return self.rows[self.rows["index"] == index].sort_values("method", kind="stable")
 
+    def statuses(self, index: int) -> dict[str, tuple[str, object]]:
+        """Method → (status, error) of image ``index``'s row that counts (see ``best``)."""
+        return self._statuses.get(int(index), {})
+
     def best_rows(self, index: int) -> dict[str, pd.Series]:
         """Method → the row of image ``index`` that counts (see ``best``)."""
-        rows = self.best[self.best["index"] == index]
+        rows = self.best.iloc[self._positions.get(index, [])]
         return {str(row["method"]): row for _, row in rows.iterrows()}
 
     def ranks(self, index: int) -> dict[str, dict[str, float]]:

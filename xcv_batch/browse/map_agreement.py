@@ -36,10 +36,14 @@ def mean_pairwise_correlation(maps: list[np.ndarray]) -> float:
         return float(np.nanmean(values)) if values else float("nan")
 
 
+#: Images whose maps are read together (one batch per method).
+BATCH_IMAGES = 256
+
+
 class MapAgreement:
     """The per-image values, computed once per image and kept."""
 
-    def __init__(self, count_read=lambda: None):
+    def __init__(self, count_read=lambda n: None):
         self._values: dict[int, float] = {}
         self._lock = threading.Lock()
         self._count_read = count_read
@@ -49,20 +53,33 @@ class MapAgreement:
         with self._lock:  # one computation at a time: a second request waits for the first's values
             ok = snapshot.best[snapshot.best["status"] == "ok"]
             todo = ok[~ok["index"].isin(list(self._values))]
-            for index, rows in todo.groupby("index", sort=True):
-                self._values[int(index)] = self._of_image(snapshot, str(rows["image_id"].iloc[0]),
-                                                          rows["method"].astype(str).tolist())
+            images = np.unique(todo["index"].to_numpy())
+            for first in range(0, len(images), BATCH_IMAGES):
+                batch = todo[todo["index"].isin(images[first:first + BATCH_IMAGES])]
+                maps: dict[int, list[np.ndarray]] = {}
+                for method, rows in batch.groupby("method", sort=False):
+                    indices = rows["index"].astype(int).tolist()
+                    for index, summed in zip(indices, self._summed(snapshot, indices, str(method))):
+                        if summed is not None and np.isfinite(summed).all():
+                            maps.setdefault(index, []).append(summed)
+                for index in map(int, images[first:first + BATCH_IMAGES]):
+                    self._values[index] = mean_pairwise_correlation(maps.get(index, []))
             return pd.Series([self._values.get(int(i), np.nan) for i in snapshot.image_ids.index],
                              index=snapshot.image_ids.index, dtype=float)
 
-    def _of_image(self, snapshot: Snapshot, image_id: str, methods: list[str]) -> float:
-        maps = []
-        for method in methods:
-            self._count_read()
+    def _summed(self, snapshot: Snapshot, indices: list[int], method: str) -> list[np.ndarray | None]:
+        """The channel-summed maps, read together; one at a time when one cannot be decoded (None: left out, as
+        show leaves an unreadable map out)."""
+        ids = [snapshot.image_id(i) for i in indices]
+        self._count_read(len(ids))
+        try:
+            return [m.sum(axis=0) for m in snapshot.results.attributions(ids, method)]
+        except OutputError:
+            pass
+        found = []
+        for image_id in ids:
             try:
-                summed = snapshot.results.attribution(image_id, method).sum(axis=0)
-            except OutputError:  # an unreadable chunk: that map is left out, as show leaves it out
-                continue
-            if np.isfinite(summed).all():
-                maps.append(summed)
-        return mean_pairwise_correlation(maps)
+                found.append(snapshot.results.attribution(image_id, method).sum(axis=0))
+            except OutputError:
+                found.append(None)
+        return found

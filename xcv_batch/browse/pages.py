@@ -4,6 +4,7 @@ own image indices and method names, URL-quoted."""
 
 from __future__ import annotations
 
+import base64
 import html
 import math
 from urllib.parse import quote, urlencode
@@ -75,23 +76,29 @@ def _options(values: list[tuple[str, str]], chosen: str | None) -> str:
                    for v, text in values)
 
 
-def _thumbnails(snapshot: Snapshot, index: int) -> str:
-    """The input's and each method's thumbnail cells of one image (a failed method: its error instead)."""
-    rows = snapshot.best_rows(index)
-    side = SIZES["thumb"]
-    cells = [f'<td><img class="thumb" src="/thumb/{index}/input.png" width="{side}" height="{side}" '
-             f'alt="input of image {index}"></td>']
+def _thumbnails(snapshot: Snapshot, index: int, pictures: dict[tuple[int, str], Picture | None]) -> str:
+    """The input's and each method's thumbnail cells of one image, inline (one request for a whole page); a failed
+    method: its error instead."""
+    statuses = snapshot.statuses(index)
+    cells = [_thumbnail(pictures.get((index, "input")), f"input of image {index}")]
     for method in snapshot.methods:
-        row = rows.get(method)
-        if row is None:
+        status, error = statuses.get(method, (None, None))
+        if status is None:
             cells.append('<td class="note">not yet</td>')
-        elif row["status"] != "ok":
-            cells.append(f'<td class="failed" title="{esc(fmt(row.get("error")))}">failed</td>')
+        elif status != "ok":
+            cells.append(f'<td class="failed" title="{esc(fmt(error))}">failed</td>')
         else:
-            cells.append(f'<td><img class="thumb map" src="/thumb/{index}/{quote(method, safe="")}.png" '
-                         f'width="{side}" height="{side}" loading="lazy" alt="{esc(method)} map of image {index}">'
-                         f'</td>')
+            cells.append(_thumbnail(pictures.get((index, method)), f"{method} map of image {index}", "map"))
     return "".join(cells)
+
+
+def _thumbnail(picture: Picture | None, alt: str, kind: str = "input") -> str:
+    if picture is None:
+        return '<td class="failed">unreadable</td>'
+    side = SIZES["thumb"]
+    data = base64.b64encode(picture.png).decode()
+    return (f'<td><img class="thumb {kind}" src="data:image/png;base64,{data}" width="{side}" height="{side}" '
+            f'alt="{esc(alt)}"></td>')
 
 
 def _pager(path: str, query: ListQuery, pages: int) -> str:
@@ -105,7 +112,7 @@ def _pager(path: str, query: ListQuery, pages: int) -> str:
 
 
 def list_page(snapshot: Snapshot, query: ListQuery, indices: np.ndarray, pages: int, n_listed: int,
-              has_report: bool) -> str:
+              pictures: dict, has_report: bool) -> str:
     columns = [(c, c) for c in snapshot.columns]
     methods = [("", "all methods")] + [(m, m) for m in snapshot.methods]
     form = (
@@ -133,7 +140,7 @@ def list_page(snapshot: Snapshot, query: ListQuery, indices: np.ndarray, pages: 
             f'<tr class="image" data-index="{index}"><td>{index}</td>'
             f'<td><a class="image-link" href="{link}">{esc(snapshot.image_id(index))}</a></td>'
             f'<td class="sort-value">{esc(fmt(values.get(index)))}</td><td>{esc(fmt(target.get(index)))}</td>'
-            f"{_thumbnails(snapshot, index)}</tr>")
+            f"{_thumbnails(snapshot, index, pictures)}</tr>")
     table = f'<table id="images">{head}{"".join(body_rows)}</table>'
     count = f'<p id="count">{n_listed} of {snapshot.n_images} images</p>'
     pager = _pager("/", query, pages)
@@ -203,21 +210,26 @@ def _rows_table(rows: pd.DataFrame) -> str:
     return f'<h2>Rows</h2><table id="rows">{head}{body}</table>'
 
 
-def disagreement_page(snapshot: Snapshot, title: str, explanation: str, values: pd.Series | None, query: ListQuery,
-                      path: str, has_report: bool) -> str:
-    """The images with the lowest ``values`` first (missing values last), a page at a time."""
-    if values is None:
-        return layout(title, f'<p id="message">{esc(explanation)}</p>', snapshot, has_report)
+def disagreement_order(values: pd.Series, query: ListQuery) -> tuple[pd.Series, int]:
+    """The page of ``values`` (lowest first, missing last) that ``query`` asks for, and the number of pages."""
     ordered = values.sort_values(kind="stable", na_position="last")
     pages = max(1, -(-len(ordered) // query.per))
     first = (min(query.page, pages) - 1) * query.per
+    return ordered.iloc[first:first + query.per], pages
+
+
+def disagreement_page(snapshot: Snapshot, title: str, explanation: str, shown: pd.Series | None, pages: int,
+                      query: ListQuery, pictures: dict, path: str, has_report: bool) -> str:
+    """The page ``shown`` (image index → value) of the images with the lowest values first."""
+    if shown is None:
+        return layout(title, f'<p id="message">{esc(explanation)}</p>', snapshot, has_report)
     head = ("<tr><th>#</th><th>image</th><th>value</th><th>input</th>"
             + "".join(f"<th>{esc(method_label(m))}</th>" for m in snapshot.methods) + "</tr>")
     body = "".join(
         f'<tr class="image" data-index="{int(i)}"><td>{int(i)}</td><td><a class="image-link" href="/image/{int(i)}">'
         f'{esc(snapshot.image_id(int(i)))}</a></td><td class="value">{esc(fmt(v))}</td>'
-        f"{_thumbnails(snapshot, int(i))}</tr>"
-        for i, v in ordered.iloc[first:first + query.per].items())
+        f"{_thumbnails(snapshot, int(i), pictures)}</tr>"
+        for i, v in shown.items())
     page_query = ListQuery(page=min(query.page, pages), per=query.per)
     pager = _pager(path, page_query, pages)
     return layout(title, f"<p>{esc(explanation)}</p>{pager}<table id=\"images\">{head}{body}</table>{pager}",

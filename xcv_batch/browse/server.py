@@ -20,7 +20,7 @@ import fsspec
 from ..errors import ConfigError, NotFound, OutputError, RequestRefused, first_line
 from .index import ListQuery, RunIndex, Snapshot, ranked_metrics, refuse_path_like
 from .map_agreement import MapAgreement
-from .pages import disagreement_page, image_page, list_page, message_page, url
+from .pages import disagreement_order, disagreement_page, image_page, list_page, message_page, url
 from .render import Renderer, colour_bar_png
 
 DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 8765
@@ -106,7 +106,9 @@ class BrowseApp:
     def _list(self, snapshot: Snapshot, params) -> Response:
         query = self._query(snapshot, params)
         indices, pages = snapshot.page(query)
-        html = list_page(snapshot, query, indices, pages, len(snapshot.order(query)), self.has_report(snapshot))
+        pictures = self.renderer.pictures(snapshot, indices, snapshot.methods, "thumb")
+        html = list_page(snapshot, query, indices, pages, len(snapshot.order(query)), pictures,
+                         self.has_report(snapshot))
         return Response(200, html.encode())
 
     def _image(self, snapshot: Snapshot, params, index: str) -> Response:
@@ -148,7 +150,11 @@ class BrowseApp:
             if values is None:
                 text = ("Needs two ranked metrics (this run has "
                         f"{', '.join(ranked_metrics(snapshot.columns)) or 'none'}): enable another in the job's metrics.")
-        html = disagreement_page(snapshot, title, text, values, query, f"/disagree/{which}",
+        shown, pages, pictures = None, 1, {}
+        if values is not None:
+            shown, pages = disagreement_order(values, query)
+            pictures = self.renderer.pictures(snapshot, shown.index, snapshot.methods, "thumb")
+        html = disagreement_page(snapshot, title, text, shown, pages, query, pictures, f"/disagree/{which}",
                                  self.has_report(snapshot))
         return Response(200, html.encode())
 
@@ -217,6 +223,7 @@ def make_server(out: str, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
     if not 0 <= port <= 65535:
         raise ConfigError("--port", f"must be 0 … 65535, got {port}")
     app = BrowseApp(out, refresh_seconds)
+    app.index.snapshot()  # the rows are read before the address is printed: the first page does not wait for them
     try:
         return BrowseServer(app, host, port)
     except OSError as err:
