@@ -83,6 +83,7 @@ def main() -> None:
     parser.add_argument("--source", help="a real small OUT (default: jobs/smoke.yaml run into the work folder)")
     parser.add_argument("--work", default=None, help="folder for the OUTs (default: a temporary one)")
     parser.add_argument("--pages", type=int, default=3, help="list pages to turn after the first")
+    parser.add_argument("--per", type=int, default=20, help="images a list page (browse's default: 20)")
     args = parser.parse_args()
 
     from browser import chromium_browser
@@ -105,14 +106,14 @@ def main() -> None:
     start = time.perf_counter()
     rows = results.rows()
     rows_s = time.perf_counter() - start
-    page_ids = rows.drop_duplicates("index").sort_values("index")["image_id"].head(50)
+    page_ids = rows.drop_duplicates("index").sort_values("index")["image_id"].head(args.per)
     start = time.perf_counter()
     for image_id in page_ids:
         results.model_input(image_id)
         for method in results.methods:
             results.attribution(image_id, method)
     raw_page_s = time.perf_counter() - start
-    print(f"baseline: rows read {rows_s:.3f} s; one page's raw maps and inputs read (50 images) {raw_page_s:.3f} s")
+    print(f"baseline: rows read {rows_s:.3f} s; one page's raw maps and inputs read ({args.per} images) {raw_page_s:.3f} s")
 
     env = dict(os.environ, PYTHONPATH=ROOT)
     server = subprocess.Popen([sys.executable, "-c", CHILD, out], stdout=subprocess.PIPE, text=True, env=env)
@@ -121,7 +122,7 @@ def main() -> None:
     timings = []
     with chromium_browser() as browser:
         page = browser.new_context(viewport={"width": 1400, "height": 900}).new_page()
-        seconds, count = shown(page, lambda: page.goto(url))
+        seconds, count = shown(page, lambda: page.goto(f"{url}?per={args.per}"))
         timings.append(("first list page (cold server)", seconds, count))
         visited |= indices_on(page)
         for number in range(2, args.pages + 2):
@@ -131,7 +132,7 @@ def main() -> None:
             visited |= indices_on(page)
         seconds, count = shown(page, lambda: page.locator("a.image-link").first.click())
         timings.append(("image page", seconds, count))
-        seconds, count = shown(page, lambda: page.goto(url + "?sort=sensitivity_max&method=lime&desc=1"))
+        seconds, count = shown(page, lambda: page.goto(f"{url}?sort=sensitivity_max&method=lime&desc=1&per={args.per}"))
         timings.append(("list sorted by a metric (first time)", seconds, count))
         visited |= indices_on(page)
     server.send_signal(signal.SIGINT)

@@ -4,7 +4,14 @@ docs/browse.md is checked here."""
 
 from __future__ import annotations
 
+import base64
 import io
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
 import urllib.parse
 from itertools import combinations
 
@@ -78,6 +85,7 @@ def test_the_list_shows_the_runs_images_with_loaded_thumbnails(server, page, tmp
     page.goto(server.url)
     assert listed_ids(page) == IDS  # index order: every image of the run, the failed one too
     assert page.locator("#count").inner_text() == f"{len(IDS)} of {len(IDS)} images"
+    assert page.locator("select[name=per] option[selected]").inner_text() == "20 a page"
     header = page.locator("#images tr").first.locator("th").all_inner_texts()
     assert header[-len(METHODS):] == [method_label(m) for m in METHODS]
     # the input and each method's map of the images whose rows are ok; the image that is not one says failed
@@ -85,6 +93,11 @@ def test_the_list_shows_the_runs_images_with_loaded_thumbnails(server, page, tmp
     assert len(widths) == (len(IDS) - 1) * (1 + len(METHODS)) + 1
     assert all(width == 32 for width in widths)  # the run's 32 pixels, shown 96 wide
     assert set(page.eval_on_selector_all("img.thumb", "els => els.map(e => e.clientWidth)")) == {96}
+    results = open_results(server.app.index.out)
+    for method in METHODS:  # the thumbnails are show's drawing, pixel for pixel
+        src = page.locator(f'img[alt="{method} map of image 2"]').get_attribute("src")
+        drawn = np.asarray(Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))).convert("RGB"))
+        np.testing.assert_array_equal(drawn, expected_picture(results, "coffee.png", method))
     failed = page.locator('tr[data-index="4"] td.failed')
     assert failed.count() == len(METHODS) and "not an image" in failed.first.get_attribute("title")
     # names are shown as text, never as markup
@@ -115,7 +128,13 @@ def test_sorting_by_a_metric_gives_the_order_pandas_gives(server, page, rows, me
     assert shown[0] == f"{values[expected[0]]:.4g}" and shown[-1] == "–"  # the failed image: no value, last
 
 
-def test_filtering_keeps_the_images_whose_rows_match(server, page):
+def test_sorting_by_a_text_column_of_all_methods_sorts_their_distinct_values(server, page):
+    page.goto(server.url + "?sort=status&desc=1")
+    assert page.locator("td.sort-value").all_inner_texts() == ["ok"] * 5 + ["error"]
+    assert listed_ids(page)[-1] == "notes.jpg"
+
+
+def test_filtering_keeps_the_images_whose_rows_match(server, page, rows):
     page.goto(server.url + "?" + urllib.parse.urlencode({"col": "status", "op": "eq", "val": "error"}))
     assert listed_ids(page) == ["notes.jpg"]
     page.goto(server.url)
@@ -126,6 +145,16 @@ def test_filtering_keeps_the_images_whose_rows_match(server, page):
     page.wait_for_url(lambda url: "val=" in url)
     assert listed_ids(page) == ["nested/rocket.jpg"]
     assert page.locator("#count").inner_text() == f"1 of {len(IDS)} images"
+    # below, above, differs: of one method's row, as pandas compares
+    occlusion = rows[rows.method == "occlusion"].set_index("index")
+    middle = float(occlusion["sensitivity_max"].median())
+    ids = occlusion["image_id"]
+    for op, keep in [("lt", occlusion["sensitivity_max"] < middle), ("ge", occlusion["sensitivity_max"] >= middle),
+                     ("ne", occlusion["status"] != "ok")]:
+        column, value = ("status", "ok") if op == "ne" else ("sensitivity_max", repr(middle))
+        page.goto(server.url + "?" + urllib.parse.urlencode({"method": "occlusion", "col": column, "op": op,
+                                                              "val": value}))
+        assert listed_ids(page) == ids[keep].tolist(), op
 
 
 def test_pages_read_only_the_maps_they_show_and_the_arrow_keys_turn_them(browse_run, page):
@@ -189,20 +218,29 @@ def test_the_image_page_shows_every_method_as_show_draws_it(server, page, rows, 
     assert not_blank(tmp_path / "image.png")
 
 
-def test_previous_and_next_follow_the_lists_sort(server, page, rows):
-    values = rows[rows.method == "integrated_gradients"].set_index("index")["sparseness"]
+def test_previous_and_next_follow_the_lists_sort_and_filter(server, page, rows):
+    values = rows[rows.method == "integrated_gradients"].set_index("index")
+    values = values[values["status"] == "ok"]["sparseness"]  # the filter keeps ok rows: notes.jpg is left out
     order = values.sort_values(ascending=False, kind="stable", na_position="last").index.tolist()
-    page.goto(server.url + "?sort=sparseness&method=integrated_gradients&desc=1")
+    assert len(order) == 5
+    query = "?sort=sparseness&method=integrated_gradients&desc=1&col=status&op=eq&val=ok&per=2"
+    page.goto(server.url + query)
     page.locator("#images a.image-link").first.click()
     page.wait_for_url(lambda url: path_of(url) == f"/image/{order[0]}")
     assert page.locator("a[rel=prev]").count() == 0
-    for index in order[1:]:
-        page.click("a[rel=next]")
+    for step, index in enumerate(order[1:]):
+        if step % 2:
+            page.click("a[rel=next]")
+        else:
+            page.keyboard.press("ArrowRight")
         page.wait_for_url(lambda url: path_of(url) == f"/image/{index}")
     assert page.locator("a[rel=next]").count() == 0
-    page.click("text=back to the list")
-    page.wait_for_url(lambda url: path_of(url) == "/" and "sort=sparseness" in url)
-    assert listed_ids(page)[0] == rows.drop_duplicates("index").set_index("index")["image_id"][order[0]]
+    page.keyboard.press("ArrowLeft")
+    page.wait_for_url(lambda url: path_of(url) == f"/image/{order[-2]}")
+    page.click("text=back to the list")  # the 4th image: on the 2nd page of 2
+    page.wait_for_url(lambda url: path_of(url) == "/" and "page=2" in url)
+    ids = rows.drop_duplicates("index").set_index("index")["image_id"]
+    assert listed_ids(page) == [ids[order[2]], ids[order[3]]]
 
 
 def test_a_bad_id_method_or_path_gets_a_page_saying_so(server, page):
@@ -248,6 +286,9 @@ def test_the_disagreement_views_list_the_lowest_agreement_first(server, page, ro
     assert all(w == 32 for w in loaded_widths(page, "img.thumb"))
     page.screenshot(path=tmp_path / f"{view}.png", full_page=True)
     assert not_blank(tmp_path / f"{view}.png")
+    reads = server.app.renderer.reads
+    page.reload()
+    assert listed_ids(page) == listed and server.app.renderer.reads == reads  # computed once, kept
 
 
 def test_the_report_opens_from_browse_and_links_back(server, page, browse_run):
@@ -267,3 +308,62 @@ def test_no_request_leaves_the_loopback_address(server, page, requests_seen):
     seen = [urllib.parse.urlsplit(url) for url in requests_seen]
     assert len(seen) > 5 and {url.scheme for url in seen} <= {"http", "data"}
     assert {url.hostname for url in seen if url.scheme != "data"} == {"127.0.0.1"}
+
+
+def test_pages_forbid_loading_anything_from_elsewhere(server, page):
+    page.goto(server.url)
+    blocked = page.evaluate("""() => new Promise(resolve => {
+        document.addEventListener("securitypolicyviolation", e => resolve(e.blockedURI));
+        const img = document.createElement("img");
+        img.src = "http://192.0.2.1/x.png";
+        document.body.appendChild(img);
+    })""")
+    assert blocked == "http://192.0.2.1/x.png"
+
+
+ADDRESS = re.compile(r"^browse \S+: (http://[0-9.]+:\d+/) \(Ctrl-C to stop\)$")
+
+
+def start(*args) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "xcv_batch", "browse", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+@pytest.mark.parametrize("host", [None, "0.0.0.0"])
+def test_the_command_prints_its_address_serves_and_stops_on_ctrl_c(browse_run, page, host):
+    before = tree(browse_run)
+    process = start(browse_run, "--port", "0", *(["--host", host] if host else []))
+    try:
+        line = process.stdout.readline().strip()
+        found = ADDRESS.match(line)
+        assert found and found.group(1).startswith(f"http://{host or '127.0.0.1'}:"), line
+        port = urllib.parse.urlsplit(found.group(1)).port
+        page.goto(f"http://127.0.0.1:{port}/")
+        assert listed_ids(page) == IDS
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=30)
+    finally:
+        process.kill()
+    assert process.returncode == 0 and out.strip() == "stopped"
+    warning = (f"warning: serving on {host}, not this machine only: whoever can reach http://{host}:{port}/ can "
+               "read the run")
+    assert err.splitlines() == ([warning] if host else [])
+    assert tree(browse_run) == before
+
+
+def test_a_run_still_writing_shows_its_committed_rows_only(browse_run, page, tmp_path):
+    out = str(tmp_path / "out")
+    shutil.copytree(browse_run, out)
+    metrics = os.path.join(out, "metrics")
+    last = sorted(os.listdir(metrics))[-1]  # images 4 and 5: not committed yet
+    shutil.move(os.path.join(metrics, last), tmp_path / last)
+    with open(os.path.join(metrics, f".{last}.0123abcd.tmp"), "wb") as f:  # a shard in flight, half written
+        f.write(b"PAR1 half a file")
+    with serving(out, refresh_seconds=0) as server:
+        page.goto(server.url)
+        assert listed_ids(page) == IDS[:4]
+        assert page.goto(server.url + "image/4").status == 404
+        shutil.move(tmp_path / last, os.path.join(metrics, last))  # the shard commits
+        page.goto(server.url)
+        assert listed_ids(page) == IDS
+        assert page.goto(server.url + "image/5").status == 200

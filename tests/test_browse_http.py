@@ -1,16 +1,10 @@
-"""``browse`` over HTTP, without a browser: the command line (its address, its warning for another host, one line and
-exit 2 for a bad OUT, a clean stop on Ctrl-C), a run that is still writing (committed rows only), an OUT on S3 and
-a run stored with every ``output.*`` choice."""
+"""``browse`` over HTTP, without a browser: one line and exit 2 for a bad OUT or option, an OUT on S3 and a run stored
+with every ``output.*`` choice (the browser tests are in test_browse.py)."""
 
 from __future__ import annotations
 
 import io
-import os
 import re
-import shutil
-import signal
-import subprocess
-import sys
 import urllib.error
 import urllib.request
 
@@ -25,8 +19,6 @@ from xcv_batch import cli
 from xcv_batch.browse.server import BrowseApp
 from xcv_batch.output.results import open_results
 from xcv_batch.report.panel import display_map, is_signed, overlay
-
-ADDRESS = re.compile(r"^browse \S+: (http://127\.0\.0\.1:\d+/) \(Ctrl-C to stop\)$")
 
 
 def get(url: str) -> tuple[int, bytes]:
@@ -47,44 +39,6 @@ def png(body: bytes) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(body)).convert("RGB"))
 
 
-def start(*args) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "xcv_batch", "browse", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-
-
-def test_the_cli_prints_its_address_serves_and_stops_cleanly_on_ctrl_c(browse_run):
-    before = tree(browse_run)
-    process = start(browse_run, "--port", "0")
-    try:
-        line = process.stdout.readline().strip()
-        found = ADDRESS.match(line)
-        assert found, line
-        status, body = get(found.group(1))
-        assert status == 200 and listed(body) == IDS
-        process.send_signal(signal.SIGINT)
-        out, err = process.communicate(timeout=30)
-    finally:
-        process.kill()
-    assert process.returncode == 0 and out.strip() == "stopped" and err == ""
-    assert tree(browse_run) == before
-
-
-def test_another_host_is_served_only_when_asked_and_says_so(browse_run):
-    process = start(browse_run, "--port", "0", "--host", "0.0.0.0")
-    try:
-        line = process.stdout.readline().strip()
-        port = int(line.rsplit(":", 1)[1].split("/")[0])
-        assert line.startswith(f"browse {browse_run}: http://0.0.0.0:{port}/")
-        status, _ = get(f"http://127.0.0.1:{port}/")
-        assert status == 200
-        process.send_signal(signal.SIGINT)
-        _, err = process.communicate(timeout=30)
-    finally:
-        process.kill()
-    assert err.splitlines() == [f"warning: serving on 0.0.0.0, not this machine only: whoever can reach "
-                                f"http://0.0.0.0:{port}/ can read the run"]
-
-
 @pytest.mark.parametrize("args, key", [(["/nonexistent/out"], "no such output directory"),
                                        (["OUT", "--port", "70000"], "--port: must be 0 … 65535")])
 def test_a_bad_out_or_option_is_one_line_and_exit_2(browse_run, capsys, args, key):
@@ -99,23 +53,6 @@ def test_a_port_in_use_is_one_line_naming_port(browse_run, capsys):
         assert cli.main(["browse", browse_run, "--port", str(port)]) == 2
     err = capsys.readouterr().err
     assert len(err.splitlines()) == 1 and err.startswith(f"error: --port: cannot listen on 127.0.0.1:{port}")
-
-
-def test_a_run_still_writing_shows_its_committed_rows_only(browse_run, tmp_path):
-    out = str(tmp_path / "out")
-    shutil.copytree(browse_run, out)
-    metrics = os.path.join(out, "metrics")
-    last = sorted(os.listdir(metrics))[-1]  # images 4 and 5: not committed yet
-    shutil.move(os.path.join(metrics, last), tmp_path / last)
-    with open(os.path.join(metrics, f".{last}.0123abcd.tmp"), "wb") as f:  # a shard in flight, half written
-        f.write(b"PAR1 half a file")
-    app = BrowseApp(out, refresh_seconds=0)
-    status, body = app.respond("/").status, app.respond("/").body
-    assert status == 200 and listed(body) == IDS[:4]
-    assert app.respond("/image/4").status == 404
-    shutil.move(tmp_path / last, os.path.join(metrics, last))  # the shard commits
-    assert listed(app.respond("/").body) == IDS
-    assert app.respond("/image/5").status == 200
 
 
 @pytest.mark.slow  # starts moto's S3 server

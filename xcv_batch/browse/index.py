@@ -30,6 +30,7 @@ from ..report import stats
 FILTER_OPS = {"contains": "contains", "eq": "=", "ne": "≠", "lt": "<", "le": "≤", "gt": ">", "ge": "≥"}
 PAGE_SIZES = (20, 50, 100, 200)  # offered by the list's form; any size up to the most can be asked for
 MAX_PER_PAGE = 200
+DEFAULT_PER_PAGE = 20
 #: Sorts and filters remembered per snapshot (each is one array of image indices).
 _ORDERS_KEPT = 32
 
@@ -56,7 +57,7 @@ class ListQuery:
     op: str = "contains"
     value: str = ""
     page: int = 1
-    per: int = 50
+    per: int = DEFAULT_PER_PAGE
 
     @classmethod
     def parse(cls, params: dict[str, str], columns: list[str], methods: list[str]) -> "ListQuery":
@@ -78,7 +79,7 @@ class ListQuery:
                 raise RequestRefused(f"{key}: must be a whole number ≥ {low}, got {text!r}")
             return int(text)
 
-        per = whole("per", 50, 1)
+        per = whole("per", DEFAULT_PER_PAGE, 1)
         if per > MAX_PER_PAGE:
             raise RequestRefused(f"per: at most {MAX_PER_PAGE} images a page, got {per}")
         return cls(sort=named("sort", columns, "index"), method=named("method", methods, None),
@@ -94,7 +95,7 @@ class ListQuery:
                  "op": query.op if query.column and query.value != "" else None,
                  "val": query.value if query.column and query.value != "" else None,
                  "page": str(query.page) if query.page != 1 else None,
-                 "per": str(query.per) if query.per != 50 else None}
+                 "per": str(query.per) if query.per != DEFAULT_PER_PAGE else None}
         return {key: value for key, value in found.items() if value is not None}
 
 

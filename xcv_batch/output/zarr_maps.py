@@ -301,7 +301,10 @@ class ZarrReader:
         wanted = np.asarray(indices, dtype=np.int64)
         unique, where = np.unique(wanted, return_inverse=True)
         try:
-            values = self.group[name].get_orthogonal_selection((unique,))
+            array = self.group[name]
+            contiguous = len(unique) and unique[-1] - unique[0] == len(unique) - 1  # a page in index order
+            values = array[int(unique[0]):int(unique[-1]) + 1] if contiguous else \
+                array.get_orthogonal_selection((unique,))
         except Exception:  # noqa: BLE001 - which chunk: the one read alone says
             for index in unique:
                 self.read(name, int(index))
