@@ -73,6 +73,15 @@ def shown(page, action) -> tuple[float, int]:
     return time.perf_counter() - start, count
 
 
+def fetch(url: str) -> tuple[float, str]:
+    import urllib.request
+
+    start = time.perf_counter()
+    with urllib.request.urlopen(url, timeout=120) as response:
+        body = response.read()
+    return time.perf_counter() - start, body.decode("utf-8", "replace")
+
+
 def indices_on(page) -> set[int]:
     return {int(i) for i in page.eval_on_selector_all("tr.image", "rows => rows.map(r => r.dataset.index)")}
 
@@ -135,9 +144,17 @@ def main() -> None:
         seconds, count = shown(page, lambda: page.goto(f"{url}?sort=sensitivity_max&method=lime&desc=1&per={args.per}"))
         timings.append(("list sorted by a metric (first time)", seconds, count))
         visited |= indices_on(page)
+    # The server alone (no browser): a fresh list page's HTML with its pictures inline, against the smallest answer
+    # it gives (a colour bar, cached) as the floor of one request on this machine now.
+    floor = min(fetch(url + "colourbar/signed.png")[0] for _ in range(5))
+    for number in range(args.pages + 2, args.pages + 5):
+        seconds, body = fetch(f"{url}?per={args.per}&page={number}")
+        visited |= {int(i) for i in re.findall(r'data-index="(\d+)"', body)}
+        timings.append((f"list page {number}: its HTML alone (urllib)", seconds, body.count("<img")))
     server.send_signal(signal.SIGINT)
     report = json.loads(server.communicate(timeout=60)[0].strip().splitlines()[-1])
 
+    print(f"floor: one cached picture over HTTP {floor * 1000:.1f} ms")
     for name, seconds, count in timings:
         print(f"{name:<40} {seconds:7.3f} s  ({count} pictures; ×{seconds / raw_page_s:.2f} the raw read of a page)")
     outside = [read for read in report["reads"] if read[1] not in visited]

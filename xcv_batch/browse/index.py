@@ -38,8 +38,9 @@ _ORDERS_KEPT = 32
 def refuse_path_like(name: str, value: str) -> str:
     """``value`` itself, or RequestRefused when it looks like a path: a parameter that names a column, a method or an
     image is looked up in the run's own lists, and one that could climb out of a folder is refused before that."""
+    # an image id may hold "/" (a subfolder of the source); nothing else may
     if any(mark in value for mark in ("\\", "\x00")) or value.startswith("/") or ".." in value.split("/") \
-            or "/" in value and name != "id":
+            or ("/" in value and name != "id"):
         raise RequestRefused(f"{name}: path-like value refused")
     return value
 

@@ -76,7 +76,7 @@ class BrowseApp:
             params: dict[str, str] = {}
             for key, value in parse_qsl(parts.query, keep_blank_values=True):
                 params.setdefault(key, value)
-            for name, pattern in ((name, p) for p, name in _ROUTES):
+            for pattern, name in _ROUTES:
                 found = pattern.fullmatch(path)
                 if found:
                     snapshot = self.index.snapshot()
@@ -92,8 +92,10 @@ class BrowseApp:
     # --- pages ------------------------------------------------------------------------------------------------------
 
     def has_report(self, snapshot: Snapshot) -> bool:
+        """Whether OUT holds report.html (looked for again with each new snapshot)."""
         if self._report_seen is None or self._report_seen[0] != snapshot.generation:
-            self._report_seen = (snapshot.generation, self._report_fs()[0].exists(self._report_fs()[1]))
+            fs, path = self._report_fs()
+            self._report_seen = (snapshot.generation, fs.exists(path))
         return self._report_seen[1]
 
     def _report_fs(self):
