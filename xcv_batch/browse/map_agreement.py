@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import threading
 import warnings
-from itertools import combinations
 
 import numpy as np
 import pandas as pd
@@ -20,20 +19,21 @@ from ..errors import OutputError
 from .index import Snapshot
 
 
-def rank_correlation(a: np.ndarray, b: np.ndarray) -> float:
-    """Spearman's ρ between two maps' pixels (NaN when either map is constant)."""
-    ra, rb = rankdata(a.ravel()), rankdata(b.ravel())
-    if ra.std() == 0 or rb.std() == 0:
+def pixel_ranks(maps: np.ndarray) -> np.ndarray:
+    """Each map's pixels ranked (ties share the mean rank), ``(n, H·W)``: Spearman's ρ is the correlation of these."""
+    return rankdata(maps.reshape(len(maps), -1), axis=1)
+
+
+def mean_pairwise_correlation(ranks: list[np.ndarray]) -> float:
+    """The mean over pairs of maps of Spearman's ρ, from their :func:`pixel_ranks`; a constant map has no ρ with any
+    other (left out); NaN when no pair has one."""
+    if len(ranks) < 2:
         return float("nan")
-    return float(np.corrcoef(ra, rb)[0, 1])
-
-
-def mean_pairwise_correlation(maps: list[np.ndarray]) -> float:
-    """The mean of :func:`rank_correlation` over every pair of ``maps`` with one (NaN when none has)."""
-    values = [rank_correlation(a, b) for a, b in combinations(maps, 2)]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # no pair with a correlation: NaN, as said
-        return float(np.nanmean(values)) if values else float("nan")
+    with warnings.catch_warnings(), np.errstate(invalid="ignore", divide="ignore"):
+        warnings.simplefilter("ignore", RuntimeWarning)  # a constant map's row is NaN, as said
+        matrix = np.corrcoef(np.stack(ranks))
+        values = matrix[np.triu_indices(len(ranks), k=1)]
+        return float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
 
 
 #: Images whose maps are read together (one batch per method).
@@ -59,9 +59,12 @@ class MapAgreement:
                 maps: dict[int, list[np.ndarray]] = {}
                 for method, rows in batch.groupby("method", sort=False):
                     indices = rows["index"].astype(int).tolist()
-                    for index, summed in zip(indices, self._summed(snapshot, indices, str(method))):
-                        if summed is not None and np.isfinite(summed).all():
-                            maps.setdefault(index, []).append(summed)
+                    kept = [(index, summed) for index, summed in zip(indices, self._summed(snapshot, indices,
+                                                                                          str(method)))
+                            if summed is not None and np.isfinite(summed).all()]
+                    if kept:  # ranked together: one call per method and batch
+                        for (index, _), ranks in zip(kept, pixel_ranks(np.stack([m for _, m in kept]))):
+                            maps.setdefault(index, []).append(ranks)
                 for index in map(int, images[first:first + BATCH_IMAGES]):
                     self._values[index] = mean_pairwise_correlation(maps.get(index, []))
             return pd.Series([self._values.get(int(i), np.nan) for i in snapshot.image_ids.index],
