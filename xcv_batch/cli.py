@@ -23,6 +23,7 @@ verbs:
   submit JOB.yaml     send the same run to a Ray cluster (Ray Jobs API); status / logs / stop act on it
   summarize OUT       rank the methods across the dataset: table, summary.json/.md, report.html
   show OUT            a Fig. 1-style panel of one image and each method's map
+  browse OUT          a local web page to sort, filter and compare every image's maps (read-only)
   synth OUT_DIR       generate the known-answer dataset (objects + masks on clutter)
   train MANIFEST      train a classifier on it (CPU, minutes) for model.weights
   keys                every job-file key: type, default, meaning (--markdown: a table)
@@ -32,6 +33,7 @@ examples:
   python -m xcv_batch run jobs/demo.yaml --set model.weights=none --out results/demo-offline
   python -m xcv_batch summarize results/demo
   python -m xcv_batch show results/demo --image chelsea.png --output chelsea.png
+  python -m xcv_batch browse results/demo
   python -m xcv_batch submit jobs/demo.yaml --address http://HEAD:8265 --out s3://bucket/demo
 """
 
@@ -98,6 +100,13 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--image", required=True, help="image id (as in the Parquet rows)")
     show.add_argument("--output", required=True, help="file to write; its extension picks the format (.png, .jpg, "
                                                       ".pdf, .svg …)")
+
+    browse = verbs.add_parser("browse", help="serve a read-only local page to sort, filter and compare the maps")
+    browse.add_argument("out", help="a run's output directory or s3:// prefix (finished or still being written)")
+    browse.add_argument("--port", type=int, default=8765, help="port to listen on (default 8765; 0: a free one)")
+    browse.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on (default 127.0.0.1, this machine only); any other prints a "
+                             "warning: whoever reaches it can read the run")
 
     synth = verbs.add_parser("synth", help="generate the known-answer dataset (objects with masks on clutter)")
     synth.add_argument("out_dir", help="folder for images, masks, manifest.csv, train.csv, test.csv, categories.txt")
@@ -239,6 +248,19 @@ def _show(args) -> int:
     return 0
 
 
+def _browse(args) -> int:
+    from .browse.server import LOOPBACK, make_server
+
+    server = make_server(args.out, args.host, args.port)
+    if args.host not in LOOPBACK:
+        print(f"warning: serving on {args.host}, not this machine only: whoever can reach {server.url} can read "
+              "the run", file=sys.stderr)
+    print(f"browse {args.out}: {server.url} (Ctrl-C to stop)", flush=True)
+    server.serve_until_interrupted()
+    print("stopped", flush=True)
+    return 0
+
+
 def _warn_unreadable(results) -> None:
     """One line per chunk file that a reader could not decode (the panels leave its map out)."""
     for message in results.unreadable.values():
@@ -272,7 +294,7 @@ def _keys(args) -> int:
 
 
 _VERBS = {"run": _run, "submit": _submit, "status": _status, "logs": _logs, "stop": _stop,
-          "summarize": _summarize, "show": _show, "synth": _synth, "train": _train, "keys": _keys}
+          "summarize": _summarize, "show": _show, "browse": _browse, "synth": _synth, "train": _train, "keys": _keys}
 
 
 def one_line(message: str) -> str:

@@ -75,6 +75,14 @@ class OutputError(XcvError):
     """The output directory cannot be written or belongs to a different job."""
 
 
+class NotFound(XcvError):
+    """``browse``: a page asked for an image, method or page that the run does not have (an HTTP 404)."""
+
+
+class RequestRefused(XcvError):
+    """``browse``: a request's parameter is malformed or path-like (an HTTP 400); nothing is read for it."""
+
+
 def first_line(err: BaseException) -> str:
     """The first line of an exception's text (its type's name when it has none): what a one-line error quotes."""
     text = str(err).strip()

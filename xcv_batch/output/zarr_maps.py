@@ -295,6 +295,23 @@ class ZarrReader:
             raise MapUnreadable(f"{self.out}/{ZARR_NAME}/{name}/{key}",
                                 f"{type(err).__name__}: {first_line(err)}") from None
 
+    def read_many(self, name: str, indices: Sequence[int]) -> np.ndarray:
+        """The maps of several images, ``(len(indices), C, H, W)`` float32, fetched together (Zarr reads the chunks
+        concurrently: a page of thumbnails costs about one read, not one per map). A damaged chunk: the
+        :class:`MapUnreadable` that :meth:`read` names it with."""
+        wanted = np.asarray(indices, dtype=np.int64)
+        unique, where = np.unique(wanted, return_inverse=True)
+        try:
+            array = self.group[name]
+            contiguous = len(unique) and unique[-1] - unique[0] == len(unique) - 1  # a page in index order
+            values = array[int(unique[0]):int(unique[-1]) + 1] if contiguous else \
+                array.get_orthogonal_selection((unique,))
+        except Exception:  # noqa: BLE001 - which chunk: the one read alone says
+            for index in unique:
+                self.read(name, int(index))
+            raise
+        return np.asarray(values, dtype=np.float32)[where]
+
     def stored(self, name: str) -> StoredMaps:
         chunks = array_chunks(self.fs, self.root, name)
         return StoredMaps(chunks.written, {index: f"{self.out}/{ZARR_NAME}/{name}/{key} {chunks.broken[key]}"

@@ -489,6 +489,11 @@ def _failures_section(summary: Summary) -> str:
             f"{summary.n_failed_images} images{more}</summary>\n{table}</details>")
 
 
+#: How to look at every image; opened from browse (its Report link), this page also gets a link back to it.
+_BROWSE_LINE = ("<p>Every image with its maps, to sort and filter: <code>python -m xcv_batch browse OUT</code> (a local "
+                "page; its Report link opens this report).</p>")
+
+
 def _job_section(job: dict | None) -> str:
     job_text = yaml.safe_dump(job, sort_keys=False) if job else f"no {JOB_FILE}"
     return f"<details><summary>{JOB_FILE}</summary><pre>{html.escape(job_text)}</pre></details>"
@@ -526,6 +531,7 @@ def render_report(results: Results, summary: Summary, gallery: int = GALLERY_CAP
         f"<p>Output: <code>{html.escape(results.out)}</code>. Fingerprint: "
         f"<code>{html.escape(str(facts.fingerprint or results.fingerprint))}</code>. "
         f"CIs: percentile bootstrap over images, {summary.n_boot} resamples, seed {summary.seed}.</p>",
+        _BROWSE_LINE,
         _contents(sections),
         *(_section_html(s) for s in sections),
         "</body></html>",
