@@ -76,10 +76,11 @@ def bench_segmentation(pixels_hwc: list[np.ndarray], settings: LimeSettings, dev
     return result
 
 
-def bench_lime(classifier, inputs: torch.Tensor, settings: LimeSettings, forward_batch: int, seed: int, log) -> dict:
+def bench_lime(classifier, inputs: torch.Tensor, settings: LimeSettings, forward_batch, seed: int, log) -> dict:
     """Engine and lime package on the same images, alternating image by image."""
     explainer = BatchExplainer(classifier, {"lime": settings}, None, NO_METRICS,
                                ComputeConfig(forward_batch=forward_batch), seed=seed)
+    forward_batch = explainer.methods["lime"].forward_batch  # what auto resolved to
     package = SeedLoop(classifier.net, {"lime": settings}, classifier.preprocessing, classifier.device, seed)
     with torch.no_grad():
         targets = classifier.net(inputs).argmax(1)
@@ -116,13 +117,14 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=6, help="images for the quickshift comparison")
     parser.add_argument("--lime-images", type=int, default=4, help="images for the LIME comparison (0: skip it)")
     parser.add_argument("--num-samples", type=int, default=1000)
-    parser.add_argument("--forward-batch", type=int, default=64)
+    parser.add_argument("--forward-batch", default="auto", help="the engine's compute.forward_batch (auto or rows)")
     parser.add_argument("--segmenter", default="auto", choices=["auto", "cpu", "device"])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, help="torch threads for both sides (default: torch's own choice)")
     parser.add_argument("--out", help="write the results as JSON here")
     args = parser.parse_args()
 
+    forward_batch = args.forward_batch if args.forward_batch == "auto" else int(args.forward_batch)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -143,7 +145,7 @@ def main() -> None:
         "quickshift": bench_segmentation(hwc[: args.images], settings, device, log),
     }
     if args.lime_images:
-        results["lime"] = bench_lime(classifier, inputs[: args.lime_images], settings, args.forward_batch,
+        results["lime"] = bench_lime(classifier, inputs[: args.lime_images], settings, forward_batch,
                                      args.seed, log)
     if args.out:
         with open(args.out, "w", encoding="utf-8") as fh:
