@@ -377,3 +377,11 @@ def test_lime_with_a_segmentation_process_pool_equals_lime_inline(classifier, ba
         segmentation.set_segmentation_workers(previous)
     assert torch.equal(pooled, inline)
     assert pooled_method.last_num_segments[0] > 5
+
+
+def test_cpu_auto_forward_batch_keeps_pixels_per_pass_above_64_px():
+    from xcv_batch.execution.explain import CPU_FORWARD_BATCH, CPU_FORWARD_BATCH_MIN, cpu_forward_batch
+
+    assert [cpu_forward_batch(size) for size in (32, 64)] == [CPU_FORWARD_BATCH] * 2
+    assert cpu_forward_batch(96) == 64 * 64 * 64 // 96**2 == 28
+    assert [cpu_forward_batch(size) for size in (128, 224, 512)] == [CPU_FORWARD_BATCH_MIN] * 3

@@ -190,7 +190,8 @@ class ComputeConfig:
     device: str = "auto"  # a torch device (cpu, cuda, cuda:1); auto: cuda when present, else cpu
     batch_size: int = 8  # images explained together (one step of every method)
     #: Perturbed copies per forward pass, for every method. auto: on a GPU, probed from free memory per kind of pass
-    #: (forward, forward+backward); on a CPU, 64 (cache and cores are the limit there, and 64 is at the plateau).
+    #: (forward, forward+backward); on a CPU, 64 up to 64 px and the same pixels per pass above, at least 16 (the
+    #: cache is the limit there: 16 at 224 px).
     forward_batch: Union[Literal["auto"], int] = "auto"
     #: fp32 (default) | bf16 | fp16: autocast of the model's convolutions and matmuls; changes the maps slightly.
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"

@@ -174,6 +174,9 @@ class LimeSettings:
     # slic
     n_segments: int = 50  # slic's approximate number of superpixels
     compactness: float = 10.0  # slic's weight of position against colour: larger, squarer superpixels
+    #: Where quickshift runs: cpu (scikit-image on worker processes), device (the torch port on the model's device,
+    #: same labels), auto (device when the model is on a GPU, cpu on a CPU, where scikit-image is the faster one).
+    segmenter: Literal["auto", "cpu", "device"] = "auto"
 
     def check(self) -> None:
         _positive("num_samples", self.num_samples)
@@ -186,10 +189,19 @@ class LimeSettings:
             raise ConfigError("alpha", f"must be ≥ 0, got {self.alpha}")
         if not 0 <= self.ratio <= 1:
             raise ConfigError("ratio", f"must be in [0, 1], got {self.ratio}")
+        if self.segmenter not in ("auto", "cpu", "device"):
+            raise ConfigError("segmenter", f"must be auto, cpu or device, got {self.segmenter!r}")
+        if self.segmenter == "device" and self.segmentation != "quickshift":
+            raise ConfigError(
+                "segmenter", f"device runs quickshift only; use auto or cpu with segmentation {self.segmentation}"
+            )
 
 
 register(MethodSpec(
     name="lime", settings=LimeSettings, label="LIME", implementation=".lime:Lime", stochastic=True, signed=True,
+    # The device's quickshift gives scikit-image's labels (up to last-bit ties of exp): where superpixels are
+    # computed is not fingerprinted, so a run may resume on another kind of machine.
+    unhashed=("segmenter",),
     passes=lambda s, height, width: Passes(forward=s.num_samples),
 ))
 
