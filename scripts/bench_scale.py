@@ -16,6 +16,7 @@ For each N (default 1,000 and 10,000; ``--sizes 1000 10000 100000`` for the full
     PYTHONPATH=. python scripts/bench_scale.py                           # N = 1,000 and 10,000, in-process
     PYTHONPATH=. python scripts/bench_scale.py --sizes 1000 10000 100000 --ray
     PYTHONPATH=. python scripts/bench_scale.py --sizes 1000 --images-per-object 100 --old /tmp/old   # against old code
+    PYTHONPATH=. python scripts/bench_scale.py --writes 512      # the Zarr writer alone: zarr's array API vs direct
 """
 
 from __future__ import annotations
@@ -118,6 +119,48 @@ def run_one(work: str, n: int, px: int, workers: int, args: argparse.Namespace, 
     return result
 
 
+def bench_writes(n: int, px: int, work: str) -> None:
+    """CPU ms per image of the Zarr shard writer alone (an inputs and a method array), through zarr's array API
+    against the chunk files it writes itself, for one image an object and 32, in this process."""
+    import numpy as np
+
+    from xcv_batch.output.formats import MapLayout
+    from xcv_batch.output.zarr_maps import ShardWriter, ZarrWriter
+
+    maps = np.random.default_rng(0).normal(size=(n, 3, px, px)).astype(np.float32)
+    print(f"{'per object':>10} {'way':>7} {'cpu ms/image':>12}")
+    for per_object in (1, 32):
+        for way in ("zarr", "direct"):
+            out = os.path.join(work, f"writes-{per_object}-{way}")
+            shutil.rmtree(out, ignore_errors=True)
+            writer = ZarrWriter(out)
+            writer.prepare(MapLayout("bench", [f"i{i}" for i in range(n)], None, px, ["m"], {}, per_object),
+                           resume=False)
+            shard = ShardWriter(writer._open_group("r+")) if way == "zarr" else writer.open_shard()
+            cpu = time.process_time()
+            for index in range(n):
+                shard.write("inputs", index, maps[index])
+                shard.write("m", index, maps[index])
+            shard.flush()
+            print(f"{per_object:>10} {way:>7} {1e3 * (time.process_time() - cpu) / n:>12.3f}", flush=True)
+            if per_object == 1 and way == "direct":
+                listing(writer, n)
+            shutil.rmtree(out, ignore_errors=True)
+
+
+def listing(writer, n: int) -> None:
+    """Wall seconds of --resume's listing of one array's chunk files: fsspec's recursive walk, and the local one."""
+    from xcv_batch.output.chunks import _listed_chunk_files, _local_chunk_files
+
+    prefix = f"{writer.root}/attributions.zarr/m/c"
+    walk, scan = ("fsspec walk", lambda: _listed_chunk_files(writer.fs, prefix, 4)), \
+        ("local scan", lambda: _local_chunk_files(prefix, 4))
+    for name, lister in (walk, scan, scan, walk):  # each once with the other's listing before it (cached folders)
+        wall = time.perf_counter()
+        found = lister()
+        print(f"  listing {n} chunk files ({name}): {time.perf_counter() - wall:.2f} s, {len(found)} found")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[1_000, 10_000])
@@ -131,6 +174,7 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the OUTs")
     parser.add_argument("--old", help="a checkout of older code, run on the same images after this tree's (its "
                                       "stage times show as 0 when it does not count them)")
+    parser.add_argument("--writes", type=int, metavar="N", help="only time the Zarr writer on N maps")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -138,6 +182,9 @@ def main() -> None:
         return
 
     work = args.work or tempfile.mkdtemp(prefix="bench-scale-")
+    if args.writes:
+        bench_writes(args.writes, args.px, work)
+        return
     print(f"{os.cpu_count()} CPUs seen; {args.px} px, tiny CNN, guided_gradcam, batch {args.batch_size}, "
           f"shard {args.shard_size}, {args.images_per_object} image(s) an object; work {work}")
     header = (f"{'code':>5} {'images':>7} {'workers':>7} {'img/s':>7} {'shard':>7} {'cpu ms':>7} | "

@@ -100,6 +100,51 @@ def test_chunk_files_written_directly_are_the_bytes_zarr_writes(tmp_path, dtype,
         assert np.isnan(stored["m"][2]).all()
 
 
+@pytest.mark.parametrize("per_object", [1, 2])
+def test_chunk_files_on_a_store_that_is_not_local_are_zarr_s_too(per_object):
+    """Elsewhere than on a local disk (fsspec's memory file system here, as s3fs) a file is put whole."""
+    import fsspec
+
+    maps = np.random.default_rng(2).normal(size=(4, 3, 8, 8)).astype(np.float32)
+    maps[1] = np.nan
+    fs, stored = fsspec.filesystem("memory"), {}
+    for way in ("zarr", "direct"):
+        writer = ZarrWriter(f"memory://overlap-{per_object}/{way}")
+        writer.prepare(MapLayout("f", [f"i{i}" for i in range(4)], None, 8, ["m"], {}, per_object), resume=False)
+        shard = ShardWriter(writer._open_group("r+")) if way == "zarr" else writer.open_shard()
+        for index in range(4):
+            shard.write("m", index, maps[index])
+        shard.flush()
+        root = f"/overlap-{per_object}/{way}"
+        stored[way] = {path[len(root):]: fs.cat_file(path) for path in fs.find(root)}
+    assert stored["direct"] == stored["zarr"]
+    assert sum("/m/c/" in path for path in stored["zarr"]) == (3 if per_object == 1 else 2)
+
+
+def test_the_local_chunk_listing_finds_what_the_file_systems_listing_finds(tmp_path):
+    """--resume's listing of a local OUT (one listing of c/ and a stat per object) against fsspec's recursive one,
+    with chunks, an empty one, stray files and folders, and a folder where a chunk file belongs."""
+    import fsspec
+
+    from xcv_batch.output.chunks import _listed_chunk_files, _local_chunk_files
+
+    writer = ZarrWriter(str(tmp_path / "out"))
+    writer.prepare(MapLayout("f", [f"i{i}" for i in range(12)], None, 8, ["m"], {}, 1), resume=False)
+    shard = writer.open_shard()
+    for index in (0, 1, 2, 5, 11):
+        shard.write("m", index, np.ones((3, 8, 8), np.float32))
+    prefix = str(tmp_path / "out" / "attributions.zarr" / "m" / "c")
+    open(f"{prefix}/1/0/0/0", "wb").close()  # empty (broken)
+    os.makedirs(f"{prefix}/7/0/0/0")  # a folder, not a file
+    os.makedirs(f"{prefix}/8/0/0")  # a folder without its file
+    open(f"{prefix}/2/0/0/stray", "wb").close()
+    open(f"{prefix}/notes.txt", "wb").close()
+    local = _local_chunk_files(prefix, 4)
+    assert local == _listed_chunk_files(fsspec.filesystem("file"), prefix, 4)
+    assert sorted(local) == [0, 1, 2, 5, 11] and local[1][1] == 0
+    assert _local_chunk_files(str(tmp_path / "none" / "c"), 4) == {}
+
+
 # ------------------------------------------------------------------------------------------------ the writer thread
 class _Recording:
     """An ArrayWriter that records what it is given; ``gate`` (when set) holds each write until it is opened;
