@@ -6,7 +6,7 @@ For each N (default 1,000 and 10,000; ``--sizes 1000 10000 100000`` for the full
 ``--ray`` also with 2 Ray workers, then runs ``--resume`` of the finished OUT. Reported per run:
 
 * images/s over the whole run (wall, model loading and Ray's start included), and in the shards (images ÷ the
-  shards' seconds summed ÷ workers: the steady rate), and the driver process's CPU per image;
+  shards' seconds summed ÷ the workers that had a shard: the steady rate), and the driver process's CPU per image;
 * CPU ms per image by stage: listing (the driver's), then decode, staging, method, write and commit as the workers'
   shard reports count them (``ShardReport.stage_seconds``: each stage on the thread that ran it; "method" is the
   calling thread's, without the threads torch starts inside an operator), and the fixed cost (all but method);
@@ -93,7 +93,7 @@ def child(args: argparse.Namespace) -> None:
 
     files = sum(len(names) for _, _, names in os.walk(job.output.path))
     print(json.dumps({"n": n_listed, "failed": report.n_failed, "listing_cpu": listing_cpu,
-                      "shard_s": sum(s.seconds for s in report.shards),
+                      "shard_s": sum(s.seconds for s in report.shards), "shards": len(report.shards),
                       "listing_wall": listing_wall, "run_cpu": run_cpu, "run_wall": run_wall, "stages": stages,
                       "files": files, "resume_wall": resume_wall}))
 
@@ -201,7 +201,7 @@ def main() -> None:
 def report(r: dict, workers: int, version: str) -> None:
     per = {stage: 1e3 * r["stages"].get(stage, 0.0) / r["n"] for stage in STAGES}
     fixed = sum(v for stage, v in per.items() if stage != "method")
-    steady = r["n"] / (r["shard_s"] / workers)
+    steady = r["n"] / (r["shard_s"] / min(workers, r["shards"]))  # the shards ran side by side on the workers
     print(f"{version:>5} {r['n']:>7} {workers:>7} {r['n'] / r['run_wall']:>7.1f} {steady:>7.1f} "
           f"{1e3 * r['run_cpu'] / r['n']:>7.2f} | "
           f"{1e3 * r['listing_cpu'] / r['n']:>8.3f} " + " ".join(f"{per[s]:>8.3f}" for s in STAGES)
