@@ -1,8 +1,8 @@
 """A worker: stages one shard of images, has them explained, and turns the result into committed outputs.
 
 The compute is :class:`~xcv_batch.execution.explain.BatchExplainer`'s (model, methods, metrics); this module decodes
-and checks images (labels, masks), keeps the next batch on its way to the device, and writes maps, inputs and rows
-through the sink. No Ray here: the driver runs a ShardWorker in-process or wraps it in an actor; both call
+and checks images (labels, masks), keeps the next batch on its way to the device, hands maps and inputs to a writer
+thread (:mod:`xcv_batch.output.background`) and commits the rows once they are stored. No Ray here: the driver runs a ShardWorker in-process or wraps it in an actor; both call
 ``process_shard``.
 """
 
