@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import Counter
 from contextlib import contextmanager
@@ -12,6 +13,11 @@ from ..work import Forwarded, ImagesDone, MethodDone, ProgressEvent, Skipped
 #: Seconds between two :class:`Forwarded` events of one worker: often enough for a live ETA, rare enough to cost
 #: nothing next to a forward pass (and a few bytes a second from a Ray worker).
 HEARTBEAT_S = 0.5
+
+#: The stages of a worker's pipeline whose CPU seconds a shard's report keeps: decoding and resizing an image, checking
+#: and stacking a batch and sending it to the device, the methods and metrics (the calling thread's CPU: the threads
+#: torch starts inside an operator are not counted), storing the maps, building and committing the rows.
+STAGES = ("decode", "staging", "method", "write", "commit")
 
 
 class ShardTally:
@@ -24,6 +30,22 @@ class ShardTally:
         self.seconds: Counter = Counter()
         self.images: Counter = Counter()
         self._batch: Counter = Counter()  # images each method has explained in the current batch
+        self.stage_seconds: Counter = Counter()  # CPU seconds by stage (STAGES); added to from several threads
+        self._stage_lock = threading.Lock()
+
+    def add_stage(self, stage: str, seconds: float) -> None:
+        """Count ``seconds`` of CPU to ``stage`` (one of :data:`STAGES`); any thread may call it."""
+        with self._stage_lock:
+            self.stage_seconds[stage] += seconds
+
+    @contextmanager
+    def stage(self, stage: str) -> Iterator[None]:
+        """Count the calling thread's CPU while open to ``stage``."""
+        started = time.thread_time()
+        try:
+            yield
+        finally:
+            self.add_stage(stage, time.thread_time() - started)
 
     def __call__(self, event: ProgressEvent) -> None:
         if isinstance(event, MethodDone):
