@@ -360,6 +360,7 @@ class BatchExplainer:
         attributions = self.oom.run(method, lambda: method.attribute(inputs, targets, seeds)).float()
         dev.synchronize(inputs.device)
         attr_seconds = (time.perf_counter() - started) / n
+        how = method.row_columns()  # read before the metrics call the method again on perturbed inputs
         if not torch.isfinite(attributions).all():
             bad = [i for i in range(n) if not torch.isfinite(attributions[i]).all()]
             if n == 1:
@@ -380,6 +381,7 @@ class BatchExplainer:
                 "sensitivity_seconds": None,
                 **{column: values[i] for column, values in quality.items()},
             }
+            columns.update(how)
             why = {column: per_image[i] for column, per_image in reasons.items() if per_image[i]}
             explained.append((maps[i], with_missing_values_explained(columns, zero_maps[i], why)))
         return explained
