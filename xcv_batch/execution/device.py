@@ -74,6 +74,13 @@ def attribution_classifier(classifier, channels_last: bool = True, fold_batchnor
     return dataclasses.replace(classifier, net=net)
 
 
+def compiled_classifier(classifier):
+    """``classifier`` with its network wrapped by ``torch.compile`` (the same module underneath: its parameters and
+    modules are shared, so a method that swaps modules on one sees them on the other). Compilation happens at the
+    first call of each kind of pass (forward; forward+backward)."""
+    return dataclasses.replace(classifier, net=torch.compile(classifier.net))
+
+
 def optimised_net(net: torch.nn.Module, example: torch.Tensor, channels_last: bool = True,
                   fold_batchnorm: bool = True) -> torch.nn.Module:
     """A copy of an eval-mode ``net`` that computes the same function with less memory traffic.

@@ -137,7 +137,8 @@ class Occlusion(AttributionMethod):
 
     def plan(self, image_shape: tuple[int, int, int]) -> Plan | None:
         """The incremental plan of this network for images of ``image_shape`` (cached), None if not lowerable."""
-        net = self.classifier.net
+        # A torch.compile wrapper (compute.compile) is lowered as the module it wraps: the plan runs eager.
+        net = getattr(self.classifier.net, "_orig_mod", self.classifier.net)
         if self._plans.get("net") is not net:  # a new network (the classifier was swapped): plans of the old go
             self._plans = {"net": net}
         key = (image_shape, self.settings.window, self.settings.stride)

@@ -108,6 +108,8 @@ class MethodSpec:
     #: ``"module:function"`` (imported only when a model is checked; "" for none)
     check_model: str = ""
     unhashed: tuple[str, ...] = ()
+    #: whether its passes may run on a ``torch.compile``d model (``compute.compile``); False keeps it eager
+    compilable: bool = True
 
     def __post_init__(self) -> None:
         check_reference("method", self.name, "implementation", self.implementation)

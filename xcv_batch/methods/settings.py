@@ -148,6 +148,8 @@ register(MethodSpec(
     implementation=".guided_gradcam:GuidedGradCam", differentiates=True,
     oracle=".oracles:captum_guided_gradcam", signed=True,
     check_model=".guided_gradcam:check_layer",
+    # its ReLUs read the guided-backprop switch at backward time: a compiled backward would keep one setting
+    compilable=False,
     # one forward and two backwards: the plain one to the layer, the guided one to the input
     passes=lambda s, height, width: Passes(forward_backward=1, extra_backward=1),
 ))
