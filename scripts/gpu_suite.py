@@ -180,7 +180,7 @@ def steps(out: str, work: str, smoke: bool, n_images: int) -> list[Step]:
     folders = {name: os.path.join(work, name) for name in ("bench_fp32", "bench_bf16", "run_1_actor", "run_2_actors")}
     images = os.path.join(work, "images")
     run = [python, "-m", "xcv_batch", "run"]
-    limits = {"gpu_check": 70, "bench_fp32": 140, "bench_bf16": 90, "run_1_actor": 70, "run_2_actors": 90}
+    limits = {"gpu_check": 90, "bench_fp32": 130, "bench_bf16": 80, "run_1_actor": 70, "run_2_actors": 90}
     if smoke:  # this 2-core CPU is slower than a GPU at anything, and Ray's start alone takes its seconds
         limits = {name: 600 for name in limits}
     return [
