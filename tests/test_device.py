@@ -115,8 +115,9 @@ def test_fast_copy_gives_the_same_maps_up_to_rounding(classifier, fast, batch, n
     assert not torch.equal(got, expected)  # it really is another computation
 
 
-def test_folding_is_refused_when_the_wiring_is_not_the_assumed_one(classifier):
-    """A block named like a ResNet's whose bn1 does not follow conv1: the check catches it, nothing is folded."""
+def test_folding_is_refused_when_the_wiring_is_not_the_assumed_one(classifier, caplog):
+    """A block named like a ResNet's whose bn1 does not follow conv1: the check catches it, nothing is folded, and
+    both the refusal and the BatchNorm left unfolded are logged (never a silent fallback)."""
     import torchvision
 
     class Odd(torchvision.models.resnet.BasicBlock):
@@ -129,9 +130,15 @@ def test_folding_is_refused_when_the_wiring_is_not_the_assumed_one(classifier):
     from xcv_batch.execution.device import optimised_net
 
     example = torch.randn(2, 3, 8, 8)
-    copy_ = optimised_net(block, example)
+    with caplog.at_level("INFO", logger="xcv_batch.execution.device"):
+        copy_ = optimised_net(block, example)
     assert isinstance(copy_.bn1, torch.nn.BatchNorm2d)  # kept unfolded
     torch.testing.assert_close(copy_(example), block(example))
+    warning, info = [r.getMessage() for r in caplog.records]
+    assert warning.startswith("folding BatchNorm changed Odd's outputs beyond rounding (largest difference ")
+    assert warning.endswith("on cpu); running it unfolded")
+    assert info == ("fast execution: 0 BatchNorm layers of Odd folded, 2 left as they are (their wiring is not known "
+                    "to follow a convolution)")
 
 
 # --------------------------------------------------------------------------------------------------- autocast

@@ -158,7 +158,9 @@ def _run(args) -> int:
         print(plan_run(job, resume=args.resume).describe())
         return 0
     from .driver import run_job  # light too: torch and Ray come once the source and OUT have been checked
+    from .logs import show_info
 
+    show_info()  # e.g. which path Occlusion's probe chose, and why
     report = run_job(job, resume=args.resume, verify=args.verify)
     for reason in report.recomputed.values():
         print(f"warning: {reason}", file=sys.stderr)

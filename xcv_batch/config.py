@@ -198,6 +198,10 @@ class ComputeConfig:
     #: Run the methods on a copy of the model with BatchNorm folded into the convolutions and channels_last weights:
     #: the same function, ~1.2x faster, maps equal to the stock model's up to float rounding (relative 1e-6).
     fast_execution: bool = True
+    #: torch.compile the copy the methods run on (forward, and forward+backward for the gradient methods); the first
+    #: batch pays the compilation. Guided Grad-CAM stays eager: its guided backward reads a switch at backward time,
+    #: which a compiled graph would freeze. Maps equal eager's up to float rounding.
+    compile: bool = False
     #: Processes that segment images for LIME. auto: one per core this worker's torch threads leave free, inline
     #: when none is; an integer overrides (1: inline).
     segmentation_workers: Union[Literal["auto"], int] = "auto"

@@ -27,7 +27,7 @@ from ..cores import usable_cores
 from ..config import ComputeConfig, Job, MetricsConfig, SensitivityConfig
 from ..data.sources import ImageRecord
 from ..errors import MethodUnavailable, first_line
-from ..methods import build_method
+from ..methods import build_method, method_spec
 from ..methods.base import target_outputs
 from ..methods.segmentation import set_segmentation_workers
 from ..metrics.base import MapBatch, MetricContext
@@ -190,9 +190,14 @@ class BatchExplainer:
         self.unavailable: dict[str, str] = {}
         # Built here, before any image: a method checks its settings against the model (Guided Grad-CAM's layer).
         self.methods = {}
+        #: the compiled copy the compilable methods run on (``compute.compile``), else :attr:`executed`
+        self.compiled = dev.compiled_classifier(self.executed) if compute.compile else self.executed
         for name, settings in methods.items():
+            model = self.compiled if method_spec(name).compilable else self.executed
+            if compute.compile and model is self.executed:
+                log.info("compute.compile: %s runs eager (its passes cannot be compiled)", name)
             try:
-                self.methods[name] = build_method(name, self.executed, settings, self.forward_batch)
+                self.methods[name] = build_method(name, model, settings, self.forward_batch)
             except MethodUnavailable as err:
                 self.unavailable[name] = first_line(err)
                 log.warning("unavailable for this model, its rows are errors: %s", self.unavailable[name])
@@ -323,7 +328,8 @@ class BatchExplainer:
                 continue
             method = self.methods[name]
             started = time.perf_counter()
-            with tally.counting_forwards(self.executed.net, name, len(positions), runner=method):
+            # Counted on the model the method calls (a compiled copy's wrapper: hooks there stay outside the graph).
+            with tally.counting_forwards(method.classifier.net, name, len(positions), runner=method):
                 outcome = self._run_method(name, method, inputs, targets, image_ids, masks)
             tally(MethodDone(name, len(positions), time.perf_counter() - started))
             for position, result in zip(positions, outcome):
@@ -372,6 +378,7 @@ class BatchExplainer:
         attributions = self.oom.run(method, lambda: method.attribute(inputs, targets, seeds)).float()
         dev.synchronize(inputs.device)
         attr_seconds = (time.perf_counter() - started) / n
+        how = method.row_columns()  # read before the metrics call the method again on perturbed inputs
         if not torch.isfinite(attributions).all():
             bad = [i for i in range(n) if not torch.isfinite(attributions[i]).all()]
             if n == 1:
@@ -392,6 +399,7 @@ class BatchExplainer:
                 "sensitivity_seconds": None,
                 **{column: values[i] for column, values in quality.items()},
             }
+            columns.update(how)
             why = {column: per_image[i] for column, per_image in reasons.items() if per_image[i]}
             explained.append((maps[i], with_missing_values_explained(columns, zero_maps[i], why)))
         return explained

@@ -69,6 +69,11 @@ class AttributionMethod(ABC):
         (``MethodSpec.diagnostics``: its label, tolerance and meaning)."""
         return {}
 
+    def row_columns(self) -> dict[str, str | None]:
+        """String columns the rows of the last ``attribute`` call carry (how it ran, e.g. Occlusion's path); each is
+        a column of the row contract (:data:`xcv_batch.output.layout.ROW_COLUMNS`), null on other methods' rows."""
+        return {}
+
 
 def chunk_slices(total: int, size: int) -> Iterator[slice]:
     """Consecutive slices of at most ``size`` covering ``range(total)``, as few as possible and of equal length ±1.

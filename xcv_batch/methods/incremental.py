@@ -648,6 +648,33 @@ def copies_step(plan: Plan, image: torch.Tensor, baseline: float, rows: int) -> 
     return step
 
 
+class ChunkProbe:
+    """The first group's clean pass and chunks of its copies, callable apart so that each can be timed."""
+
+    def __init__(self, plan: Plan, inputs: torch.Tensor, baseline: float, forward_batch: int):
+        n_rows, n_cols = plan.rows[0].top.shape[0], plan.cols[0].top.shape[0]
+        self.n_windows, self.n_cols = n_rows * n_cols, n_cols
+        plan_to(plan, inputs.device)
+        self.runner = IncrementalRunner(plan, baseline)
+        #: the images of the group (as :func:`incremental_scores` groups them) and the copies of one chunk
+        self.images = inputs[: max(1, forward_batch // self.n_windows)]
+        self.group_images = self.images.shape[0]
+        self.copies = min(forward_batch, self.group_images * self.n_windows)
+        self.layouts: dict[int, _Layout] | None = None
+
+    def clean(self) -> torch.Tensor:
+        """The group's clean pass (its layouts kept for :meth:`chunk`); its clean logits."""
+        logits, self.layouts = self.runner.clean_pass(self.images, self.copies)
+        return logits
+
+    def chunk(self, copies: int) -> torch.Tensor:
+        """Logits of the group's first ``copies`` occluded copies (after :meth:`clean`)."""
+        pair = torch.arange(min(copies, self.copies), device=self.images.device)
+        image, window_index = pair // self.n_windows, pair % self.n_windows
+        return self.runner.occluded_logits(_Chunk(image, window_index // self.n_cols, window_index % self.n_cols),
+                                           self.layouts)
+
+
 def plan_to(plan: Plan, device: torch.device) -> None:
     """Moves the plan's index tensors to the device the images are on (once)."""
     for extents in (plan.rows, plan.cols):

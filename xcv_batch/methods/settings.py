@@ -30,7 +30,9 @@ class OcclusionSettings:
     stride: int = 8  # pixels the patch moves between windows (≤ window, so that every pixel is occluded)
     baseline: float = 0.0  # in model-input (normalised) space: 0 is the dataset mean colour, the seed's grey patch
     #: Exact incremental inference (each copy recomputes only what its window can change; same maps up to rounding):
-    #: auto runs it where the layers' FLOPs predict a worthwhile saving, true wherever the model can be lowered.
+    #: auto runs the path a short probe times faster on the run's device (once per worker, size, window grid and
+    #: batch; skipped where the FLOPs rule incremental out), true wherever the model can be lowered (a warning if it
+    #: is slower there).
     incremental: Union[Literal["auto"], bool] = "auto"
 
     def check(self) -> None:
@@ -147,6 +149,8 @@ register(MethodSpec(
     implementation=".guided_gradcam:GuidedGradCam", differentiates=True,
     oracle=".oracles:captum_guided_gradcam", signed=True,
     check_model=".guided_gradcam:check_layer",
+    # its ReLUs read the guided-backprop switch at backward time: a compiled backward would keep one setting
+    compilable=False,
     # one forward and two backwards: the plain one to the layer, the guided one to the input
     passes=lambda s, height, width: Passes(forward_backward=1, extra_backward=1),
 ))
