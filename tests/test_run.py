@@ -156,7 +156,7 @@ def test_resume_after_a_finished_run_writes_nothing(finished_run, image_folder, 
 
 def test_an_existing_out_is_never_overwritten(finished_run, image_folder, tmp_path):
     out, _ = finished_run
-    with pytest.raises(OutputError, match="--resume"):
+    with pytest.raises(OutputError, match="resume=True"):  # called from Python: the hint names the argument
         run_job(load_job(write_job(tmp_path, image_folder), output=out))
     changed = load_job(write_job(tmp_path, image_folder, methods__occlusion__window=6), output=out)
     with pytest.raises(OutputError, match="different job"):

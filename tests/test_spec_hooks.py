@@ -203,7 +203,9 @@ def test_no_module_names_a_method_or_metric_outside_its_own_files():
     found = set()
     for path in sorted(package.rglob("*.py")):
         relative = path.relative_to(package).as_posix()
-        if relative in own:
+        # a method's helper modules carry its module's name as a prefix (methods/occlusion_path.py)
+        if relative in own or any(relative.startswith(name.removesuffix(".py") + "_") for name in own
+                                  if name.startswith("methods/")):
             continue
         tree = ast.parse(path.read_text(encoding="utf-8"))
         docstrings = {id(node.body[0].value) for node in ast.walk(tree)

@@ -44,6 +44,8 @@ class AttributionMethod(ABC):
         #: set by a progress tally while a call runs: receives the rows (perturbed copies) finished on a path that
         #: runs no forward of ``classifier.net`` (whose hook counts every other path's rows)
         self.rows_listener: Callable[[int], None] | None = None
+        #: True while the method runs passes for itself (a probe): progress does not count them as the images' work
+        self.probing = False
 
     def report_rows(self, rows: int) -> None:
         """``rows`` more copies are done on a path the model's forward hook cannot see (incremental Occlusion's

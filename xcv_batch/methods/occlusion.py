@@ -134,10 +134,14 @@ class Occlusion(AttributionMethod):
         rows = window_cover(height, settings.window, settings.stride, device)
         cols = window_cover(width, settings.window, settings.stride, device)
         dtype = next(self.classifier.net.parameters()).dtype
-        self.last_choice = choose_path(
-            settings.incremental, plan, self.classifier.net, image_shape, settings.window, settings.stride,
-            settings.baseline, n_images, self.forward_batch, device, dtype,
-            lambda inputs, chunk: self._occluded(inputs, rows, cols, chunk), self.clock)
+        self.probing = True
+        try:
+            self.last_choice = choose_path(
+                settings.incremental, plan, self.classifier.net, image_shape, settings.window, settings.stride,
+                settings.baseline, n_images, self.forward_batch, device, dtype,
+                lambda inputs, chunk: self._occluded(inputs, rows, cols, chunk), self.clock)
+        finally:
+            self.probing = False
         return plan if self.last_choice.path == "incremental" else None
 
     def row_columns(self) -> dict[str, str | None]:
