@@ -23,6 +23,7 @@ from ..errors import OutputError
 from ..output.layout import JOB_FILE
 from .panel import panel_figure
 from ..output.results import Results, open_results
+from .controls import control_sentences
 from .labels import method_label
 from .summary_text import (SEED, agreement_matrix_table, agreement_pairs_table, agreement_sentence,
                            cost_sentence, cost_table, diagnostic_sentences, fmt, friedman_sentence, pairwise_table,
@@ -355,6 +356,7 @@ def render_report(results: Results, summary: Summary, gallery: int = 4) -> str:
         "win rate is the share of images a method ranks first on (ties shared). "
         f"{html.escape(rank_sentence(summary))}</p>",
         _ranking_table(summary),
+        *(f"<p class=\"control\">{html.escape(line)}</p>" for line in control_sentences(summary.controls)),
         "<h2>Cost</h2>", _cost_section(summary),
         "<h2>Metric agreement</h2>", _agreement_section(summary),
         _diagnostics_section(summary),
