@@ -29,10 +29,10 @@ def sobel_magnitude(inputs: torch.Tensor) -> torch.Tensor:
     """Per channel, hypot(Sobel along the rows, Sobel along the columns) of (B, C, H, W) inputs: what
     ``scipy.ndimage.sobel`` gives along each axis of each channel (its default border, ``reflect``, repeats the edge
     pixel: with a 3 × 3 kernel that is ``replicate``)."""
-    x = inputs if inputs.is_floating_point() else inputs.float()
+    x = inputs.float()
     b, c, h, w = x.shape
-    derivative = torch.tensor([-1.0, 0.0, 1.0], device=x.device, dtype=x.dtype)
-    smoothing = torch.tensor([1.0, 2.0, 1.0], device=x.device, dtype=x.dtype)
+    derivative = torch.tensor([-1.0, 0.0, 1.0], device=x.device)
+    smoothing = torch.tensor([1.0, 2.0, 1.0], device=x.device)
     kernels = torch.stack([torch.outer(derivative, smoothing), torch.outer(smoothing, derivative)]).unsqueeze(1)
     padded = F.pad(x.reshape(b * c, 1, h, w), (1, 1, 1, 1), mode="replicate")
     gradients = F.conv2d(padded, kernels)  # (B·C, 2, H, W): along the rows, along the columns
@@ -51,7 +51,7 @@ class RandomControl(AttributionMethod):
 
     def attribute(self, inputs: torch.Tensor, targets: torch.Tensor, seeds: Sequence[int]) -> torch.Tensor:
         shape = inputs.shape[1:]
-        return torch.stack([uniform_noise(seed, shape) for seed in seeds]).to(inputs.device, inputs.dtype)
+        return torch.stack([uniform_noise(seed, shape) for seed in seeds]).to(inputs.device)
 
 
 class EdgesControl(AttributionMethod):
@@ -66,4 +66,4 @@ class CentreControl(AttributionMethod):
 
     def attribute(self, inputs: torch.Tensor, targets: torch.Tensor, seeds: Sequence[int]) -> torch.Tensor:
         b, c, h, w = inputs.shape
-        return centred_gaussian(h, w).to(inputs.device, inputs.dtype).expand(b, c, h, w).contiguous()
+        return centred_gaussian(h, w).to(inputs.device).expand(b, c, h, w).contiguous()
