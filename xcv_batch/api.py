@@ -66,8 +66,8 @@ class Explainer:
     ``categories`` are the ``model.*`` keys). For a module, ``resolution`` is its input size (default: the
     ``preprocessing`` crop, else 224), checked by one blank forward.
     ``methods``: method names (default settings) or a mapping name → settings (the job file's keys as a dict, or the
-    settings dataclasses); default: every registered method. ``controls``: the control maps (random, edges, centre)
-    after them, as the job key. ``sensitivity``: Max-Sensitivity's settings, None for
+    settings dataclasses); default: every registered method. ``controls``: also the control maps (random, edges, centre),
+    as the job key ``controls: true`` adds them to a run (off here: ``explain`` returns the maps asked for). ``sensitivity``: Max-Sensitivity's settings, None for
     off. ``metrics``: the job's ``metrics:`` section. ``preprocessing``: ``{mean, std, resize, crop, interpolation}``
     for PIL images and paths given to :meth:`explain` (tensors are taken as already normalised); a named model brings
     its own. Every error is the CLI's one-line :class:`~xcv_batch.errors.ConfigError`, naming the job key.
@@ -91,7 +91,7 @@ class Explainer:
         weights: str | None = None,
         resolution: int | None = None,
         categories: Sequence[str] | str | None = None,
-        controls: bool = True,
+        controls: bool = False,
     ):
         from .methods import method_specs
 
