@@ -4,6 +4,9 @@ equal Zarr arrays, bit for bit. Used to show that a refactor keeps behaviour:
     python -m xcv_batch run jobs/smoke.yaml --out /tmp/before      # on the old code
     python -m xcv_batch run jobs/smoke.yaml --out /tmp/after       # on the new code
     python scripts/compare_runs.py /tmp/before /tmp/after         # prints EQUAL, or the columns and arrays that differ
+
+``--new-column NAME`` (repeatable) accepts a column that only the second run has (a column the new code adds): it
+is listed with its values' counts, and the other columns are compared.
 """
 
 import glob
@@ -16,12 +19,18 @@ import zarr
 
 from xcv_batch.output.layout import METRICS_DIR, ZARR_NAME
 
-a, b = sys.argv[1], sys.argv[2]
+args = sys.argv[1:]
+new_columns = [args[i + 1] for i, arg in enumerate(args) if arg == "--new-column"]
+a, b = [arg for i, arg in enumerate(args) if arg != "--new-column" and (i == 0 or args[i - 1] != "--new-column")]
 def rows(out):
     parts = sorted(glob.glob(os.path.join(out, METRICS_DIR, "*.parquet")))
     df = pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
     return df.sort_values(["image_id", "method"]).reset_index(drop=True)
 ra, rb = rows(a), rows(b)
+for name in new_columns:
+    if name in rb.columns and name not in ra.columns:
+        print(f"new column {name}: {rb[name].value_counts(dropna=False).to_dict()}")
+        rb = rb.drop(columns=name)
 if list(ra.columns) != list(rb.columns):
     sys.exit(f"different columns: {sorted(set(ra.columns) ^ set(rb.columns)) or 'same names, other order'}")
 skip = [c for c in ra.columns if c.endswith("_seconds") or c in ("worker", "host", "hostname", "pid", "started_at", "finished_at", "device")]

@@ -10,7 +10,8 @@ builders are there, and a small custom module), on random weights:
   the same ``explain_batch`` a run's workers call — after one warm-up batch;
 * refusals: the methods a model cannot run (Guided Grad-CAM on GELU activations) and their one-line reasons.
 Then ``jobs/smoke.yaml`` runs on the GPU in-process and its rows are checked against a CPU run of the same job.
-Every step is timed and guarded: a failure is recorded in the JSON and the next step runs.
+Every step is timed and guarded: a failure is recorded in the JSON and the next step runs. ``--smoke`` runs every
+step at tiny settings (two models, 32 px, small budgets, one image of the job): a check of this script on a CPU.
 """
 
 from __future__ import annotations
@@ -36,15 +37,28 @@ METHODS = {
 }
 
 
+#: --smoke: the same steps at budgets that end in seconds on a CPU
+SMOKE_METHODS = {
+    "occlusion": {"window": 8, "stride": 8},
+    "integrated_gradients": {"n_steps": 4},
+    "ig_smoothgrad": {"nt_samples": 2, "n_steps": 2},
+    "guided_gradcam": {},
+    "lime": {"num_samples": 32},
+}
+PARITY = {"images": 4, "resolution": 64}
+
+
 def tiny_cnn() -> torch.nn.Module:
     return torch.nn.Sequential(
         torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(16, 32, 3, padding=1), torch.nn.ReLU(),
         torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(32, 10))
 
 
-def models() -> dict:
+def models(smoke: bool = False) -> dict:
     """name → (zero-argument factory of the nn.Module, or a model name for Explainer)."""
     chosen = {"torchvision resnet18": "resnet18", "custom tiny_cnn": tiny_cnn}
+    if smoke:
+        return chosen
     try:
         import timm  # noqa: F401
 
@@ -85,9 +99,10 @@ def refusals(explained) -> dict:
 
 def check_parity(name, model, report, device: str) -> None:
     torch.manual_seed(1)
-    images = torch.randn(4, 3, 64, 64)
-    gpu = explainer(model, device).explain(images)
-    cpu = explainer(model, "cpu").explain(images)
+    size = PARITY["resolution"]
+    images = torch.randn(PARITY["images"], 3, size, size)
+    gpu = explainer(model, device, resolution=size, methods=METHODS).explain(images)
+    cpu = explainer(model, "cpu", resolution=size, methods=METHODS).explain(images)
     report["parity"][name] = {"rel_l2_max": relative_errors(gpu, cpu), "refused": refusals(gpu),
                               "targets_equal": gpu.rows.target.tolist() == cpu.rows.target.tolist()}
 
@@ -102,7 +117,7 @@ def check_speed(name, model, report, n_images: int, device: str, resolution: int
     images = torch.randn(n_images, 3, resolution, resolution)
     entry = report["speed"].setdefault(name, {})
     for precision in ("fp32", "bf16"):
-        ex = explainer(model, device, precision, resolution=resolution)
+        ex = explainer(model, device, precision, resolution=resolution, methods=METHODS)
         ex.explain(images[: min(2, n_images)])  # warm-up: cuDNN autotuning, allocator
         _synchronize(device)
         started = time.perf_counter()
@@ -117,13 +132,12 @@ def check_speed(name, model, report, n_images: int, device: str, resolution: int
         }
 
 
-def check_job(report, out: str, device: str) -> None:
+def check_job(report, out: str, device: str, limit: int | None = None) -> None:
     from xcv_batch import run
 
-    gpu = run("jobs/smoke.yaml", out=os.path.join(out, "smoke-gpu"),
-              overrides={"compute.device": device, "compute.workers": 1})
-    cpu = run("jobs/smoke.yaml", out=os.path.join(out, "smoke-cpu"),
-              overrides={"compute.device": "cpu", "compute.workers": 1})
+    overrides = {"compute.workers": 1, **({"data.limit": limit} if limit else {})}
+    gpu = run("jobs/smoke.yaml", out=os.path.join(out, "smoke-gpu"), overrides={**overrides, "compute.device": device})
+    cpu = run("jobs/smoke.yaml", out=os.path.join(out, "smoke-cpu"), overrides={**overrides, "compute.device": "cpu"})
     g = gpu.rows().sort_values(["image_id", "method"]).reset_index(drop=True)
     c = cpu.rows().sort_values(["image_id", "method"]).reset_index(drop=True)
     maps = {}
@@ -145,14 +159,22 @@ def main() -> int:
     parser.add_argument("--speed-images", type=int, default=16)
     parser.add_argument("--speed-res", type=int, default=224)
     parser.add_argument("--device", default="cuda", help="cpu: a quick check of this script itself")
+    parser.add_argument("--smoke", action="store_true", help="every step at tiny settings (with --device cpu)")
+    parser.add_argument("--job-out", default=None, help="folder for the smoke job's two runs (default: under --out)")
     args = parser.parse_args()
     os.makedirs(args.out, exist_ok=True)
+    global METHODS
+    if args.smoke:
+        METHODS = SMOKE_METHODS
+        PARITY.update(images=2, resolution=32)
     name = torch.cuda.get_device_name(0) if args.device == "cuda" else "cpu"
     report: dict = {"device": name, "torch": torch.__version__, "parity": {}, "speed": {}, "failures": {}}
-    steps = [(f"parity {n}", lambda n=n, m=m: check_parity(n, m, report, args.device)) for n, m in models().items()]
+    chosen = models(args.smoke)
+    steps = [(f"parity {n}", lambda n=n, m=m: check_parity(n, m, report, args.device)) for n, m in chosen.items()]
     steps += [(f"speed {n}", lambda n=n, m=m: check_speed(n, m, report, args.speed_images, args.device, args.speed_res))
-              for n, m in models().items() if n != "custom tiny_cnn"]
-    steps.append(("smoke job", lambda: check_job(report, args.out, args.device)))
+              for n, m in chosen.items() if n != "custom tiny_cnn"]
+    job_out = args.job_out or args.out
+    steps.append(("smoke job", lambda: check_job(report, job_out, args.device, 1 if args.smoke else None)))
     for name, step in steps:
         started = time.perf_counter()
         try:

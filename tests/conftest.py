@@ -73,3 +73,18 @@ def reference_run(tmp_path_factory, photo_folder):
     out, report = ray_run(tmp_path_factory.mktemp("reference"), photo_folder)
     assert report.n_images == 5 and report.n_failed == 1  # notes.jpg is not an image
     return rows_of(out), maps_of(out)
+
+
+@pytest.fixture(scope="session")
+def browse_run(tmp_path_factory):
+    """The browse tests' real tiny run (tests/browse_helpers.py), with its report.html: its OUT."""
+    import subprocess
+    import sys
+
+    from browse_helpers import photo_folder, tiny_run
+
+    folder = photo_folder(tmp_path_factory.mktemp("browse-photos"))
+    out = tiny_run(folder, str(tmp_path_factory.mktemp("browse") / "out"))
+    subprocess.run([sys.executable, "-m", "xcv_batch", "summarize", out, "--bootstrap", "20"], check=True,
+                   capture_output=True)
+    return out

@@ -23,6 +23,7 @@ from xcv_batch.driver import run_job
 from xcv_batch.errors import ConfigError, MethodUnavailable, ModelError
 from xcv_batch.methods.guided_gradcam import GuidedGradCam
 from xcv_batch.methods.settings import GuidedGradCamSettings
+from xcv_batch.models import timm_models
 from xcv_batch.models.classifier import build_classifier, classifier_from_module, describe_weights
 from xcv_batch.models.preprocessing import Preprocessing
 from xcv_batch.output.results import open_results
@@ -219,12 +220,14 @@ def test_timm_pretrained_offline_is_one_line(monkeypatch):
         raise OSError("We couldn't connect to 'https://huggingface.co' to load this file.\nCheck your connection.")
 
     monkeypatch.setattr(timm.models._builder, "load_pretrained", offline)
+    monkeypatch.setattr(timm_models, "_unreachable", lambda host, port: None)  # the host answers, the fetch fails
     with pytest.raises(ModelError) as info:
         build_classifier("timm:resnet18", "pretrained", RESOLUTION, seed=0)
     message = str(info.value)
     assert message.startswith("model.weights: could not fetch timm's pretrained weights for resnet18 (OSError: "
                               "We couldn't connect to 'https://huggingface.co' to load this file.)")
-    assert "--set model.weights=none" in message and "\n" not in message
+    # called from Python (not the CLI): the hint names the job key, not a --set flag
+    assert "set model.weights to 'none'" in message and "--set" not in message and "\n" not in message
 
 
 def test_classifier_from_module_wraps_any_module():

@@ -115,8 +115,9 @@ def test_fast_copy_gives_the_same_maps_up_to_rounding(classifier, fast, batch, n
     assert not torch.equal(got, expected)  # it really is another computation
 
 
-def test_folding_is_refused_when_the_wiring_is_not_the_assumed_one(classifier):
-    """A block named like a ResNet's whose bn1 does not follow conv1: the check catches it, nothing is folded."""
+def test_folding_is_refused_when_the_wiring_is_not_the_assumed_one(classifier, caplog):
+    """A block named like a ResNet's whose bn1 does not follow conv1: the check catches it, nothing is folded, and
+    both the refusal and the BatchNorm left unfolded are logged (never a silent fallback)."""
     import torchvision
 
     class Odd(torchvision.models.resnet.BasicBlock):
@@ -129,9 +130,15 @@ def test_folding_is_refused_when_the_wiring_is_not_the_assumed_one(classifier):
     from xcv_batch.execution.device import optimised_net
 
     example = torch.randn(2, 3, 8, 8)
-    copy_ = optimised_net(block, example)
+    with caplog.at_level("INFO", logger="xcv_batch.execution.device"):
+        copy_ = optimised_net(block, example)
     assert isinstance(copy_.bn1, torch.nn.BatchNorm2d)  # kept unfolded
     torch.testing.assert_close(copy_(example), block(example))
+    warning, info = [r.getMessage() for r in caplog.records]
+    assert warning.startswith("folding BatchNorm changed Odd's outputs beyond rounding (largest difference ")
+    assert warning.endswith("on cpu); running it unfolded")
+    assert info == ("fast execution: 0 BatchNorm layers of Odd folded, 2 left as they are (their wiring is not known "
+                    "to follow a convolution)")
 
 
 # --------------------------------------------------------------------------------------------------- autocast
@@ -377,3 +384,11 @@ def test_lime_with_a_segmentation_process_pool_equals_lime_inline(classifier, ba
         segmentation.set_segmentation_workers(previous)
     assert torch.equal(pooled, inline)
     assert pooled_method.last_num_segments[0] > 5
+
+
+def test_cpu_auto_forward_batch_keeps_pixels_per_pass_above_64_px():
+    from xcv_batch.execution.explain import CPU_FORWARD_BATCH, CPU_FORWARD_BATCH_MIN, cpu_forward_batch
+
+    assert [cpu_forward_batch(size) for size in (32, 64)] == [CPU_FORWARD_BATCH] * 2
+    assert cpu_forward_batch(96) == 64 * 64 * 64 // 96**2 == 28
+    assert [cpu_forward_batch(size) for size in (128, 224, 512)] == [CPU_FORWARD_BATCH_MIN] * 3

@@ -84,7 +84,7 @@ def test_dry_run_prints_the_plan_and_an_estimate_and_writes_nothing(tmp_path, ph
     passes = {line.split()[0]: line.split("≈")[0].split(None, 1)[1].strip() for line in lines[4:8]}
     assert passes == {"guided_gradcam": "2 forward+backward + 2 extra backward",
                       "integrated_gradients": "8 forward+backward", "lime": "32 forward", "occlusion": "34 forward"}
-    assert lines[-2].startswith("probe: resnet18 on cpu, 16 rows a pass: ")
+    assert lines[-2].startswith("probe: resnet18 on cpu, 16 rows a pass, median of ")
     assert lines[-1].startswith("estimate: ") and "for 5 images" in lines[-1]
     assert not out.exists()
 

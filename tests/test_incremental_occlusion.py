@@ -22,7 +22,6 @@ from xcv_batch.execution.device import attribution_classifier
 from xcv_batch.errors import ConfigError
 from xcv_batch.methods import build_method
 from xcv_batch.methods.incremental import Extent, Window, lower, make_plan, window_op_extent
-from xcv_batch.methods.occlusion import AUTO_FLOP_RATIO
 from xcv_batch.methods.settings import OcclusionSettings
 from xcv_batch.metrics.sensitivity import sensitivity_max
 from xcv_batch.methods.guided_backprop import install_guided_switch
@@ -211,14 +210,6 @@ def test_a_network_with_an_unknown_forward_runs_full_forwards():
 
 
 # --- choosing the path ---------------------------------------------------------------------------------------------
-
-
-def test_auto_runs_incremental_where_the_predicted_saving_is_worth_it():
-    settings = OcclusionSettings()  # the seed's 15 / 8, incremental: auto
-    large = build_method("occlusion", classifier("resnet18", 224, fast=True, dtype=torch.float32), settings, 64)
-    assert large._chosen_plan((3, 224, 224)) is not None and large.last_flop_ratio < AUTO_FLOP_RATIO
-    small = build_method("occlusion", classifier("resnet18", 32, fast=True, dtype=torch.float32), settings, 64)
-    assert small._chosen_plan((3, 32, 32)) is None and small.last_flop_ratio >= AUTO_FLOP_RATIO
 
 
 def test_the_setting_is_validated_and_read_from_the_job():

@@ -85,12 +85,26 @@ def test_report_is_self_contained_and_has_what_it_promises(run_with_a_failure):
         assert base64.b64decode(attrs["src"].split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
     assert sum(a["alt"].startswith("panel of ") for a in images) == 4
 
-    # The ranking table: a header and one row per method, best first, counts as in the rows.
+    # The main ranking: method, counts, mean rank, win rate and cost only, one row per method, best first; each
+    # metric's rank in the per-metric table below it, a row per metric and a column per method in the same order.
     ranking = parsed.tables[0]
-    assert ranking[0][:3] == ["Method", "n ok", "n failed"]
+    assert ranking[0] == ["Method", "n ok", "n failed", "Mean rank [95% CI]", "Win rate", "Cost: s / image"]
     body = {row[0]: row for row in ranking[1:]}
     assert sorted(body) == sorted(["Occlusion", "Integrated Gradients", "IG + SmoothGrad", "Guided Grad-CAM", "LIME"])
     assert body["LIME"][1:3] == ["7", "1"] and body["Occlusion"][1:3] == ["8", "0"]
+    per_metric = parsed.tables[1]
+    assert per_metric[0] == ["Metric (1 = best)", *(row[0] for row in ranking[1:])]
+    assert per_metric[1][0] == "Max-Sensitivity" and len(per_metric) == 2
+    # One metric: its mean rank is the overall one.
+    assert per_metric[1][1:] == [row[3].split()[0] for row in ranking[1:]]
+    # The metric's own table (in its collapsible part): n, median, rank and win rate on it alone.
+    detail = next(t for t in parsed.tables if t[0][:3] == ["Method", "n", "median [95% CI]"])
+    assert {row[0]: row[1] for row in detail[1:]}["LIME"] == "7"
+    # Every section in the contents; the gallery says how many of the 8 images it leaves out.
+    for anchor in ("ranking", "per-metric", "cost", "distributions", "gallery", "failures", "job"):
+        assert f'<a href="#{anchor}">' in text and f'<section id="{anchor}">' in text
+    assert "4 of 8 images with a map, the most and least stable" in text
+    assert "<strong>4 images are not shown</strong>" in text
 
     # The failed image with its message (escaped), the status, the fingerprint and the job settings.
     failures = next(t for t in parsed.tables if t[0] == ["Image", "Method", "Message"])
@@ -128,6 +142,16 @@ def test_gallery_picks_the_most_and_least_stable_images():
     assert picked[0][1] == "most stable — rank 1 of 4 by mean Max-Sensitivity (0.15)"
     assert picked[1][1] == "rank 2 of 4 by mean Max-Sensitivity (0.3)"
     assert picked[2][1].startswith("least stable — rank 4 of 4 ")
+
+
+def test_gallery_under_its_cap_shows_images_without_a_sensitivity_for_every_method_last():
+    rows = table({"a": [0.5, 0.1, 0.9], "b": [0.2, None, 0.4]})  # img1 has no value for b: not ranked
+    picked = gallery_images(rows, 3)
+    assert [i for i, _ in picked] == ["img0", "img2", "img1"]
+    assert picked[0][1].startswith("most stable — rank 1 of 2 ") and picked[1][1].startswith("least stable — rank 2")
+    assert picked[2][1] == "not ranked: no Max-Sensitivity for every method"
+    assert [i for i, _ in gallery_images(rows, 2)] == ["img0", "img2"]  # the cap: ranked images first
+    assert gallery_images(rows.assign(status="error"), 3) == []
 
 
 @pytest.mark.parametrize("n_images", [1, 2, 3, 20])
@@ -175,12 +199,27 @@ def test_panel_has_one_axes_per_method_plus_the_image_with_titles(run_with_a_fai
         panel_figure(results, "img99")
 
 
+def test_panel_in_rows_keeps_every_method_and_bounds_the_width(run_with_a_failure):
+    results = open_results(str(run_with_a_failure[0]))
+    one_row = panel_figure(results, "img5")
+    rows = panel_figure(results, "img5", columns=4)  # image + 5 methods: a row of 4, then 2
+    titles = [ax.get_title() for ax in one_row.axes if ax.get_label() != "<colorbar>"]
+    assert [ax.get_title() for ax in rows.axes if ax.get_label() != "<colorbar>"] == titles
+    assert len(titles) == 6 and len(rows.axes) == len(one_row.axes)
+    (rows_width, rows_height), (row_width, row_height) = rows.get_size_inches(), one_row.get_size_inches()
+    assert (rows_width, row_width) == pytest.approx((4 * 2.7, 6 * 2.7))
+    # Heights are fitted to what is drawn (no blank band): never above the panels' 1.7 share, two rows about twice one.
+    assert 2.7 < row_height <= 2.7 * 1.7 and 2 * 2.7 < rows_height <= 2 * 2.7 * 1.7
+    assert rows_height == pytest.approx(2 * row_height, rel=0.15)
+
+
 def test_render_panel_writes_a_non_blank_png_one_panel_wide_per_method(run_with_a_failure, tmp_path):
     out, _ = run_with_a_failure
     path = render_panel(open_results(str(out)), "img2", str(tmp_path / "panel.png"))
     pixels = imread(path)
     height, width = pixels.shape[:2]
-    assert width == pytest.approx(6 * 2.7 * 100, abs=2) and height == pytest.approx(2.7 * 1.7 * 100, abs=2)
+    # As tall as what it draws (no blank band over the titles): below the 1.7 panels' height that was fixed.
+    assert width == pytest.approx(6 * 2.7 * 100, abs=2) and 2.7 * 100 < height < 2.7 * 1.7 * 100
     rgb = pixels[..., :3]
     assert rgb.std() > 0.1
     # These maps are positive (channels blob, −blob, blob sum to +blob): red on the diverging and magnitude maps.
@@ -244,7 +283,8 @@ def test_the_ranking_is_one_table_with_the_same_cells_in_markdown_html_and_the_t
     summary = summarize(str(out), n_boot=100)
     parsed = _Tables()
     parsed.feed(open(write_report(str(out), summary, gallery=0)).read())
-    in_html = parsed.tables[0][1:]
+    in_html = parsed.tables[0][1:]  # the main ranking: method, counts, mean rank, win rate, cost
+    medians_html = next(t for t in parsed.tables if t[0][:3] == ["Method", "n", "median [95% CI]"])[1:]
     lines = render_markdown(summary).splitlines()
     table_i = lines[lines.index("## Table I") + 4:lines.index("## Mean rank per metric (1 = best)") - 1]
     in_markdown = [[c.strip() for c in line.strip("|").split("|")] for line in table_i if line.startswith("| ")]
@@ -255,21 +295,23 @@ def test_the_ranking_is_one_table_with_the_same_cells_in_markdown_html_and_the_t
     best_first = sorted(summary.methods.values(), key=lambda m: m.mean_rank)
     assert [row[0] for row in in_markdown] == [m.label for m in best_first]
     assert [row[:5] for row in in_html] == [row[:5] for row in in_markdown] == [row[:5] for row in in_terminal]
-    lime = next(row for row in in_html if row[0] == "LIME")
+    lime = next(row for row in in_markdown if row[0] == "LIME")
     ok_lime = rows[(rows.method == "lime") & (rows.status == "ok")]
     assert lime[1:3] == [str(len(ok_lime)), "1"]
     lime_summary = summary.methods["lime"]
     lo, hi = lime_summary.mean_rank_ci95
     assert lime[3] == f"{lime_summary.mean_rank:.2f} [{lo:.2f}, {hi:.2f}]"
-    # The median of Max-Sensitivity: the same cell in markdown and HTML, the same number to 3 digits in the terminal.
+    # The median of Max-Sensitivity: the same cell in markdown and in the HTML's metric table, the same number to 3
+    # digits in the terminal.
     median = np.median(ok_lime.sensitivity_max)
     assert float(lime[5].split()[0]) == pytest.approx(median, rel=5e-4)
-    assert [row[5] for row in in_html] == [row[5] for row in in_markdown]
-    for terminal_row, html_row in zip(in_terminal, in_html):
-        assert float(terminal_row[5].split()[0]) == pytest.approx(float(html_row[5].split()[0]), rel=5e-3)
+    assert [[row[0], row[2]] for row in medians_html] == [[row[0], row[5]] for row in in_markdown]
+    for terminal_row, markdown_row in zip(in_terminal, in_markdown):
+        assert float(terminal_row[5].split()[0]) == pytest.approx(float(markdown_row[5].split()[0]), rel=5e-3)
     # Cost, last: seconds per image, the same in HTML and the terminal.
     assert [row[-1] for row in in_html] == [row[-1] for row in in_terminal]
-    assert float(lime[-1]) == pytest.approx(ok_lime.attr_seconds.mean(), rel=5e-3)
+    lime_html = next(row for row in in_html if row[0] == "LIME")
+    assert float(lime_html[-1]) == pytest.approx(ok_lime.attr_seconds.mean(), rel=5e-3)
 
 
 def test_a_table_renders_its_cells_and_each_mediums_own_header_and_cells():

@@ -102,6 +102,12 @@ def test_parquet_columns_follow_the_contract(finished_run):
     schema = pq.read_schema(os.path.join(out, "metrics", sorted(os.listdir(os.path.join(out, "metrics")))[0]))
     for field in ROW_SCHEMA:
         assert schema.field(field.name).type == field.type
+    rows = rows_of(out)
+    ok = rows[rows.status == "ok"]
+    # Occlusion's rows name the path that ran (32 px: a short probe decides), the other methods' are null
+    assert set(ok[ok.method == "occlusion"].occlusion_path) <= {"full", "incremental"}
+    assert ok[ok.method == "occlusion"].occlusion_path.notna().all()
+    assert ok[ok.method != "occlusion"].occlusion_path.isna().all()
 
 
 def test_zarr_holds_inputs_and_raw_maps_per_image(finished_run):

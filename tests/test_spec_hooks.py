@@ -70,12 +70,12 @@ def test_a_methods_job_check_runs_when_the_job_loads():
 
 def test_a_methods_model_check_runs_in_the_dry_runs_probe():
     with registered(HOOKED):
-        times = probe_pass_times(job_from_raw(with_hooked(layer="layer4")), repeats=1)
+        times = probe_pass_times(job_from_raw(with_hooked(layer="layer4")), repeats=1, budget_s=0.0)
         assert times.forward_s > 0 and times.forward_backward_s > 0
         with pytest.raises(ConfigError, match=r"^methods\.hooked\.layer: 'nope' is not a layer of resnet18"):
-            probe_pass_times(job_from_raw(with_hooked(layer="nope")), repeats=1)
+            probe_pass_times(job_from_raw(with_hooked(layer="nope")), repeats=1, budget_s=0.0)
     with pytest.raises(ConfigError, match=r"^methods\.guided_gradcam\.layer: 'nope' is not a layer of resnet18"):
-        probe_pass_times(job_from_raw({**JOB, "methods": {"guided_gradcam": {"layer": "nope"}}}), repeats=1)
+        probe_pass_times(job_from_raw({**JOB, "methods": {"guided_gradcam": {"layer": "nope"}}}), repeats=1, budget_s=0.0)
 
 
 def test_unhashed_keys_leave_the_fingerprint_and_the_others_enter_it():

@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import os
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -148,33 +149,42 @@ class Explainer:
     def explain(
         self,
         inputs: torch.Tensor | Sequence[Image.Image | str | os.PathLike],
-        targets: Sequence[int] | torch.Tensor | None = None,
+        targets: int | Sequence[int] | torch.Tensor | None = None,
         image_ids: Sequence[str] | None = None,
         labels: Sequence[int | None] | None = None,
         masks: Sequence[Any] | None = None,
+        *,
+        target: int | Sequence[int] | torch.Tensor | None = None,
+        progress: bool = False,
     ) -> "Explanation":
         """Explain ``inputs``: a normalised (N, 3, H, W) tensor, or PIL images or image paths (preprocessed as the
-        model's preprocessing says). ``targets``: the class to explain per image (default: the predicted one, or
-        ``labels`` when the explainer's ``target`` is 'label'). ``image_ids`` name the images in the rows and seed
+        model's preprocessing says). ``targets`` (or ``target``, as Captum spells it): the class to explain, one
+        int for every image or one per image (a sequence or 1-D tensor); default: the predicted one, or ``labels``
+        when the explainer's ``target`` mode is 'label'. ``image_ids`` name the images in the rows and seed
         their random draws (default: the paths for paths, ``image-0``, ``image-1``, … otherwise). ``masks``: one
         ground-truth mask per image for localisation — an (H, W) bool tensor or array at the input size, a mask
         file (aligned as a run aligns it), or None. Images go through the model ``batch_size`` at a time. An image
-        that cannot be read gets error rows saying why, NaN maps and NaN inputs, as in a run; the others go on."""
+        that cannot be read gets error rows saying why, NaN maps and NaN inputs, as in a run; the others go on.
+        ``progress``: a progress bar (tqdm: a widget in a notebook, a line on a terminal) that moves with the
+        model's passes, also within one long method."""
         batch, paths, unusable = self._inputs(inputs)
         n = batch.shape[0]
+        if target is not None and targets is not None:
+            raise ConfigError("target", "give targets or target (Captum's spelling of the same argument), not both")
+        targets_name = "target" if target is not None else "targets"
+        targets = _per_image(targets_name, target if target is not None else targets, n)
         ids = [str(i) for i in image_ids] if image_ids is not None else [
             str(p) if p is not None else f"image-{i}" for i, p in enumerate(paths)]
         if len(ids) != n or len(set(ids)) != n:
             raise ConfigError("image_ids", f"need {n} distinct ids, one per image, got {len(ids)} ({len(set(ids))} distinct)")
-        for name, values in (("targets", targets), ("labels", labels), ("masks", masks)):
+        for name, values in ((targets_name, targets), ("labels", labels), ("masks", masks)):
             if values is not None and len(values) != n:
                 raise ConfigError(name, f"need one per image ({n}), got {len(values)}")
-        targets = self._checked_classes("targets", targets)
+        targets = self._checked_classes(targets_name, targets)
         labels = self._checked_classes("labels", labels)
         if targets is None and self.job.target == "label" and (labels is None or any(v is None for v in labels)):
             raise ConfigError("labels", "target is 'label': give every image's label (or explicit targets)")
         masks = self._masks(masks, n, batch.shape[-2:])
-        device = self.classifier.device
 
         def shared(i: int) -> dict:
             return {"image_id": ids[i], "image_path": paths[i], "index": i,
@@ -184,6 +194,21 @@ class Explainer:
         maps = {name: torch.full((n, *batch.shape[1:]), float("nan")) for name in self.methods}
         usable = [i for i in range(n) if i not in unusable]
         step = self.job.compute.batch_size
+        bar = _ProgressBar(self.job, len(usable)) if progress else None
+        try:
+            self._explain_usable(batch, usable, step, ids, labels, masks, targets, shared, rows, maps, bar)
+        finally:
+            if bar is not None:
+                bar.close()
+        for i, why in unusable.items():
+            record = ImageRecord(ids[i], paths[i], None if labels is None else labels[i])
+            rows.extend(error_rows(i, record, self.methods, f"cannot use image: {why}"))
+        rows.sort(key=lambda row: row["index"])  # image order; each image's rows in method order
+        return Explanation(maps=maps, rows=_as_frame([{**row, "shard": None} for row in rows]),
+                           inputs=batch.float().cpu(), image_ids=ids, explainer=self)
+
+    def _explain_usable(self, batch, usable, step, ids, labels, masks, targets, shared, rows, maps, bar) -> None:
+        device = self.classifier.device
         for start in range(0, len(usable), step):
             positions = usable[start:start + step]
             chunk = batch[positions].to(device)
@@ -195,17 +220,33 @@ class Explainer:
                 masks=None if masks is None else [None if masks[i] is None else masks[i].to(device)
                                                   for i in positions],
                 targets=None if targets is None else [targets[i] for i in positions],
+                progress=bar,
             )
             rows.extend(result.rows([shared(i) for i in positions]))
             for r in result.results:
                 if r.attribution is not None:
                     maps[r.method][positions[r.image]] = torch.from_numpy(r.attribution)
-        for i, why in unusable.items():
-            record = ImageRecord(ids[i], paths[i], None if labels is None else labels[i])
-            rows.extend(error_rows(i, record, self.methods, f"cannot use image: {why}"))
-        rows.sort(key=lambda row: row["index"])  # image order; each image's rows in method order
-        return Explanation(maps=maps, rows=_as_frame([{**row, "shard": None} for row in rows]),
-                           inputs=batch.float().cpu(), image_ids=ids, explainer=self)
+
+    def _warn_if_unnormalised(self, inputs: torch.Tensor) -> None:
+        """One warning per explainer for a tensor that looks like raw pixels (uint8, or values far beyond what the
+        preprocessing's mean and std give for pixels in [0, 1]): it would be explained as it is, without a word."""
+        if getattr(self, "_warned_unnormalised", False):
+            return
+        prep = self.classifier.preprocessing
+        mean, std = torch.tensor(prep.mean, dtype=torch.float64), torch.tensor(prep.std, dtype=torch.float64)
+        reach = float(torch.maximum((1 - mean).abs(), mean.abs()).div(std).max())  # |normalised| of pixels in [0, 1]
+        values = inputs.detach()
+        finite = values[torch.isfinite(values)] if values.is_floating_point() else values
+        if values.dtype == torch.uint8:
+            why = "is uint8"
+        elif finite.numel() and float(finite.abs().max()) > 4 * reach:
+            why = f"has values up to {float(finite.abs().max()):.4g}, far beyond ±{reach:.2g} (normalised pixels)"
+        else:
+            return
+        self._warned_unnormalised = True
+        warnings.warn(f"inputs {why}: it looks like 0–255 pixels, but a tensor is taken as normalised model inputs; "
+                      "normalise it (explainer.classifier.preprocessing.normalize(x / 255)) or pass PIL images or "
+                      "paths", UserWarning, stacklevel=3)
 
     def _checked_classes(self, name: str, values) -> list | None:
         """``targets`` or ``labels`` as a list of class indices (None kept for a missing label), each a class of
@@ -253,6 +294,7 @@ class Explainer:
         if isinstance(inputs, torch.Tensor):
             if inputs.ndim != 4 or inputs.shape[1] != 3:
                 raise ConfigError("inputs", f"a tensor must be (N, 3, H, W) normalised images, got {tuple(inputs.shape)}")
+            self._warn_if_unnormalised(inputs)
             return inputs.detach().float(), [None] * inputs.shape[0], {}
         if isinstance(inputs, (str, os.PathLike, Image.Image)):
             inputs = [inputs]
@@ -275,6 +317,65 @@ class Explainer:
                 unusable[i] = str(err)
                 pixels.append(torch.full((3, prep.crop_size, prep.crop_size), float("nan")))
         return prep.normalize(torch.stack(pixels)), paths, unusable
+
+
+def _per_image(name: str, values, n: int) -> list | None:
+    """``targets``/``target`` as a list: one int (or 0-d tensor) for every image, or one per image as given."""
+    if values is None:
+        return None
+    if isinstance(values, torch.Tensor) and values.ndim == 0:
+        values = values.item()
+    if isinstance(values, np.ndarray) and values.ndim == 0:
+        values = values.item()
+    if isinstance(values, (int, np.integer)) and not isinstance(values, bool):
+        return [int(values)] * n
+    if isinstance(values, torch.Tensor):
+        if values.ndim != 1:
+            raise ConfigError(name, f"must be one class index per image (a 1-D tensor), got shape "
+                                    f"{tuple(values.shape)}")
+        return values.tolist()
+    if isinstance(values, (str, bytes)) or not isinstance(values, (Sequence, np.ndarray)):
+        raise ConfigError(name, f"must be a class index (an int) or one per image (a sequence or a 1-D "
+                                f"tensor), got {type(values).__name__}")
+    return list(values)
+
+
+class _ProgressBar:
+    """``explain(progress=True)``: a tqdm bar in forward-equivalents (the work a run's progress weighs), moved by
+    the engine's events: rows through the model while a method runs, the rest of its share when it ends."""
+
+    def __init__(self, job: Job, n_images: int):
+        from tqdm.auto import tqdm
+
+        from .plan import method_passes
+
+        self.passes = method_passes(job)
+        total = n_images * sum(p.work for p in self.passes.values())
+        self.bar = tqdm(total=round(total), desc="explaining", unit="fwd-eq", dynamic_ncols=True)
+        self.running: dict[str, float] = {}  # method → work credited to its call still running
+
+    def __call__(self, event) -> None:
+        from .work import Forwarded, MethodDone, Skipped
+
+        passes = self.passes.get(getattr(event, "method", None))
+        if passes is None:
+            return
+        if isinstance(event, Forwarded) and passes.rows > 0:
+            cap = event.images * passes.work
+            credited = self.running.get(event.method, 0.0)
+            step = min(cap - credited, event.rows * passes.work / passes.rows)
+            self.running[event.method] = credited + step
+            self._advance(step, event.method)
+        elif isinstance(event, (MethodDone, Skipped)):
+            self._advance(event.images * passes.work - self.running.pop(event.method, 0.0), event.method)
+
+    def _advance(self, work: float, method: str) -> None:
+        if work > 0:
+            self.bar.set_postfix_str(method, refresh=False)
+            self.bar.update(work)
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 def _as_frame(rows: list[dict]) -> pd.DataFrame:
@@ -322,17 +423,23 @@ class Explanation:
         except ValueError:
             raise ConfigError("image", f"no image {image!r} in this explanation") from None
 
-    def attribution(self, image: str | int, method: str) -> np.ndarray:
-        """The (C, H, W) map of ``method`` for one image (by id or position)."""
+    def attribution(self, image: str | int, method: str) -> torch.Tensor:
+        """The (C, H, W) float32 CPU tensor map of ``method`` for one image (by id or position)."""
         if method not in self.maps:
             raise ConfigError("method", f"{method!r} was not explained; methods: {', '.join(self.maps)}")
-        return self.maps[method][self._position(image)].numpy()
+        return self.maps[method][self._position(image)]
 
-    def input_image(self, image: str | int) -> np.ndarray:
-        """The image as the model saw it, (H, W, 3) in [0, 1], for plotting."""
+    def input_image(self, image: str | int) -> torch.Tensor:
+        """The image as the model saw it, an (H, W, 3) tensor in [0, 1] (matplotlib's ``imshow`` takes it)."""
         one = self.inputs[self._position(image)][None]  # denormalize takes a batch
         pixels = self.explainer.classifier.preprocessing.denormalize(one)[0]
-        return pixels.clamp(0, 1).permute(1, 2, 0).numpy()
+        return pixels.clamp(0, 1).permute(1, 2, 0)
+
+    def __repr__(self) -> str:
+        failed = int((self.rows.status != "ok").sum()) if "status" in self.rows else 0
+        shape = tuple(next(iter(self.maps.values())).shape[1:]) if self.maps else ()
+        return (f"Explanation({len(self.image_ids)} images × {len(self.maps)} methods "
+                f"({', '.join(self.maps)}), maps {shape} each, {len(self.rows)} rows, {failed} failed)")
 
     def image_rows(self, image: str | int) -> pd.DataFrame:
         return self.rows[self.rows.image_id == self.image_ids[self._position(image)]]
@@ -369,4 +476,5 @@ def run(job_or_path: str | os.PathLike | Mapping | Job, out: str | None = None,
     else:
         job = load_job(os.fspath(job_or_path), overrides, out)
     report = run_job(job, resume=resume)
+    print(report.final_line(), flush=True)  # the CLI's closing line: how many, how long, where
     return open_results(report.out)

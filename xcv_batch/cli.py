@@ -10,7 +10,7 @@ import argparse
 import sys
 from typing import Sequence
 
-from .errors import ConfigError, XcvError
+from .errors import ConfigError, XcvError, called_from_cli
 
 EXIT_USER_ERROR = 2
 
@@ -23,6 +23,7 @@ verbs:
   submit JOB.yaml     send the same run to a Ray cluster (Ray Jobs API); status / logs / stop act on it
   summarize OUT       rank the methods across the dataset: table, summary.json/.md, report.html
   show OUT            a Fig. 1-style panel of one image and each method's map
+  browse OUT          a local web page to sort, filter and compare every image's maps (read-only)
   synth OUT_DIR       generate the known-answer dataset (objects + masks on clutter)
   train MANIFEST      train a classifier on it (CPU, minutes) for model.weights
   keys                every job-file key: type, default, meaning (--markdown: a table)
@@ -32,6 +33,7 @@ examples:
   python -m xcv_batch run jobs/demo.yaml --set model.weights=none --out results/demo-offline
   python -m xcv_batch summarize results/demo
   python -m xcv_batch show results/demo --image chelsea.png --output chelsea.png
+  python -m xcv_batch browse results/demo
   python -m xcv_batch submit jobs/demo.yaml --address http://HEAD:8265 --out s3://bucket/demo
 """
 
@@ -100,6 +102,13 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--output", required=True, help="file to write; its extension picks the format (.png, .jpg, "
                                                       ".pdf, .svg …)")
 
+    browse = verbs.add_parser("browse", help="serve a read-only local page to sort, filter and compare the maps")
+    browse.add_argument("out", help="a run's output directory or s3:// prefix (finished or still being written)")
+    browse.add_argument("--port", type=int, default=8765, help="port to listen on (default 8765; 0: a free one)")
+    browse.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on (default 127.0.0.1, this machine only); any other prints a "
+                             "warning: whoever reaches it can read the run")
+
     synth = verbs.add_parser("synth", help="generate the known-answer dataset (objects with masks on clutter)")
     synth.add_argument("out_dir", help="folder for images, masks, manifest.csv, train.csv, test.csv, categories.txt")
     synth.add_argument("--images", type=int, default=2000, help="how many images (train + test)")
@@ -150,7 +159,9 @@ def _run(args) -> int:
         print(plan_run(job, resume=args.resume).describe())
         return 0
     from .driver import run_job  # light too: torch and Ray come once the source and OUT have been checked
+    from .logs import show_info
 
+    show_info()  # e.g. which path Occlusion's probe chose, and why
     report = run_job(job, resume=args.resume, verify=args.verify)
     for reason in report.recomputed.values():
         print(f"warning: {reason}", file=sys.stderr)
@@ -192,7 +203,7 @@ def _summarize(args) -> int:
     from .output.results import open_results
     from .errors import OutputError
     from .report.summarize import check_bootstrap, parse_rank_on, summarize, write_summary
-    from .report.summary_text import render_table, summary_notes
+    from .report.summary_text import fit_table, summary_notes
 
     rank_on = parse_rank_on(args.rank_on) if args.rank_on is not None else None
     check_bootstrap(args.bootstrap)
@@ -211,14 +222,17 @@ def _summarize(args) -> int:
         done = {path.rsplit("/", 1)[-1] for path in paths}
         unwritten = f"{', '.join(name for name in wanted if name not in done)} not written: {one_line(str(err))}"
     _warn_unreadable(results)
-    table = render_table(summary)
-    # Piped output defaults to 80 columns; a table with many metrics needs more, and a wrapped line beats a
-    # column squeezed out of sight.
-    needed = Console(width=1000).measure(table).maximum
-    console = Console(width=max(Console().width, 120, needed))
+    # The terminal's width (COLUMNS, or 80 when piped): columns that do not fit are left out and named; summary.md
+    # has every one.
+    console = Console()
+    table, left_out = fit_table(summary, console.width)
     console.print(table)
+    # Sentences are left whole (the terminal wraps them): a line broken by rich would not read back as one.
+    if left_out:
+        console.print(f"not shown at {console.width} columns (see summary.md): {', '.join(left_out)}",
+                      highlight=False, markup=False, soft_wrap=True)
     for note in summary_notes(summary):
-        console.print(note, highlight=False, markup=False)
+        console.print(note, highlight=False, markup=False, soft_wrap=True)
     for path in paths:
         print(f"wrote {path}")
     if unwritten is not None:
@@ -234,6 +248,19 @@ def _show(args) -> int:
     path = render_panel(results, args.image, args.output)
     _warn_unreadable(results)
     print(f"wrote {path}")
+    return 0
+
+
+def _browse(args) -> int:
+    from .browse.server import LOOPBACK, make_server
+
+    server = make_server(args.out, args.host, args.port)
+    if args.host not in LOOPBACK:
+        print(f"warning: serving on {args.host}, not this machine only: whoever can reach {server.url} can read "
+              "the run", file=sys.stderr)
+    print(f"browse {args.out}: {server.url} (Ctrl-C to stop)", flush=True)
+    server.serve_until_interrupted()
+    print("stopped", flush=True)
     return 0
 
 
@@ -270,7 +297,7 @@ def _keys(args) -> int:
 
 
 _VERBS = {"run": _run, "submit": _submit, "status": _status, "logs": _logs, "stop": _stop,
-          "summarize": _summarize, "show": _show, "synth": _synth, "train": _train, "keys": _keys}
+          "summarize": _summarize, "show": _show, "browse": _browse, "synth": _synth, "train": _train, "keys": _keys}
 
 
 def one_line(message: str) -> str:
@@ -290,7 +317,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USER_ERROR
     try:
-        return _VERBS[args.verb](args)
+        with called_from_cli():
+            return _VERBS[args.verb](args)
     except XcvError as err:
         print(f"error: {one_line(str(err))}", file=sys.stderr)
         return EXIT_USER_ERROR

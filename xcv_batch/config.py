@@ -20,7 +20,7 @@ from typing import Any, Literal, Mapping, Optional, Union
 import yaml
 
 from .data.registry import source_kind
-from .errors import ConfigError
+from .errors import ConfigError, cli_or_python
 from .models.kinds import kinds_text, model_kind
 from .methods.registry import control_names, is_control, method_spec, method_specs
 from .methods.settings import METHOD_SETTINGS
@@ -190,13 +190,18 @@ class ComputeConfig:
     device: str = "auto"  # a torch device (cpu, cuda, cuda:1); auto: cuda when present, else cpu
     batch_size: int = 8  # images explained together (one step of every method)
     #: Perturbed copies per forward pass, for every method. auto: on a GPU, probed from free memory per kind of pass
-    #: (forward, forward+backward); on a CPU, 64 (cache and cores are the limit there, and 64 is at the plateau).
+    #: (forward, forward+backward); on a CPU, 64 up to 64 px and the same pixels per pass above, at least 16 (the
+    #: cache is the limit there: 16 at 224 px).
     forward_batch: Union[Literal["auto"], int] = "auto"
     #: fp32 (default) | bf16 | fp16: autocast of the model's convolutions and matmuls; changes the maps slightly.
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     #: Run the methods on a copy of the model with BatchNorm folded into the convolutions and channels_last weights:
     #: the same function, ~1.2x faster, maps equal to the stock model's up to float rounding (relative 1e-6).
     fast_execution: bool = True
+    #: torch.compile the copy the methods run on (forward, and forward+backward for the gradient methods); the first
+    #: batch pays the compilation. Guided Grad-CAM stays eager: its guided backward reads a switch at backward time,
+    #: which a compiled graph would freeze. Maps equal eager's up to float rounding.
+    compile: bool = False
     #: Processes that segment images for LIME. auto: one per core this worker's torch threads leave free, inline
     #: when none is; an integer overrides (1: inline).
     segmentation_workers: Union[Literal["auto"], int] = "auto"
@@ -528,11 +533,12 @@ def job_from_mapping(raw: Any) -> Job:
 def parse_override(text: str) -> tuple[list[str], Any]:
     """``a.b.c=value`` → (["a","b","c"], value parsed as YAML, so numbers, null and lists work)."""
     if "=" not in text:
-        raise ConfigError("--set", f"expects KEY=VALUE, got {text!r}")
+        raise ConfigError(cli_or_python("--set", "overrides"), f"expects KEY=VALUE, got {text!r}")
     key, _, value = text.partition("=")
     parts = [p for p in key.strip().split(".")]
     if not all(parts):
-        raise ConfigError("--set", f"bad key {key!r}: use dotted job keys such as methods.occlusion.window")
+        raise ConfigError(cli_or_python("--set", "overrides"),
+                          f"bad key {key!r}: use dotted job keys such as methods.occlusion.window")
     try:
         parsed = load_yaml(value) if value.strip() else ""
     except (AliasRefused, NestingRefused) as err:

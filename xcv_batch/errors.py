@@ -5,6 +5,34 @@ Domain code raises these; only the CLI turns them into a message and an exit cod
 
 from __future__ import annotations
 
+import os
+from contextlib import contextmanager
+from typing import Iterator
+
+#: Set to "cli" while the command line runs a verb (in the environment, so that workers it starts inherit it). A
+#: message's hint names what the caller can change: a ``--set`` flag on the command line, an argument or job key in
+#: Python (the notebook API, a script).
+CALLER_ENV = "XCV_BATCH_CALLER"
+
+
+@contextmanager
+def called_from_cli() -> Iterator[None]:
+    """While open, messages give the command line's hints (the CLI's ``main`` holds it)."""
+    before = os.environ.get(CALLER_ENV)
+    os.environ[CALLER_ENV] = "cli"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(CALLER_ENV, None)
+        else:
+            os.environ[CALLER_ENV] = before
+
+
+def cli_or_python(cli: str, python: str) -> str:
+    """The hint for whoever called: ``cli`` (flags) on the command line, ``python`` (arguments, keys) elsewhere."""
+    return cli if os.environ.get(CALLER_ENV) == "cli" else python
+
 
 class XcvError(Exception):
     """Base class: a problem the user can fix, reported as one line without a traceback."""
@@ -45,6 +73,14 @@ class ImageError(XcvError):
 
 class OutputError(XcvError):
     """The output directory cannot be written or belongs to a different job."""
+
+
+class NotFound(XcvError):
+    """``browse``: a page asked for an image, method or page that the run does not have (an HTTP 404)."""
+
+
+class RequestRefused(XcvError):
+    """``browse``: a request's parameter is malformed or path-like (an HTTP 400); nothing is read for it."""
 
 
 def first_line(err: BaseException) -> str:

@@ -28,8 +28,8 @@ from .config import Job
 from .methods.registry import BACKWARD_COST, Passes, method_spec
 from .metrics.registry import enabled_metrics
 
-__all__ = ["BACKWARD_COST", "CLASSIFY", "Passes", "explanation_passes", "format_duration", "method_passes",
-           "total_work"]
+__all__ = ["BACKWARD_COST", "CLASSIFY", "Passes", "explanation_copies", "explanation_passes", "format_duration",
+           "method_passes", "total_work"]
 
 
 def explanation_passes(method: str, settings, resolution: int) -> Passes:
@@ -54,6 +54,23 @@ def method_passes(job: Job) -> dict[str, Passes]:
                 total = total + spec.passes(metric_settings, once)
         counts[name] = total
     return counts
+
+
+def explanation_copies(job: Job) -> dict[str, int]:
+    """Per method, the forward rows of one image that are its explanations' own copies: the explanation's, and those
+    of the metrics that explain again (Max-Sensitivity, randomisation), found as the part of a metric's count that
+    follows the explanation's. A method whose copies run a path of their own (incremental Occlusion) runs these
+    along it; the metrics' other rows are ordinary forwards."""
+    metrics = enabled_metrics(job.sensitivity, job.metrics)
+    copies = {}
+    for name, settings in job.methods.items():
+        once = explanation_passes(name, settings, job.model.resolution)
+        rows = once.forward
+        for spec, metric_settings in metrics:
+            if spec.passes is not None:
+                rows += spec.passes(metric_settings, once).forward - spec.passes(metric_settings, Passes()).forward
+        copies[name] = rows
+    return copies
 
 
 #: Rows every image costs once, whatever the methods: the forward that picks its target.

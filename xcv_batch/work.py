@@ -47,6 +47,9 @@ class ShardReport:
     # explained then, for the run's closing summary
     method_seconds: dict[str, float] = field(default_factory=dict)
     method_images: dict[str, int] = field(default_factory=dict)
+    # CPU seconds by stage of the worker's pipeline (:data:`xcv_batch.execution.tally.STAGES`: decode, staging,
+    # method, write, commit), each counted on the thread that ran it
+    stage_seconds: dict[str, float] = field(default_factory=dict)
 
 
 # ------------------------------------------------------------------------------------------------------ events

@@ -22,7 +22,8 @@ from xcv_batch.methods import method_names, method_spec, segmentation
 from xcv_batch.methods.settings import METHOD_SETTINGS
 from xcv_batch.models.classifier import build_classifier, resolve_device
 
-from engine import N_PERTURB, EngineUnderTest, measure_engine, measure_sensitivity, parity
+from engine import N_PERTURB, EngineUnderTest, explain, measure_engine, measure_sensitivity, parity
+from idle import idle_share
 from images import bench_images
 from memory import measure_worker_memory
 from raw import RawThroughput, execution_gain, plain_reference
@@ -81,6 +82,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="torch threads (default: the cores the load average leaves free, at least 1). More threads "
                         "than free cores is ruinous: a descheduled OpenMP thread stalls every parallel region (on "
                         "the shared 2-core EPYC, 2 threads ran 3–5× slower than 1)")
+    p.add_argument("--idle-images", type=int, default=0,
+                   help="images of one profiled call per method: the device's idle share (0: not measured)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     if args.parity_images is None:
@@ -164,6 +167,12 @@ def main(argv=None) -> int:
     engine_results, maps = measure_engine(engine, inputs, targets, ids, raw, args.pieces, args.raw_share, log)
     measure_sensitivity(engine, inputs, targets, ids, raw, sens_images, args.raw_share, deadline, engine_results,
                         log)
+    if args.idle_images > 0:
+        part = slice(0, min(args.idle_images, args.images))
+        for name, explainer in engine.attribution.items():
+            idle = idle_share(lambda: explain(explainer, inputs[part], targets[part], ids[part]), device)
+            engine_results[name]["device_idle"] = idle
+            log(f"  engine {name}: device idle {idle['idle_share']:.0%} of {idle['wall_seconds']:.2f} s")
     memory = {"engine_peak_rss": peak_host_bytes()}
     if device.type == "cuda":
         memory["engine_peak_cuda_allocated"] = torch.cuda.max_memory_allocated(device)

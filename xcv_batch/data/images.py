@@ -19,11 +19,12 @@ from __future__ import annotations
 import io
 import re
 import threading
+import time
 import warnings
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -349,11 +350,16 @@ def load_mask(path: str, preprocessing: Preprocessing, reader: str = "") -> torc
     return torch.from_numpy(np.asarray(binary) >= 128)
 
 
-def _load_or_error(record: ImageRecord, preprocessing: Preprocessing) -> torch.Tensor | ImageError:
+def _load_or_error(record: ImageRecord, preprocessing: Preprocessing,
+                   cpu: Callable[[float], None] | None = None) -> torch.Tensor | ImageError:
+    started = time.thread_time()
     try:
         return load_image(record.path, preprocessing, record.reader)
     except ImageError as err:
         return err
+    finally:
+        if cpu is not None:
+            cpu(time.thread_time() - started)
 
 
 def decode_many(
@@ -361,21 +367,24 @@ def decode_many(
     preprocessing: Preprocessing,
     max_workers: int = 2,
     prefetch: int | None = None,
+    cpu: Callable[[float], None] | None = None,
 ) -> Iterator[tuple[ImageRecord, torch.Tensor | ImageError]]:
     """``(record, tensor or ImageError)`` in the order of ``records``, decoded on ``max_workers`` threads.
 
     PIL releases the GIL while decoding and resampling, so threads overlap with each other and with the model.
     At most ``prefetch`` (default ``2 * max_workers``) images are decoded ahead of the consumer, which bounds
-    memory; other exceptions (bugs, not bad images) propagate.
+    memory; other exceptions (bugs, not bad images) propagate. ``cpu``, when given, is called from the decoding
+    thread with the CPU seconds each image's decode took (a worker's stage times).
     """
     if max_workers < 1:
         raise ValueError(f"max_workers must be at least 1, not {max_workers}")
     ahead = max(1, prefetch if prefetch is not None else 2 * max_workers)
-    return _decode_in_threads(iter(records), preprocessing, max_workers, ahead)
+    return _decode_in_threads(iter(records), preprocessing, max_workers, ahead, cpu)
 
 
 def _decode_in_threads(
-    pending_records: Iterator[ImageRecord], preprocessing: Preprocessing, max_workers: int, ahead: int
+    pending_records: Iterator[ImageRecord], preprocessing: Preprocessing, max_workers: int, ahead: int,
+    cpu: Callable[[float], None] | None = None,
 ) -> Iterator[tuple[ImageRecord, torch.Tensor | ImageError]]:
     pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="xcv-decode")
     pending: deque = deque()
@@ -383,7 +392,7 @@ def _decode_in_threads(
     def submit_next() -> None:
         record = next(pending_records, None)
         if record is not None:
-            pending.append((record, pool.submit(_load_or_error, record, preprocessing)))
+            pending.append((record, pool.submit(_load_or_error, record, preprocessing, cpu)))
 
     try:
         for _ in range(ahead):

@@ -33,6 +33,7 @@ from ray.exceptions import ActorUnschedulableError, RayError, RayTaskError, Runt
 from .. import errors
 from ..config import Job
 from ..errors import XcvError
+from ..logs import show_info
 from ..models.pinned import PinnedWeights, pin_job_weights
 from .progress import ProgressEvent, RunProgress
 from ..output.sink import OutputSink, open_sink
@@ -75,6 +76,7 @@ class ShardActor:
 
     def __init__(self, job: Job, device: str | None, torch_threads: int | None, out: str,
                  faults: tuple[Fault, ...] = (), inbox=None, weights: PinnedWeights | None = None):
+        show_info()  # this process's INFO lines (a method's choices) reach the driver's terminal through Ray
         self.failure: StartFailure | None = None
         self.worker: ShardWorker | None = None
         try:  # ``weights``: the driver's pinned bytes (Ray hands over the object, not its reference); not kept

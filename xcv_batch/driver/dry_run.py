@@ -8,12 +8,12 @@ probe of the model on this machine (:mod:`xcv_batch.execution.probe`).
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..config import Job
 from ..methods.registry import is_control
 from ..output.outdir import check_out
-from ..plan import CLASSIFY, Passes, format_duration, method_passes
+from ..plan import CLASSIFY, Passes, explanation_copies, format_duration, method_passes
 from .placement import WorkerPlan, local_resources, plan_workers
 from .run import _wants_ray, checked_images, open_store, plan_shards
 
@@ -29,20 +29,25 @@ class RunPlan:
     worker_plan: WorkerPlan | None  # None: one worker in this process, or a cluster's (decided there)
     passes: dict[str, Passes]
     times: object | None = None  # probe.PassTimes, when probed
+    copies: dict[str, int] = field(default_factory=dict)  # per method: its explanations' own copies per image
 
     @property
     def images_to_run(self) -> int:
         return self.n_images - self.n_done
 
-    def seconds_per_image(self) -> dict[str, float]:
-        return {name: self.times.seconds(passes) for name, passes in self.passes.items()} if self.times else {}
+    def seconds_per_image(self, which: str = "median") -> dict[str, float]:
+        """Per method, seconds per image from the probe: the median, or ``which`` "low"/"high" for the range."""
+        if not self.times:
+            return {}
+        return {name: self.times.method_seconds(name, passes, self.copies.get(name, 0), which)
+                for name, passes in self.passes.items()}
 
-    def estimate_seconds(self) -> float | None:
+    def estimate_seconds(self, which: str = "median") -> float | None:
         """Wall time of the images left: each GPU worker has its own device; CPU workers share this machine's
-        cores, which the probe already used all of."""
+        cores, which the probe already used all of. ``which``: "low"/"high" for the range's ends."""
         if self.times is None:
             return None
-        per_image = sum(self.seconds_per_image().values()) + self.times.seconds(CLASSIFY)
+        per_image = sum(self.seconds_per_image(which).values()) + self.times.method_seconds("", CLASSIFY, 0, which)
         parallel = self.worker_plan.count if self.worker_plan is not None and self.worker_plan.num_gpus else 1
         return self.images_to_run * per_image / parallel
 
@@ -62,8 +67,11 @@ class RunPlan:
         lines.append(f"passes per image at {job.model.resolution} px{factor}:")
         seconds = self.seconds_per_image()
         width = max(len(name) for name in [*self.passes, "classification"])
+        paths = self.times.own_paths if self.times is not None else {}
         for name, passes in self.passes.items():
             cost = f"   ≈ {seconds[name]:.3g} s/image" if name in seconds else ""
+            if name in paths:
+                cost += f" ({paths[name]})"
             control = " (control: its metrics' passes; the map needs none)" if is_control(name) else ""
             lines.append(f"  {name:<{width}}  {passes.describe()}{control}{cost}")
         lines.append(f"  {'classification':<{width}}  {CLASSIFY.describe()} (the target)")
@@ -72,16 +80,20 @@ class RunPlan:
                      f"{_bytes_text(per_image * self.n_images)} for {self.n_images} images")
         if self.times is not None:
             t = self.times
-            lines.append(f"probe: {job.model.arch} on {t.device}, {t.rows} rows a pass: "
-                         f"{t.forward_s * 1e3:.3g} ms a forward row, {t.forward_backward_s * 1e3:.3g} ms a "
-                         "forward+backward row")
+            own = "".join(f", {t.own_rows[name].median * 1e3:.3g} ms per {name} copy ({t.own_paths[name]})"
+                          for name in t.own_rows)
+            lines.append(f"probe: {job.model.arch} on {t.device}, {t.rows} rows a pass, median of {t.repeats} "
+                         f"passes: {t.forward_s * 1e3:.3g} ms a forward row, {t.forward_backward_s * 1e3:.3g} ms a "
+                         f"forward+backward row{own}")
             estimate = self.estimate_seconds()
-            lines.append(f"estimate: {format_duration(estimate)} for {self.images_to_run} images "
-                         f"({self._estimate_scope()})")
+            low, high = self.estimate_seconds("low"), self.estimate_seconds("high")
+            lines.append(f"estimate: {format_duration(estimate)} for {self.images_to_run} images, likely "
+                         f"{format_duration(low)} to {format_duration(high)} ({self._estimate_scope()})")
         return "\n".join(lines)
 
     def _estimate_scope(self) -> str:
-        left_out = "decoding, LIME's superpixels and writing are not included"
+        left_out = ("the range is the probe's quartiles widened 1.5 interquartile ranges; decoding, LIME's superpixels "
+                "and writing are not included")
         if os.environ.get("RAY_ADDRESS"):
             return f"one worker as fast as this machine; divide by the cluster's workers; {left_out}"
         return left_out
@@ -103,7 +115,8 @@ def plan_run(job: Job, resume: bool = False, probe: bool = True) -> RunPlan:
                 broken += 1
     shards = plan_shards(records, job.compute.shard_size, done, job.output.images_per_object)
     workers, worker_plan = _describe_workers(job, len(shards))
-    plan = RunPlan(job, len(records), len(done), broken, len(shards), workers, worker_plan, method_passes(job))
+    plan = RunPlan(job, len(records), len(done), broken, len(shards), workers, worker_plan, method_passes(job),
+                   copies=explanation_copies(job))
     if probe and shards:
         from ..execution.probe import probe_pass_times
 

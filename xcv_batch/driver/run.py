@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol, Sequence, TextIO
 
 from ..config import Job, OutputConfig, dump_job, weights_file_digest
-from ..errors import ConfigError, OutputError
+from ..errors import ConfigError, OutputError, cli_or_python
 from ..output.lock import RunLock
 from ..output.outdir import check_out_contents, check_out_writable
 from ..plan import method_passes
@@ -254,7 +254,8 @@ def with_layout_of(job: Job, store: OutputSink, resume: bool) -> Job:
         return job
     if job.compute.shard_size % stored:
         raise OutputError(f"{store.out} stores {stored} images per object, which does not divide compute.shard_size "
-                          f"({job.compute.shard_size}); resume with --set output.images_per_object={stored} and a "
+                          f"({job.compute.shard_size}); resume with "
+                          f"{cli_or_python('--set output.images_per_object=', 'output.images_per_object ')}{stored} and a "
                           "compute.shard_size that is a multiple of it")
     return dataclasses.replace(job, output=dataclasses.replace(job.output, images_per_object=stored))
 

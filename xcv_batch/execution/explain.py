@@ -27,7 +27,7 @@ from ..cores import usable_cores
 from ..config import ComputeConfig, Job, MetricsConfig, SensitivityConfig
 from ..data.sources import ImageRecord
 from ..errors import MethodUnavailable, first_line
-from ..methods import build_method
+from ..methods import build_method, method_spec
 from ..methods.base import target_outputs
 from ..methods.segmentation import set_segmentation_workers
 from ..metrics.base import MapBatch, MetricContext
@@ -40,9 +40,18 @@ from .tally import ShardTally
 
 log = logging.getLogger(__name__)
 
-#: ``forward_batch: auto`` on a CPU: throughput there is within ±6 % from 64 to 256 copies (ResNet-18 at 64 px on
-#: the 2-core EPYC, forward and forward+backward, 1 and 2 threads) and drops below 64, where nothing is gained.
+#: ``forward_batch: auto`` on a CPU at up to 64 px: throughput there is within ±6 % from 64 to 256 copies (ResNet-18
+#: at 64 px on the 2-core EPYC, forward and forward+backward, 1 and 2 threads) and drops below 64.
 CPU_FORWARD_BATCH = 64
+#: At larger inputs a chunk of 64 spills the caches: ResNet-18's forward at 224 px, one thread, interleaved medians
+#: on the same EPYC: 161 / 167 / 189 ms per copy at 16 / 32 / 64 copies (173 at 8). Fewer copies keep about the same
+#: pixels per chunk, down to this floor.
+CPU_FORWARD_BATCH_MIN = 16
+
+
+def cpu_forward_batch(resolution: int) -> int:
+    """``forward_batch: auto`` on a CPU: 64 copies up to 64 px, then the same pixels per chunk, at least 16."""
+    return max(CPU_FORWARD_BATCH_MIN, min(CPU_FORWARD_BATCH, CPU_FORWARD_BATCH * 64 * 64 // max(resolution, 1) ** 2))
 
 
 # ------------------------------------------------------------------------------------------------------ results
@@ -172,15 +181,23 @@ class BatchExplainer:
         self.target = target
         #: the model every pass runs on: the fast copy unless ``compute.fast_execution`` is off
         self.executed = self._execution(classifier)
-        self.forward_batch = CPU_FORWARD_BATCH if compute.forward_batch == "auto" else compute.forward_batch
+        self.forward_batch = (
+            cpu_forward_batch(classifier.preprocessing.crop_size) if compute.forward_batch == "auto"
+            else compute.forward_batch
+        )
         self.method_settings = dict(methods)
         #: why a method of the job cannot run on this model (it stays in the job: every image gets an error row)
         self.unavailable: dict[str, str] = {}
         # Built here, before any image: a method checks its settings against the model (Guided Grad-CAM's layer).
         self.methods = {}
+        #: the compiled copy the compilable methods run on (``compute.compile``), else :attr:`executed`
+        self.compiled = dev.compiled_classifier(self.executed) if compute.compile else self.executed
         for name, settings in methods.items():
+            model = self.compiled if method_spec(name).compilable else self.executed
+            if compute.compile and model is self.executed:
+                log.info("compute.compile: %s runs eager (its passes cannot be compiled)", name)
             try:
-                self.methods[name] = build_method(name, self.executed, settings, self.forward_batch)
+                self.methods[name] = build_method(name, model, settings, self.forward_batch)
             except MethodUnavailable as err:
                 self.unavailable[name] = first_line(err)
                 log.warning("unavailable for this model, its rows are errors: %s", self.unavailable[name])
@@ -311,7 +328,8 @@ class BatchExplainer:
                 continue
             method = self.methods[name]
             started = time.perf_counter()
-            with tally.counting_forwards(self.executed.net, name, len(positions)):
+            # Counted on the model the method calls (a compiled copy's wrapper: hooks there stay outside the graph).
+            with tally.counting_forwards(method.classifier.net, name, len(positions), runner=method):
                 outcome = self._run_method(name, method, inputs, targets, image_ids, masks)
             tally(MethodDone(name, len(positions), time.perf_counter() - started))
             for position, result in zip(positions, outcome):
@@ -360,6 +378,7 @@ class BatchExplainer:
         attributions = self.oom.run(method, lambda: method.attribute(inputs, targets, seeds)).float()
         dev.synchronize(inputs.device)
         attr_seconds = (time.perf_counter() - started) / n
+        how = method.row_columns()  # read before the metrics call the method again on perturbed inputs
         if not torch.isfinite(attributions).all():
             bad = [i for i in range(n) if not torch.isfinite(attributions[i]).all()]
             if n == 1:
@@ -380,6 +399,7 @@ class BatchExplainer:
                 "sensitivity_seconds": None,
                 **{column: values[i] for column, values in quality.items()},
             }
+            columns.update(how)
             why = {column: per_image[i] for column, per_image in reasons.items() if per_image[i]}
             explained.append((maps[i], with_missing_values_explained(columns, zero_maps[i], why)))
         return explained

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import Counter
 from contextlib import contextmanager
@@ -12,6 +13,11 @@ from ..work import Forwarded, ImagesDone, MethodDone, ProgressEvent, Skipped
 #: Seconds between two :class:`Forwarded` events of one worker: often enough for a live ETA, rare enough to cost
 #: nothing next to a forward pass (and a few bytes a second from a Ray worker).
 HEARTBEAT_S = 0.5
+
+#: The stages of a worker's pipeline whose CPU seconds a shard's report keeps: decoding and resizing an image, checking
+#: and stacking a batch and sending it to the device, the methods and metrics (the calling thread's CPU: the threads
+#: torch starts inside an operator are not counted), storing the maps, building and committing the rows.
+STAGES = ("decode", "staging", "method", "write", "commit")
 
 
 class ShardTally:
@@ -24,6 +30,22 @@ class ShardTally:
         self.seconds: Counter = Counter()
         self.images: Counter = Counter()
         self._batch: Counter = Counter()  # images each method has explained in the current batch
+        self.stage_seconds: Counter = Counter()  # CPU seconds by stage (STAGES); added to from several threads
+        self._stage_lock = threading.Lock()
+
+    def add_stage(self, stage: str, seconds: float) -> None:
+        """Count ``seconds`` of CPU to ``stage`` (one of :data:`STAGES`); any thread may call it."""
+        with self._stage_lock:
+            self.stage_seconds[stage] += seconds
+
+    @contextmanager
+    def stage(self, stage: str) -> Iterator[None]:
+        """Count the calling thread's CPU while open to ``stage``."""
+        started = time.thread_time()
+        try:
+            yield
+        finally:
+            self.add_stage(stage, time.thread_time() - started)
 
     def __call__(self, event: ProgressEvent) -> None:
         if isinstance(event, MethodDone):
@@ -42,26 +64,37 @@ class ShardTally:
         self(ImagesDone(images, failed))
 
     @contextmanager
-    def counting_forwards(self, net, method: str, images: int) -> Iterator[None]:
-        """While open, rows through ``net`` are reported as :class:`Forwarded` (at most every HEARTBEAT_S)."""
+    def counting_forwards(self, net, method: str, images: int, runner=None) -> Iterator[None]:
+        """While open, rows through ``net`` are reported as :class:`Forwarded` (at most every HEARTBEAT_S), and so
+        are the rows ``runner`` (the method object) reports itself through ``report_rows``: a path that never calls
+        ``net`` as a whole (incremental Occlusion) still moves the progress while it runs."""
         if self.send is None:
             yield
             return
         pending = {"rows": 0, "last": -HEARTBEAT_S}
         active = [True]  # a copy of the model made meanwhile (deep copies keep hooks) must not report later
 
-        def count(module, args, output) -> None:
-            if not active[0] or not args or not hasattr(args[0], "shape"):
+        def add(rows: int) -> None:
+            if not active[0]:
                 return
-            pending["rows"] += int(args[0].shape[0])
+            pending["rows"] += rows
             now = time.monotonic()
             if now - pending["last"] >= HEARTBEAT_S:
                 self(Forwarded(method, pending["rows"], images))
                 pending["rows"], pending["last"] = 0, now
 
+        def count(module, args, output) -> None:
+            if args and hasattr(args[0], "shape"):
+                add(int(args[0].shape[0]))
+
         handle = net.register_forward_hook(count)
+        listening = runner is not None and hasattr(runner, "rows_listener")
+        if listening:
+            runner.rows_listener = add
         try:
             yield
         finally:
             active[0] = False
             handle.remove()
+            if listening:
+                runner.rows_listener = None

@@ -1,13 +1,14 @@
 """A worker: stages one shard of images, has them explained, and turns the result into committed outputs.
 
 The compute is :class:`~xcv_batch.execution.explain.BatchExplainer`'s (model, methods, metrics); this module decodes
-and checks images (labels, masks), keeps the next batch on its way to the device, and writes maps, inputs and rows
-through the sink. No Ray here: the driver runs a ShardWorker in-process or wraps it in an actor; both call
+and checks images (labels, masks), keeps the next batch on its way to the device, hands maps and inputs to a writer
+thread (:mod:`xcv_batch.output.background`) and commits the rows once they are stored. No Ray here: the driver runs a ShardWorker in-process or wraps it in an actor; both call
 ``process_shard``.
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import time
@@ -24,12 +25,16 @@ from ..errors import ImageError
 from ..metrics.registry import masks_required_by
 from ..models.classifier import Classifier
 from ..models.pinned import PinnedWeights
+from ..output.background import BackgroundWriter
 from ..output.sink import OutputSink
 from ..work import ProgressEvent, Shard, ShardReport
 from .explain import BatchExplainer, error_rows
 from .tally import ShardTally
 
 log = logging.getLogger(__name__)
+
+#: Batches of maps that may wait for the writer thread before the methods wait for it (bounds the memory they hold).
+WRITE_AHEAD_BATCHES = 2
 
 
 @dataclass
@@ -79,29 +84,41 @@ class ShardWorker:
         """Compute, write the maps, then commit the rows. ``progress`` receives the events of
         :mod:`xcv_batch.work` while the shard runs: per method and batch, and a few times a second in between."""
         started = time.perf_counter()
-        writer = store.open_arrays()
         rows: list[dict] = []
         n_failed = 0
         tally = self._tally = ShardTally(self.explainer.method_names, progress)
-        # The next batch is decoded, stacked and sent to the device while the methods work on this one.
-        for batch, pixels in dev.prefetch(self._batches(shard), self._stage):
-            batch_rows = self._process_batch(batch, pixels, writer)
-            rows.extend(batch_rows)
-            failed = len({r["image_id"] for r in batch_rows if r["status"] == "error"})
-            n_failed += failed
-            tally.end_batch(len(batch), failed)
-        writer.flush()  # every map is stored before the rows commit it
-        store.commit_rows(shard.first_index, shard.last_index, [{**r, "shard": shard.name} for r in rows])
+        # Maps are stored on a writer thread while the next batch is computed; its queue holds a few batches' maps.
+        writer = BackgroundWriter(store.open_arrays(), max_pending=self._pending_maps())
+        try:
+            # The next batch is decoded, stacked and sent to the device while the methods work on this one.
+            for batch, pixels in dev.prefetch(self._batches(shard), self._stage):
+                with tally.stage("method"):
+                    batch_rows = self._process_batch(batch, pixels, writer)
+                rows.extend(batch_rows)
+                failed = len({r["image_id"] for r in batch_rows if r["status"] == "error"})
+                n_failed += failed
+                tally.end_batch(len(batch), failed)
+            writer.flush()  # every map is stored (or its write's error raised) before the rows commit it
+        finally:
+            writer.close()  # a shard that failed: its queued maps are dropped, its retry writes them again
+            tally.add_stage("write", writer.cpu_seconds)
+        with tally.stage("commit"):
+            store.commit_rows(shard.first_index, shard.last_index, [{**r, "shard": shard.name} for r in rows])
         return ShardReport(shard.name, len(shard), n_failed, time.perf_counter() - started,
-                           dict(tally.seconds), dict(tally.images))
+                           dict(tally.seconds), dict(tally.images), dict(tally.stage_seconds))
+
+    def _pending_maps(self) -> int:
+        """How many maps may wait for the writer thread: two batches' worth (inputs and every method)."""
+        return WRITE_AHEAD_BATCHES * self.job.compute.batch_size * (len(self.explainer.method_names) + 1)
 
     def _batches(self, shard: Shard) -> Iterator[list[_Prepared]]:
         """Decoded images in batches of ``compute.batch_size``; decoding runs ahead on a thread pool."""
         records = [record for _, record in shard.items]
         indices = [index for index, _ in shard.items]
-        decoded = decode_many(records, self.classifier.preprocessing, self.job.compute.decode_threads)
+        decoded = decode_many(records, self.classifier.preprocessing, self.job.compute.decode_threads,
+                              cpu=functools.partial(self._tally.add_stage, "decode"))
         prepared = (
-            self._with_mask(_Prepared(index, record, pixels=result)) if not isinstance(result, ImageError)
+            self._checked(_Prepared(index, record, pixels=result)) if not isinstance(result, ImageError)
             else _Prepared(index, record, error=f"cannot use image: {result}")
             for index, (record, result) in zip(indices, decoded)
         )
@@ -110,8 +127,13 @@ class ShardWorker:
 
     def _stage(self, batch: list[_Prepared]) -> tuple[list[_Prepared], dev.InFlight | None]:
         """The batch and its usable images' pixels on their way to the device (None when none is usable)."""
-        good = [item.pixels for item in batch if item.error is None]
-        return batch, (self.feeder.send(torch.stack(good)) if good else None)
+        with self._tally.stage("staging"):
+            good = [item.pixels for item in batch if item.error is None]
+            return batch, (self.feeder.send(torch.stack(good)) if good else None)
+
+    def _checked(self, item: _Prepared) -> _Prepared:
+        with self._tally.stage("staging"):
+            return self._with_mask(item)
 
     def _with_mask(self, item: _Prepared) -> _Prepared:
         """Check the image has what the job needs (a label, a mask) and load its ground-truth mask."""

@@ -10,7 +10,7 @@ may span several images, so a chunk is full whatever the batch looks like. Resul
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import ClassVar, Iterator, Sequence
+from typing import Callable, ClassVar, Iterator, Sequence
 
 import torch
 
@@ -43,6 +43,21 @@ class AttributionMethod(ABC):
         self.classifier = classifier
         self.settings = settings
         self.forward_batch = forward_batch
+        #: set by a progress tally while a call runs: receives the rows (perturbed copies) finished on a path that
+        #: runs no forward of ``classifier.net`` (whose hook counts every other path's rows)
+        self.rows_listener: Callable[[int], None] | None = None
+
+    def report_rows(self, rows: int) -> None:
+        """``rows`` more copies are done on a path the model's forward hook cannot see (incremental Occlusion's
+        crops, a long computation without any forward): progress then moves while the call runs."""
+        if self.rows_listener is not None and rows > 0:
+            self.rows_listener(rows)
+
+    def row_probe(self, image: torch.Tensor, rows: int) -> tuple[str, Callable[[], None] | None]:
+        """For the dry run's probe (of a method whose spec sets ``own_path``): the path the method will take on inputs
+        like ``image`` (1, C, H, W), and a step that runs ``rows`` of its copies along it, or None when its copies
+        are ordinary passes of the model."""
+        return "forward passes", None
 
     @abstractmethod
     def attribute(self, inputs: torch.Tensor, targets: torch.Tensor, seeds: Sequence[int]) -> torch.Tensor:
@@ -54,6 +69,11 @@ class AttributionMethod(ABC):
         """Per-image checks of the method's own output, as row columns: name → ((B,) values, why a value can be NaN).
         Diagnostics are reported, never ranked; most methods have none. Each column is declared in the method's spec
         (``MethodSpec.diagnostics``: its label, tolerance and meaning)."""
+        return {}
+
+    def row_columns(self) -> dict[str, str | None]:
+        """String columns the rows of the last ``attribute`` call carry (how it ran, e.g. Occlusion's path); each is
+        a column of the row contract (:data:`xcv_batch.output.layout.ROW_COLUMNS`), null on other methods' rows."""
         return {}
 
 

@@ -593,11 +593,12 @@ def _last_use(steps: list[Step], keep_until_end: int) -> dict[int, int]:
 
 
 def incremental_scores(plan: Plan, inputs: torch.Tensor, targets: torch.Tensor, baseline: float,
-                       forward_batch: int) -> torch.Tensor:
+                       forward_batch: int, on_rows: Callable[[int], None] | None = None) -> torch.Tensor:
     """(B, n_windows + 1): each image's target score under every window (row-major), then unoccluded.
 
     Images go in groups whose copies fill about one forward batch; each group has one clean pass, whose per-node
-    values stay laid out while its chunks of at most ``forward_batch`` copies run.
+    values stay laid out while its chunks of at most ``forward_batch`` copies run. ``on_rows`` hears of every
+    finished clean image and occluded copy (no forward of the whole network runs here for a hook to see).
     """
     from .base import chunk_slices, target_outputs
 
@@ -615,14 +616,63 @@ def incremental_scores(plan: Plan, inputs: torch.Tensor, targets: torch.Tensor, 
         max_copies = min(forward_batch, copies)
         clean_logits, layouts = runner.clean_pass(images, max_copies)
         scores[group, -1] = target_outputs(clean_logits, group_targets)
+        if on_rows is not None:
+            on_rows(images.shape[0])
         occluded = torch.empty(copies, dtype=inputs.dtype, device=device)
         for part in chunk_slices(copies, forward_batch):
             pair = torch.arange(part.start, part.stop, device=device)
             image, window_index = pair // n_windows, pair % n_windows
             chunk = _Chunk(image, window_index // n_cols, window_index % n_cols)
             occluded[part] = target_outputs(runner.occluded_logits(chunk, layouts), group_targets[image])
+            if on_rows is not None:
+                on_rows(part.stop - part.start)
         scores[group, :-1] = occluded.view(-1, n_windows)
     return scores
+
+
+def copies_step(plan: Plan, image: torch.Tensor, baseline: float, rows: int) -> Callable[[], None]:
+    """A step computing ``rows`` occluded copies of one (1, C, H, W) ``image`` (windows spread over its grid), its
+    clean pass done once now: what the dry run times as a copy's cost on this path."""
+    n_rows, n_cols = plan.rows[0].top.shape[0], plan.cols[0].top.shape[0]
+    runner = IncrementalRunner(plan, baseline)
+    plan_to(plan, image.device)
+    with torch.inference_mode():
+        _, layouts = runner.clean_pass(image, rows)
+    windows = torch.arange(rows, device=image.device) * (n_rows * n_cols) // rows
+    chunk = _Chunk(torch.zeros_like(windows), windows // n_cols, windows % n_cols)
+
+    def step() -> None:
+        with torch.inference_mode():
+            runner.occluded_logits(chunk, layouts)
+
+    return step
+
+
+class ChunkProbe:
+    """The first group's clean pass and chunks of its copies, callable apart so that each can be timed."""
+
+    def __init__(self, plan: Plan, inputs: torch.Tensor, baseline: float, forward_batch: int):
+        n_rows, n_cols = plan.rows[0].top.shape[0], plan.cols[0].top.shape[0]
+        self.n_windows, self.n_cols = n_rows * n_cols, n_cols
+        plan_to(plan, inputs.device)
+        self.runner = IncrementalRunner(plan, baseline)
+        #: the images of the group (as :func:`incremental_scores` groups them) and the copies of one chunk
+        self.images = inputs[: max(1, forward_batch // self.n_windows)]
+        self.group_images = self.images.shape[0]
+        self.copies = min(forward_batch, self.group_images * self.n_windows)
+        self.layouts: dict[int, _Layout] | None = None
+
+    def clean(self) -> torch.Tensor:
+        """The group's clean pass (its layouts kept for :meth:`chunk`); its clean logits."""
+        logits, self.layouts = self.runner.clean_pass(self.images, self.copies)
+        return logits
+
+    def chunk(self, copies: int) -> torch.Tensor:
+        """Logits of the group's first ``copies`` occluded copies (after :meth:`clean`)."""
+        pair = torch.arange(min(copies, self.copies), device=self.images.device)
+        image, window_index = pair // self.n_windows, pair % self.n_windows
+        return self.runner.occluded_logits(_Chunk(image, window_index // self.n_cols, window_index % self.n_cols),
+                                           self.layouts)
 
 
 def plan_to(plan: Plan, device: torch.device) -> None:

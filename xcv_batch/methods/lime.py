@@ -15,7 +15,8 @@ random_seed=seed)`` computes:
 
 Here the samples of every image of a batch are flattened into one stream and pushed through the network in chunks
 of ``forward_batch``, perturbed images are composed on the device, the ridge is solved in closed form in float64 on
-the device, and superpixels come from a CPU process pool while the device works on the images already segmented.
+the device, and superpixels come either from a CPU process pool while the device works on the images already
+segmented, or (``segmenter``) from the torch port of quickshift on the model's device, all images of the batch at once.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import numpy as np
 import torch
 
 from ..models.classifier import Preprocessing
+from .quickshift import quickshift
 from .segmentation import submit_segmentation
 from .base import AttributionMethod, chunk_slices, target_outputs
 from .settings import LimeSettings
@@ -46,7 +48,11 @@ class Lime(AttributionMethod):
         batch, _, height, width = inputs.shape
         # Every image's segmentation is queued on the CPU pool now; the forwards of image i start as soon as its
         # own segments are back, while the pool works on the next ones.
-        pending = submit_segmentation(segmentation_images(inputs, self.classifier.preprocessing), self.settings, seeds)
+        pixels = segmentation_images(inputs, self.classifier.preprocessing)
+        if resolve_segmenter(self.settings, inputs.device) == "device":
+            pending = segment_on_device(pixels, self.settings, seeds, inputs.device)
+        else:
+            pending = submit_segmentation(pixels, self.settings, seeds)
         images = _PerturbationSources(inputs, pending, seeds, self.settings)
         scores = self._sample_scores(inputs, targets, images)
 
@@ -122,6 +128,50 @@ def segmentation_images(inputs: torch.Tensor, preprocessing: Preprocessing) -> l
     """Model inputs → the (H, W, 3) float64 pixel images in [0, 1] that lime would be given and segments."""
     pixels = preprocessing.denormalize(inputs).clamp(0, 1)
     return list(pixels.permute(0, 2, 3, 1).to("cpu", torch.float64).numpy())
+
+
+def resolve_segmenter(settings: LimeSettings, device: torch.device) -> str:
+    """``cpu`` or ``device``: where this batch's superpixels are computed.
+
+    auto picks the device when it is a GPU (quickshift's window work is thousands of small elementwise passes, which
+    a GPU runs in parallel over the whole batch); on a CPU scikit-image's fused C loop was about twice as fast as the
+    torch port in scripts/bench_quickshift.py, so auto keeps it there. SLIC always runs on the CPU.
+    """
+    if settings.segmentation != "quickshift":
+        return "cpu"
+    if settings.segmenter == "auto":
+        return "cpu" if torch.device(device).type == "cpu" else "device"
+    return settings.segmenter
+
+
+#: images segmented together on the device: bounds the temporaries of one window offset (≈ 5 MB per 224 px image)
+DEVICE_SEGMENTATION_CHUNK = 32
+
+
+def segment_on_device(
+    images_hwc: Sequence[np.ndarray], settings: LimeSettings, seeds: Sequence[int], device
+) -> list["_Ready"]:
+    """:func:`~xcv_batch.methods.segmentation.segment`'s labels for each image, from the torch quickshift on
+    ``device``, as ready results (``.result()``) in the shape :func:`submit_segmentation` returns them."""
+    labels: list[_Ready] = []
+    for start in range(0, len(images_hwc), DEVICE_SEGMENTATION_CHUNK):
+        chunk = slice(start, start + DEVICE_SEGMENTATION_CHUNK)
+        computed = quickshift(
+            images_hwc[chunk], [int(seed) for seed in seeds[chunk]], device,
+            kernel_size=settings.kernel_size, max_dist=settings.max_dist, ratio=settings.ratio,
+        )
+        labels.extend(_Ready(image_labels) for image_labels in computed.cpu().numpy())
+    return labels
+
+
+class _Ready:
+    """An already computed result behind a future's ``result()``."""
+
+    def __init__(self, value: np.ndarray):
+        self._value = value
+
+    def result(self, timeout: float | None = None) -> np.ndarray:
+        return self._value
 
 
 def sample_rows(num_features: int, num_samples: int, seed: int) -> np.ndarray:

@@ -8,28 +8,25 @@ interval, so the per-pixel sums are ``rows.T @ diffs @ cols``: no full-size mask
 
 The target scores come from one of two exact paths: full forwards of every occluded copy, or incremental inference
 (:mod:`.incremental`: the clean image once, then per copy only the activations its window can change). The setting
-``incremental`` picks (auto: incremental where the layers' FLOPs predict a saving, see :data:`AUTO_FLOP_RATIO`);
-:attr:`Occlusion.last_path` says which ran.
+``incremental`` picks (auto: the path a short probe measures faster on the device, see :mod:`.occlusion_path`);
+:attr:`Occlusion.last_path` says which ran, and each row's ``occlusion_path`` column records it.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Sequence
+import time
+from typing import Callable, Sequence
 
 import torch
 
 from ..errors import ConfigError
 from .base import AttributionMethod, chunk_slices, target_outputs
-from .incremental import Plan, incremental_scores, lower, make_plan
+from .incremental import Plan, copies_step, incremental_scores, lower, make_plan
+from .occlusion_path import PathChoice, choose_path
 from .settings import OcclusionSettings
 
 log = logging.getLogger(__name__)
-
-#: ``incremental: auto`` runs incremental inference when it needs less than this share of a full forward's FLOPs
-#: per copy: below it the saving outweighs the crops' gathering on the CPU measured (scripts/bench_incremental.py)
-AUTO_FLOP_RATIO = 0.7
-
 
 def window_cover(size: int, window: int, stride: int, device: torch.device | str = "cpu") -> torch.Tensor:
     """(n_windows, size) bool: which positions each window covers, Captum's starts and edge clipping."""
@@ -49,6 +46,10 @@ class Occlusion(AttributionMethod):
         #: the incremental plan's predicted FLOPs per copy ÷ a full forward's (None when the model is not lowered)
         self.last_flop_ratio: float | None = None
         self._plans: dict = {}
+        #: the last call's :class:`~.occlusion_path.PathChoice` (path and why)
+        self.last_choice: PathChoice | None = None
+        #: the probe's clock (tests give an instrumented one)
+        self.clock: Callable[[], float] = time.perf_counter
 
     def attribute(self, inputs: torch.Tensor, targets: torch.Tensor, seeds: Sequence[int]) -> torch.Tensor:
         settings: OcclusionSettings = self.settings
@@ -61,17 +62,17 @@ class Occlusion(AttributionMethod):
             )
         rows = window_cover(height, settings.window, settings.stride, inputs.device)
         cols = window_cover(width, settings.window, settings.stride, inputs.device)
-        plan = self._chosen_plan(tuple(inputs.shape[1:]))
+        plan = self._chosen_plan(tuple(inputs.shape[1:]), n_images)
         if plan is not None:
             with torch.inference_mode():
-                scores = incremental_scores(plan, inputs, targets, settings.baseline, self.forward_batch)
+                scores = incremental_scores(plan, inputs, targets, settings.baseline, self.forward_batch,
+                                            on_rows=self.report_rows)
             # Cloned outside inference_mode: callers get an ordinary tensor (inference tensors refuse in-place edits).
             scores = scores.clone()
             self.last_path = "incremental"
         else:
             scores = self._full_scores(inputs, targets, rows, cols)
             self.last_path = "full"
-        log.debug("occlusion: %s path (predicted FLOP ratio %s)", self.last_path, self.last_flop_ratio)
         drops = scores[:, -1:] - scores[:, :-1]
 
         n_cols = cols.shape[0]
@@ -83,52 +84,70 @@ class Occlusion(AttributionMethod):
         per_pixel = summed / covering
         return per_pixel.float().unsqueeze(1).expand(n_images, channels, height, width).contiguous()
 
+    def row_probe(self, image: torch.Tensor, rows: int) -> tuple[str, Callable[[], None] | None]:
+        """The path ``attribute`` will choose for images of this shape; for the incremental one, a step computing
+        ``rows`` occluded copies of ``image`` (its clean pass done once beforehand)."""
+        plan = self._chosen_plan(tuple(image.shape[1:]))
+        if plan is None:
+            return "full forwards", None
+        return "incremental", copies_step(plan, image, self.settings.baseline, rows)
+
     def _full_scores(self, inputs: torch.Tensor, targets: torch.Tensor, rows: torch.Tensor,
                      cols: torch.Tensor) -> torch.Tensor:
         """(B, n_windows + 1) target scores from full forwards: every window (row-major), then unoccluded."""
         net = self.classifier.net
         n_images = inputs.shape[0]
-        n_cols = cols.shape[0]
-        n_windows = rows.shape[0] * n_cols
-        # Each image contributes n_windows occluded rows and, last, itself unoccluded: one image-major stream, so the
-        # clean forward rides in full chunks instead of a small batch of its own.
-        per_image = n_windows + 1
+        per_image = rows.shape[0] * cols.shape[0] + 1
         # Kept in the model's dtype until the end: the drops are small differences of logits.
         scores = torch.empty(n_images * per_image, dtype=inputs.dtype, device=inputs.device)
         # inference_mode only around the forwards: the tensors filled here were made outside it, so callers get
         # ordinary tensors back (inference tensors refuse later in-place edits).
         with torch.inference_mode():
             for chunk in chunk_slices(n_images * per_image, self.forward_batch):
-                pair = torch.arange(chunk.start, chunk.stop, device=inputs.device)
-                image, window = pair // per_image, pair % per_image
-                occluding = (window < n_windows).view(-1, 1, 1)
-                window = window.clamp(max=n_windows - 1)
-                mask = rows[window // n_cols].unsqueeze(2) & cols[window % n_cols].unsqueeze(1)  # (n, H, W)
-                mask &= occluding
-                occluded = torch.where(mask.unsqueeze(1), self.settings.baseline, inputs[image])
-                scores[chunk] = target_outputs(net(occluded), targets[image])
+                image = torch.arange(chunk.start, chunk.stop, device=inputs.device) // per_image
+                scores[chunk] = target_outputs(net(self._occluded(inputs, rows, cols, chunk)), targets[image])
         return scores.view(n_images, per_image)
 
-    def _chosen_plan(self, image_shape: tuple[int, int, int]) -> Plan | None:
-        """The incremental plan to run, or None for full forwards (off, not lowerable, or too small a saving)."""
-        mode = self.settings.incremental
-        self.last_flop_ratio = None
-        if mode is False:
-            return None
-        plan = self.plan(image_shape)
-        if plan is None:
-            if mode is True:
-                log.info("occlusion: %s cannot be run incrementally; running full forwards",
-                         type(self.classifier.net).__name__)
-            return None
-        self.last_flop_ratio = plan.flop_ratio
-        if mode == "auto" and plan.flop_ratio >= AUTO_FLOP_RATIO:
-            return None
-        return plan
+    def _occluded(self, inputs: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, chunk: slice) -> torch.Tensor:
+        """The copies ``chunk`` of the image-major stream in which each image contributes its n_windows occluded
+        copies (row-major) and, last, itself unoccluded: so the clean forward rides in full chunks instead of a
+        small batch of its own."""
+        n_cols = cols.shape[0]
+        n_windows = rows.shape[0] * n_cols
+        pair = torch.arange(chunk.start, chunk.stop, device=inputs.device)
+        image, window = pair // (n_windows + 1), pair % (n_windows + 1)
+        occluding = (window < n_windows).view(-1, 1, 1)
+        window = window.clamp(max=n_windows - 1)
+        mask = rows[window // n_cols].unsqueeze(2) & cols[window % n_cols].unsqueeze(1)  # (n, H, W)
+        mask &= occluding
+        return torch.where(mask.unsqueeze(1), self.settings.baseline, inputs[image])
+
+    def _chosen_plan(self, image_shape: tuple[int, int, int], n_images: int = 1) -> Plan | None:
+        """The incremental plan to run for calls on ``n_images`` images of ``image_shape``, or None for full
+        forwards (off, not lowerable, or not faster: :func:`.occlusion_path.choose_path` decides, probing both
+        paths once per process on the classifier's device where the FLOPs leave it open)."""
+        settings = self.settings
+        plan = None if settings.incremental is False else self.plan(image_shape)
+        self.last_flop_ratio = None if plan is None else plan.flop_ratio
+        device = torch.device(self.classifier.device)
+        _, height, width = image_shape
+        rows = window_cover(height, settings.window, settings.stride, device)
+        cols = window_cover(width, settings.window, settings.stride, device)
+        dtype = next(self.classifier.net.parameters()).dtype
+        self.last_choice = choose_path(
+            settings.incremental, plan, self.classifier.net, image_shape, settings.window, settings.stride,
+            settings.baseline, n_images, self.forward_batch, device, dtype,
+            lambda inputs, chunk: self._occluded(inputs, rows, cols, chunk), self.clock)
+        return plan if self.last_choice.path == "incremental" else None
+
+    def row_columns(self) -> dict[str, str | None]:
+        """The row's ``occlusion_path``: the path the last ``attribute`` call ran."""
+        return {"occlusion_path": self.last_path}
 
     def plan(self, image_shape: tuple[int, int, int]) -> Plan | None:
         """The incremental plan of this network for images of ``image_shape`` (cached), None if not lowerable."""
-        net = self.classifier.net
+        # A torch.compile wrapper (compute.compile) is lowered as the module it wraps: the plan runs eager.
+        net = getattr(self.classifier.net, "_orig_mod", self.classifier.net)
         if self._plans.get("net") is not net:  # a new network (the classifier was swapped): plans of the old go
             self._plans = {"net": net}
         key = (image_shape, self.settings.window, self.settings.stride)

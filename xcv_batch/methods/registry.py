@@ -111,7 +111,13 @@ class MethodSpec:
     #: ``"module:function"`` (imported only when a model is checked; "" for none)
     check_model: str = ""
     unhashed: tuple[str, ...] = ()
+    #: a control map (random, edges, centre): blind to the model, scored by every metric, never ranked
     control: bool = False
+    #: whether its copies may run a path of their own rather than ordinary passes of the model: the dry run's probe
+    #: then builds the method and times its ``row_probe`` step along the path it will take
+    own_path: bool = False
+    #: whether its passes may run on a ``torch.compile``d model (``compute.compile``); False keeps it eager
+    compilable: bool = True
 
     def __post_init__(self) -> None:
         check_reference("method", self.name, "implementation", self.implementation)

@@ -30,7 +30,9 @@ class OcclusionSettings:
     stride: int = 8  # pixels the patch moves between windows (≤ window, so that every pixel is occluded)
     baseline: float = 0.0  # in model-input (normalised) space: 0 is the dataset mean colour, the seed's grey patch
     #: Exact incremental inference (each copy recomputes only what its window can change; same maps up to rounding):
-    #: auto runs it where the layers' FLOPs predict a worthwhile saving, true wherever the model can be lowered.
+    #: auto runs the path a short probe times faster on the run's device (once per worker, size, window grid and
+    #: batch; skipped where the FLOPs rule incremental out), true wherever the model can be lowered (a warning if it
+    #: is slower there).
     incremental: Union[Literal["auto"], bool] = "auto"
 
     def check(self) -> None:
@@ -62,6 +64,7 @@ register(MethodSpec(
     # Incremental occlusion changes how the scores are computed, not what they are (equal to the full forwards up
     # to float rounding, as batching is): not fingerprinted, so runs made before it existed still resume.
     unhashed=("incremental",),
+    own_path=True,
     # one row per window, plus the clean image
     passes=lambda s, height, width: Passes(
         forward=occlusion_windows(height, s.window, s.stride) * occlusion_windows(width, s.window, s.stride) + 1),
@@ -146,6 +149,8 @@ register(MethodSpec(
     implementation=".guided_gradcam:GuidedGradCam", differentiates=True,
     oracle=".oracles:captum_guided_gradcam", signed=True,
     check_model=".guided_gradcam:check_layer",
+    # its ReLUs read the guided-backprop switch at backward time: a compiled backward would keep one setting
+    compilable=False,
     # one forward and two backwards: the plain one to the layer, the guided one to the input
     passes=lambda s, height, width: Passes(forward_backward=1, extra_backward=1),
 ))
@@ -173,6 +178,9 @@ class LimeSettings:
     # slic
     n_segments: int = 50  # slic's approximate number of superpixels
     compactness: float = 10.0  # slic's weight of position against colour: larger, squarer superpixels
+    #: Where quickshift runs: cpu (scikit-image on worker processes), device (the torch port on the model's device,
+    #: same labels), auto (device when the model is on a GPU, cpu on a CPU, where scikit-image is the faster one).
+    segmenter: Literal["auto", "cpu", "device"] = "auto"
 
     def check(self) -> None:
         _positive("num_samples", self.num_samples)
@@ -185,10 +193,19 @@ class LimeSettings:
             raise ConfigError("alpha", f"must be ≥ 0, got {self.alpha}")
         if not 0 <= self.ratio <= 1:
             raise ConfigError("ratio", f"must be in [0, 1], got {self.ratio}")
+        if self.segmenter not in ("auto", "cpu", "device"):
+            raise ConfigError("segmenter", f"must be auto, cpu or device, got {self.segmenter!r}")
+        if self.segmenter == "device" and self.segmentation != "quickshift":
+            raise ConfigError(
+                "segmenter", f"device runs quickshift only; use auto or cpu with segmentation {self.segmentation}"
+            )
 
 
 register(MethodSpec(
     name="lime", settings=LimeSettings, label="LIME", implementation=".lime:Lime", stochastic=True, signed=True,
+    # The device's quickshift gives scikit-image's labels (up to last-bit ties of exp): where superpixels are
+    # computed is not fingerprinted, so a run may resume on another kind of machine.
+    unhashed=("segmenter",),
     passes=lambda s, height, width: Passes(forward=s.num_samples),
 ))
 

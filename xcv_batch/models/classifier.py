@@ -11,12 +11,12 @@ from __future__ import annotations
 import itertools
 import logging
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import torch
 from torch import nn
 
-from ..errors import ConfigError, ModelError
+from ..errors import ConfigError, ModelError, cli_or_python
 from .layers import auto_target_layer, layer_candidates  # noqa: F401 - re-exported: scripts and tests import them here
 from .preprocessing import Preprocessing, imagenet_preprocessing, preprocessing_from, with_overrides
 from .pinned import PinnedWeights
@@ -86,15 +86,38 @@ def _blank_forward(net: nn.Module, arch: str, resolution: int, layer_name: str |
         with torch.no_grad():
             logits = net(torch.zeros((1, 3, resolution, resolution), device=device, dtype=dtype))
     except Exception as err:  # noqa: BLE001 - any failure here means the model cannot run this job
-        raise ModelError(f"model.arch: {arch} cannot take {resolution} px inputs ({first_sentence(err)}); "
-                         "change model.resolution") from err
+        channels = _input_channels(net)
+        if channels is not None and channels != 3:
+            raise ModelError(f"model.arch: {arch} takes {channels}-channel inputs ({first_sentence(err)}); every "
+                             "method explains RGB images, (N, 3, H, W): give the model a 3-channel first layer "
+                             "or wrap it to map RGB to what it takes") from err
+        raise ModelError(f"model.arch: {arch} cannot take {resolution} px inputs ({first_sentence(err)}); change "
+                         + cli_or_python("model.resolution", "model.resolution (the Explainer's resolution=)")) from err
     finally:
         if hook is not None:
             hook.remove()
     if not isinstance(logits, torch.Tensor) or logits.ndim != 2:
-        raise ModelError(f"model.arch: {arch} returns {type(logits).__name__} {tuple(getattr(logits, 'shape', ()))}"
-                         ", not (batch, classes) logits")
+        raise ModelError(f"model.arch: {arch} returns {_describe_output(logits)}, not (batch, classes) logits; "
+                         "wrap it in a module whose forward returns that tensor alone")
     return int(logits.shape[1]), (seen[0] if seen else ())
+
+
+def _input_channels(net: nn.Module) -> int | None:
+    """The input channels of the network's first convolution, None without one."""
+    first = next((m for m in net.modules() if isinstance(m, nn.modules.conv._ConvNd)), None)
+    return None if first is None else int(first.in_channels)
+
+
+def _describe_output(value) -> str:
+    """What a forward returned, for a message: a tensor's shape, a mapping's keys, a sequence's length."""
+    if isinstance(value, torch.Tensor):
+        return f"a tensor of shape {tuple(value.shape)}"
+    if isinstance(value, Mapping):
+        keys = ", ".join(repr(k) for k in list(value)[:5]) + (", …" if len(value) > 5 else "")
+        return f"a {type(value).__name__} with keys {keys}" if value else f"an empty {type(value).__name__}"
+    if isinstance(value, (tuple, list)):
+        return f"a {type(value).__name__} of {len(value)} items"
+    return f"a {type(value).__name__}"
 
 
 def check_forward(net: nn.Module, arch: str, resolution: int, layer_name: str | None = None) -> tuple[int, ...]:

@@ -8,7 +8,7 @@ import urllib.error
 import torchvision
 from torch import nn
 
-from ..errors import ConfigError, ModelError
+from ..errors import ConfigError, ModelError, cli_or_python
 from .pinned import PinnedWeights
 from .preprocessing import Preprocessing, imagenet_preprocessing, torchvision_preprocessing
 from .source import BuiltModel
@@ -66,7 +66,8 @@ def build(arch: str, weights: str, seed: int, resolution: int,
             raise ModelError(
                 f"model.weights: could not fetch {arch} weights {weights} from {chosen.url} ({err}). "
                 "Offline? Put the file in torch's hub cache (~/.cache/torch/hub/checkpoints), pass a local "
-                "state_dict path, or run with --set model.weights=none (random init from the job seed)."
+                "state_dict path, or " + cli_or_python("run with --set model.weights=none", "set model.weights to 'none'")
+                + " (random init from the job seed)."
             ) from err
         categories = tuple(chosen.meta.get("categories") or ()) or None
         return BuiltModel(net, _preprocessing(chosen, resolution), categories, f"{enum.__name__}.{chosen.name}")
@@ -79,7 +80,8 @@ def build(arch: str, weights: str, seed: int, resolution: int,
         load_exactly(net, state, f"model.weights: {weights} does not fit {arch}")
         return BuiltModel(net, _preprocessing(default, resolution), None, os.path.abspath(weights))
 
-    names = ", ".join(["DEFAULT", *enum.__members__]) if enum is not None else "(none published)"
+    # DEFAULT is an alias among the members: each name once, DEFAULT first
+    names = ", ".join(dict.fromkeys(["DEFAULT", *enum.__members__])) if enum is not None else "(none published)"
     raise ConfigError(
         "model.weights",
         f"'{weights}' is neither a torchvision weights name for {arch} ({names}), 'none', nor an existing file",

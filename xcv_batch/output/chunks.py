@@ -20,8 +20,12 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import stat
 import struct
 from dataclasses import dataclass, field
+
+from fsspec.implementations.local import LocalFileSystem
 
 #: An inner chunk that was never written: offset and length both 2**64 − 1 (the sharding codec's spec).
 _EMPTY = 2**64 - 1
@@ -154,6 +158,13 @@ def check_array(fs, folder: str) -> ArrayChunks:
 def _chunk_files(fs, folder: str, ndim: int) -> dict[int, tuple[str, int]]:
     """Object number → (file path, size) of every chunk file under ``folder/c`` (one recursive listing)."""
     prefix = f"{folder}/c"
+    if isinstance(fs, LocalFileSystem):
+        return _local_chunk_files(prefix, ndim)
+    return _listed_chunk_files(fs, prefix, ndim)
+
+
+def _listed_chunk_files(fs, prefix: str, ndim: int) -> dict[int, tuple[str, int]]:
+    """:func:`_chunk_files` through the file system's recursive listing (object stores: one paged listing)."""
     fs.invalidate_cache(prefix)  # object stores cache listings; chunks may have been written since
     if not fs.exists(prefix):
         return {}
@@ -164,6 +175,29 @@ def _chunk_files(fs, folder: str, ndim: int) -> dict[int, tuple[str, int]]:
         if len(parts) != ndim or not all(p.isdigit() for p in parts) or any(p != "0" for p in parts[1:]):
             continue
         found[int(parts[0])] = (path, int(info.get("size") or 0))
+    return found
+
+
+def _local_chunk_files(prefix: str, ndim: int) -> dict[int, tuple[str, int]]:
+    """:func:`_chunk_files` on a local disk: one listing of ``c/`` and one ``stat`` of each ``c/O/0/0/0``, instead of
+    fsspec's walk through every folder (three a chunk) with a stat of each entry: a 100,000-image OUT stored one
+    image an object has 400,000 folders and files per array."""
+    tail = "/".join(["0"] * (ndim - 1))
+    found: dict[int, tuple[str, int]] = {}
+    try:
+        entries = list(os.scandir(prefix))
+    except (FileNotFoundError, NotADirectoryError):
+        return {}
+    for entry in entries:
+        if not entry.name.isdigit():
+            continue
+        path = f"{prefix}/{entry.name}/{tail}" if tail else f"{prefix}/{entry.name}"
+        try:
+            info = os.stat(path)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        if stat.S_ISREG(info.st_mode):
+            found[int(entry.name)] = (path, info.st_size)
     return found
 
 

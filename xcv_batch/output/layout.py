@@ -37,6 +37,7 @@ ROW_COLUMNS: tuple[tuple[str, str], ...] = (
     ("status", STRING),
     ("error", STRING),
     ("note", STRING),  # why an ok row has a missing value (e.g. sensitivity of an all-zero map)
+    ("occlusion_path", STRING),  # Occlusion's rows: the path that ran, "incremental" or "full"; else null
     ("shard", STRING),
 )
 ROW_COLUMN_NAMES: tuple[str, ...] = tuple(name for name, _ in ROW_COLUMNS)

@@ -39,7 +39,7 @@ from typing import TextIO
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from ..errors import OutputError, first_line
+from ..errors import OutputError, cli_or_python, first_line
 
 #: The lock's name in OUT: hidden, so Parquet datasets, ``submit`` uploads and the checks of OUT pass over it.
 LOCK_FILE = ".lock"
@@ -153,7 +153,7 @@ class RunLock:
             if reason is None:
                 expires = _format_time(_parse_time(other.renewed) + other.lease_s)
                 raise OutputError(f"{self.out} is in use by another run ({other.describe()}); wait for it to end "
-                                  f"or choose another --out (if that run is gone, its lock {self.out}/{LOCK_FILE} "
+                                  f"or choose another {cli_or_python('--out', 'out')} (if that run is gone, its lock {self.out}/{LOCK_FILE} "
                                   f"expires at {expires})")
             if self.backend.take_over(data, version, self.holder.dump(), self.holder.token):
                 print(f"warning: took over the lock of a stale run in {self.out} ({other.describe()}): {reason}",
@@ -203,7 +203,8 @@ class RunLock:
     def check_kept(self) -> None:
         """:class:`OutputError` if another run took the lock over meanwhile: OUT may hold rows of both."""
         if self.lost is not None:
-            raise OutputError(f"{self.out}: {self.lost}; check its rows, or run again into another --out")
+            raise OutputError(f"{self.out}: {self.lost}; check its rows, or run again into another "
+                              f"{cli_or_python('--out', 'out')}")
 
     def __enter__(self) -> "RunLock":
         return self.acquire()

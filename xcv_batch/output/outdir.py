@@ -15,7 +15,7 @@ import yaml
 from fsspec.implementations.local import LocalFileSystem
 
 from ..config import Job, job_from_mapping
-from ..errors import ConfigError, OutputError, first_line
+from ..errors import ConfigError, OutputError, cli_or_python, first_line
 from .layout import JOB_FILE, METRICS_DIR  # light: names and kinds only
 from ..yaml_io import load_yaml
 
@@ -49,10 +49,12 @@ def check_out_contents(out: str, job: Job, resume: bool) -> None:
         if found != fingerprint:
             raise OutputError(
                 f"{out} holds results of a different job (fingerprint {found}, this job {fingerprint}; "
-                f"{describe_differences(previous, job)}); resume only with the same settings, or choose another --out"
+                f"{describe_differences(previous, job)}); resume only with the same settings, or choose another "
+                f"{cli_or_python('--out', 'out')}"
             )
     elif not resume and (fs.exists(job_path) or _has_committed_rows(fs, root)):
-        raise OutputError(f"{out} already holds a run; pass --resume to finish it, or choose another --out")
+        raise OutputError(f"{out} already holds a run; pass {cli_or_python('--resume', 'resume=True')} to finish it, "
+                          f"or choose another {cli_or_python('--out', 'out')}")
 
 
 def _read_job_file(fs, path: str, out: str) -> dict:
@@ -77,7 +79,7 @@ def _check_writable(fs, root: str, out: str) -> None:
     """Write and remove a probe file in OUT; folders made only for the probe are removed again, so a run that stops
     before its first image leaves nothing behind."""
     if fs.exists(root) and not fs.isdir(root):
-        raise OutputError(f"--out {out} is a file, not a folder")
+        raise OutputError(f"{cli_or_python('--out', 'out')} {out} is a file, not a folder")
     first_missing = _first_missing_folder(fs, root)
     probe = f"{root}/.write-probe-{uuid.uuid4().hex}"
     try:

@@ -21,7 +21,7 @@ The Parquet files are plain Parquet, so DuckDB reads them without xcv_batch::
 from __future__ import annotations
 
 from functools import cached_property
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import fsspec
 import numpy as np
@@ -291,12 +291,42 @@ class Results:
     def input_image(self, image_id: str) -> np.ndarray:
         """The image as the model saw it, denormalised with the stored mean/std: ``(H, W, 3)`` in [0, 1]."""
         pre: dict[str, Any] = self.attrs.get("preprocessing") or _IMAGENET_PREPROCESSING
-        mean = np.asarray(pre["mean"], dtype=np.float32)[:, None, None]
-        std = np.asarray(pre["std"], dtype=np.float32)[:, None, None]
         if self.maps.exists() and not self.maps.has_array("inputs"):
             return self._recomputed_input(image_id, pre)
-        image = self.model_input(image_id) * std + mean
+        return self._denormalised(self.model_input(image_id), pre)
+
+    @staticmethod
+    def _denormalised(model_input: np.ndarray, pre: dict[str, Any]) -> np.ndarray:
+        mean = np.asarray(pre["mean"], dtype=np.float32)[:, None, None]
+        std = np.asarray(pre["std"], dtype=np.float32)[:, None, None]
+        image = model_input * std + mean
         return np.clip(np.nan_to_num(image, nan=0.0), 0.0, 1.0).transpose(1, 2, 0)
+
+    # --- several images at once: where the map format can, their chunks are fetched together ----------------------
+
+    def attributions(self, image_ids: Sequence[str], method: str) -> list[np.ndarray]:
+        """The raw maps of several images and one method, as :meth:`attribution` gives each."""
+        self._check_array(method)
+        return self._read_many(method, [self.index_of(image_id) for image_id in image_ids])
+
+    def input_images(self, image_ids: Sequence[str]) -> list[np.ndarray]:
+        """The images of several ids, as :meth:`input_image` gives each."""
+        pre: dict[str, Any] = self.attrs.get("preprocessing") or _IMAGENET_PREPROCESSING
+        if self.maps.exists() and not self.maps.has_array("inputs"):
+            return [self._recomputed_input(image_id, pre) for image_id in image_ids]
+        self._check_array("inputs")
+        return [self._denormalised(raw, pre)
+                for raw in self._read_many("inputs", [self.index_of(image_id) for image_id in image_ids])]
+
+    def _read_many(self, name: str, indices: list[int]) -> list[np.ndarray]:
+        read_many = getattr(self.maps, "read_many", None)  # optional in a map format: one read per image otherwise
+        try:
+            if read_many is None or not indices:
+                return [self.maps.read(name, index) for index in indices]
+            return list(read_many(name, indices))
+        except MapUnreadable as err:
+            self.unreadable[err.path] = str(err)
+            raise OutputError(str(err)) from None
 
     def _recomputed_input(self, image_id: str, pre: dict[str, Any]) -> np.ndarray:
         """The image as the model saw it, read again from its source file with the stored preprocessing: for an OUT

@@ -47,7 +47,8 @@ class ArrayWriter(Protocol):
     """Writes one shard's images into the arrays (``inputs`` and one per method); :meth:`flush` before the commit."""
 
     def write(self, name: str, index: int, values: np.ndarray) -> None:
-        """The ``(3, H, W)`` float32 map (or model input) of image ``index`` into array ``name``."""
+        """The ``(3, H, W)`` float32 map (or model input) of image ``index`` into array ``name``. The worker writes
+        through a thread (:mod:`.background`), so ``values`` may be stored later: it is never changed afterwards."""
 
     def flush(self) -> None:
         """Store everything written so far: after this the shard's rows may be committed."""

@@ -1,10 +1,13 @@
-"""``OUT/report.html``: one self-contained file (PNGs base64-embedded, inline CSS, nothing fetched).
+"""``OUT/report.html``: one self-contained file (PNGs base64-embedded, inline CSS, nothing fetched), laid out to fit a
+laptop screen (1,366 px): no table wider than the page, every figure shown at (nearly) its own size.
 
-Sections: a header (model, weights, resolution, target rule, images, failures; a banner for random weights), the
-ranking table with the metrics that entered the rank, the cost beside it, the metrics' agreement (heat map of
-Kendall's τ), per-method diagnostics (IG's completeness gap), tests, distributions, quality rank vs cost with the
-Pareto front, critical-difference diagrams, a gallery of Fig. 1-style panels (most and least stable images),
-failures, the job. The tables and sentences are summary.md's (summary_text.py), laid out as HTML by tables.py.
+Sections, each listed in the table of contents: the ranking (method, mean rank, win rate, cost), each metric in
+detail (values, ranks and tests, collapsible), the cost, the metrics' agreement (heat map of Kendall's τ), per-method
+diagnostics (IG's completeness gap), distributions (one small box plot per metric, in a grid), quality rank vs cost
+with the Pareto front, critical-difference diagrams, a gallery of Fig. 1-style panels (every image up to a cap, else
+the most and least stable, with the number not shown), failures, the job. Nothing grows with the number of images
+beyond fixed caps. The tables and sentences are summary.md's (summary_text.py), laid out as HTML by tables.py.
+A section is one function returning its body, listed once in :func:`render_report`.
 """
 
 from __future__ import annotations
@@ -12,7 +15,9 @@ from __future__ import annotations
 import base64
 import html
 import io
+from dataclasses import dataclass
 
+import matplotlib
 import numpy as np
 import pandas as pd
 import yaml
@@ -25,23 +30,53 @@ from .panel import panel_figure
 from ..output.results import Results, open_results
 from .controls import control_sentences
 from .labels import method_label
-from .summary_text import (SEED, agreement_matrix_table, agreement_pairs_table, agreement_sentence,
-                           cost_sentence, cost_table, diagnostic_sentences, fmt, friedman_sentence, pairwise_table,
-                           rank_sentence, ranking_table)
+from .summary_text import (COST, COUNTS, METHOD, RANK, agreement_matrix_table, agreement_pairs_table,
+                           agreement_sentence, cost_sentence, cost_table, diagnostic_sentences, fmt, friedman_sentence,
+                           metric_ranks_table, metric_table, pairwise_table, rank_sentence, ranking_table)
 from .summarize import write_text
 from .summary_types import Summary
 from .tables import Table, to_html
 
+#: Gallery panels at most: every image with a map up to this many, else half the most and half the least stable.
+GALLERY_CAP = 8
 _FAILURES_SHOWN = 200
+#: The failures list starts open when it is this short.
+_FAILURES_OPEN = 20
+#: Subplots per row of a gallery panel (image + methods): 6 × 270 px stays above 60 % of its width on a 1,366 px
+#: screen, whatever the number of methods.
+_PANEL_COLUMNS = 6
+#: Width of one small multiple (a metric's box plot), inches at 100 dpi: three to a row in the page's 1,280 px.
+_SMALL_INCHES = 4.0
+
+# matplotlib ≥ 3.10 spells a horizontal box plot ``orientation``; ``vert`` is deprecated there and all that 3.8 knows.
+_HORIZONTAL = ({"orientation": "horizontal"} if tuple(int(p) for p in matplotlib.__version__.split(".")[:2]) >= (3, 10)
+               else {"vert": False})
 
 _CSS = """
-body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
-table { border-collapse: collapse; margin: 0.5em 0 1.5em; }
+body { font-family: system-ui, sans-serif; margin: 1.5em auto; padding: 0 1.5em; max-width: 1280px; color: #222;
+       line-height: 1.4; }
+h2 { border-bottom: 1px solid #ddd; padding-bottom: 0.2em; margin-top: 1.6em; }
+section { scroll-margin-top: 0.5em; }
+.table-box { max-width: 100%; overflow-x: auto; margin: 0.5em 0 1.2em; }
+table { border-collapse: collapse; }
 th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }
 th:first-child, td:first-child { text-align: left; }
+th { background: #f3f3f3; }
+table.main { font-size: 1.05em; }
+table.main td, table.main th { white-space: nowrap; }
 .complete { color: #176117; } .partial { color: #a15c00; }
 .warning { background: #fff1d6; border: 2px solid #d08a00; padding: 0.6em 1em; font-weight: bold; }
-img { max-width: 100%; display: block; margin: 0.5em 0 1.5em; }
+img { max-width: 100%; height: auto; display: block; margin: 0.5em 0; }
+.grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(380px, 1fr)); gap: 0.5em 1em;
+        align-items: start; }
+.grid.wide { grid-template-columns: repeat(auto-fill, minmax(560px, 1fr)); }
+.grid img { margin: 0; }
+figure { margin: 0 0 1.2em; }
+figcaption { font-weight: bold; margin-bottom: 0.3em; }
+details { margin: 0.4em 0; border: 1px solid #ddd; padding: 0.3em 0.8em; border-radius: 4px; }
+summary { cursor: pointer; }
+nav#contents { background: #f6f6f6; padding: 0.5em 1em; border-radius: 4px; }
+nav#contents ol { columns: 3; margin: 0.3em 0; }
 pre { background: #f6f6f6; padding: 1em; overflow-x: auto; }
 """
 
@@ -61,22 +96,23 @@ def _log_scale_helps(values: list[np.ndarray]) -> bool:
     return len(joined) > 0 and joined.min() > 0 and joined.max() / joined.min() > 100
 
 
-def distribution_figure(rows: pd.DataFrame, summary: Summary) -> Figure | None:
-    """One box plot per ranked metric, a box per method."""
-    metrics = list(summary.metrics)
-    if not metrics:
-        return None
+def distribution_figure(rows: pd.DataFrame, summary: Summary, metric: str) -> Figure | None:
+    """One ranked metric's values: a horizontal box per method, best method on top. One small figure per metric, so
+    that a page lays them out as small multiples at their own size instead of shrinking one wide strip."""
     methods = summary.best_first()
-    figure = Figure(figsize=(5.5 * len(metrics), 4.0), dpi=100)
-    for ax, metric in zip(figure.subplots(1, len(metrics), squeeze=False)[0], metrics):
-        info = summary.metrics[metric]
-        values = [_ok_values(rows, metric, m) for m in methods]
-        shown = [(v, method_label(m)) for v, m in zip(values, methods) if len(v)]
-        ax.boxplot([v for v, _ in shown], showfliers=True, flierprops={"markersize": 2})
-        ax.set_xticks(range(1, len(shown) + 1), [label for _, label in shown], rotation=30, ha="right", fontsize=8)
-        if _log_scale_helps(values):
-            ax.set_yscale("log")
-        ax.set_title(f"{info.title}, {info.direction} is better", fontsize=10)
+    info = summary.metrics[metric]
+    values = [_ok_values(rows, metric, m) for m in methods]
+    shown = [(v, method_label(m)) for v, m in zip(values, methods) if len(v)]
+    if not shown:
+        return None
+    figure = Figure(figsize=(_SMALL_INCHES, 1.0 + 0.34 * len(shown)), dpi=100)
+    ax = figure.subplots()
+    ax.boxplot([v for v, _ in reversed(shown)], showfliers=True, flierprops={"markersize": 2}, **_HORIZONTAL)
+    ax.set_yticks(range(1, len(shown) + 1), [label for _, label in reversed(shown)], fontsize=8)
+    ax.tick_params(axis="x", labelsize=8)
+    if _log_scale_helps(values):
+        ax.set_xscale("log")
+    ax.set_title(f"{info.title}, {info.direction} is better", fontsize=9)
     figure.tight_layout()
     return figure
 
@@ -194,23 +230,38 @@ def cd_figure(summary: Summary, metric: str) -> Figure | None:
     return figure
 
 
+def gallery_pool(rows: pd.DataFrame) -> pd.Series:
+    """Every image with a successful row, in the gallery's order: those with a mean Max-Sensitivity over the methods,
+    ascending (most stable first), then the others (value NaN) in row order."""
+    ok = rows[rows["status"] == "ok"]
+    ranked = _mean_sensitivity_per_image(ok)
+    others = ok["image_id"].drop_duplicates()
+    others = others[~others.isin(ranked.index)].to_numpy()
+    return pd.concat([ranked.astype(float), pd.Series(np.nan, index=others, dtype=float)])
+
+
 def gallery_images(rows: pd.DataFrame, count: int) -> list[tuple[str, str]]:
-    """(image id, why) of up to ``count`` images: the ⌈count/2⌉ most and ⌊count/2⌋ least stable by mean
-    Max-Sensitivity over the methods (every image when there are no more than ``count``), most stable first; the
-    first images when sensitivity is off.
+    """(image id, why) of up to ``count`` images: every image when there are no more than ``count``, else the
+    ⌈count/2⌉ most and ⌊count/2⌋ least stable by mean Max-Sensitivity over the methods; most stable first, then the
+    images without a mean sensitivity (all of them when sensitivity is off: the first images).
 
     Each label gives the image's rank among all ranked images (1 = lowest mean sensitivity); only rank 1 is called
     "most stable" and only the last "least stable", so no image is called both and no two are "most stable".
     """
-    ok = rows[rows["status"] == "ok"]
-    if count <= 0 or ok.empty:
+    return pick_gallery(gallery_pool(rows), count)
+
+
+def pick_gallery(pool: pd.Series, count: int) -> list[tuple[str, str]]:
+    """:func:`gallery_images` from a :func:`gallery_pool`."""
+    if count <= 0 or pool.empty:
         return []
-    per_image = _mean_sensitivity_per_image(ok)
-    if per_image.empty:
-        return [(i, "first images") for i in ok["image_id"].drop_duplicates().head(count)]
-    n = len(per_image)
-    ranks = range(n) if n <= count else [*range((count + 1) // 2), *range(n - count // 2, n)]
-    return [(per_image.index[r], stability_label(r + 1, n, float(per_image.iloc[r]))) for r in ranks]
+    n = int(pool.notna().sum())
+    if n > count:
+        chosen = [*range((count + 1) // 2), *range(n - count // 2, n)]
+    else:
+        chosen = range(min(count, len(pool)))
+    unranked = "first images" if n == 0 else "not ranked: no Max-Sensitivity for every method"
+    return [(pool.index[r], stability_label(r + 1, n, float(pool.iloc[r])) if r < n else unranked) for r in chosen]
 
 
 def _mean_sensitivity_per_image(ok: pd.DataFrame) -> pd.Series:
@@ -243,6 +294,16 @@ def stability_label(rank: int, n: int, value: float) -> str:
 # --- HTML -----------------------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Section:
+    """One titled part of the report: ``anchor`` is its id, which the table of contents links to; a section with an
+    empty ``body`` is left out, and out of the contents."""
+
+    anchor: str
+    title: str
+    body: str
+
+
 def _img(figure: Figure | None, alt: str) -> str:
     if figure is None:
         return ""
@@ -252,9 +313,18 @@ def _img(figure: Figure | None, alt: str) -> str:
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
 
 
-def _ranking_table(summary: Summary) -> str:
-    """The ranking with each metric's mean rank beside its median (the seed's values are summary.md's alone)."""
-    return to_html(ranking_table(summary).select(drop={SEED}))
+def _grid(images: list[str], css: str = "grid") -> str:
+    """Figures side by side, as many per row as fit at (nearly) their own width (the CSS sets the column width)."""
+    shown = [i for i in images if i]
+    return f'<div class="{css}">' + "".join(shown) + "</div>" if shown else ""
+
+
+def _table(table: Table, css: str = "") -> str:
+    """A table in a box of its own: a wide detail table scrolls inside it, never the page."""
+    rendered = to_html(table)
+    if css:
+        rendered = rendered.replace("<table>", f'<table class="{css}">', 1)
+    return f'<div class="table-box">{rendered}</div>'
 
 
 def _header(summary: Summary) -> str:
@@ -277,8 +347,51 @@ def _header(summary: Summary) -> str:
             "classifier.</p>")
 
 
+def _contents(sections: list[Section]) -> str:
+    links = "".join(f'<li><a href="#{s.anchor}">{html.escape(s.title)}</a></li>' for s in sections)
+    return f'<nav id="contents" aria-label="Contents"><strong>Contents</strong><ol>{links}</ol></nav>'
+
+
+def _section_html(section: Section) -> str:
+    return f'<section id="{section.anchor}">\n<h2>{html.escape(section.title)}</h2>\n{section.body}\n</section>'
+
+
+# --- sections, in the report's order ---------------------------------------------------------------------------------
+
+
+def _ranking_section(summary: Summary) -> str:
+    """The main ranking, narrow enough for a laptop: method, rows ok and failed, mean rank [95% CI], win rate and
+    cost. Each metric's values and ranks are in the per-metric section."""
+    main = ranking_table(summary).select(keep={METHOD, COUNTS, RANK, COST})
+    return ("<p>Per image, the methods are ranked on each quality metric (1 = best, ties share the average rank); the "
+            "win rate is the share of images a method ranks first on (ties shared). "
+            f"{html.escape(rank_sentence(summary))}</p>" + _table(main, "main"))
+
+
+def _per_metric_section(summary: Summary) -> str:
+    """Every metric's mean rank side by side, then one collapsible part per metric: its values, its ranks and its
+    tests (Friedman, pairwise Wilcoxon)."""
+    parts = ["<p>Each method's mean rank on each metric alone (1 = best). Open a metric for its values "
+             "(median [95% CI]), its ranks with their CIs and its tests.</p>", _table(metric_ranks_table(summary))]
+    for metric, info in summary.metrics.items():
+        tests = summary.tests.get(metric)
+        weight = f"weight {info.weight:.3g} in the rank" if info.weight else "not in the rank"
+        body = [_table(metric_table(summary, metric))]
+        if tests is not None:
+            body.append(f"<p>{html.escape(friedman_sentence(tests.friedman))}"
+                        + (f" Nemenyi CD = {tests.nemenyi.cd:.3f}." if tests.nemenyi.cd is not None else "") + "</p>")
+            if tests.pairwise:
+                body.append(_table(pairwise_table(tests)))
+        parts.append(f"<details><summary><strong>{html.escape(info.title)}</strong>: {info.direction} is better, "
+                     f"n = {info.n_images} images, {weight}</summary>\n"
+                     + "\n".join(body) + "</details>")
+    for metric, why in summary.metrics_skipped.items():
+        parts.append(f"<p>Not ranked: {html.escape(metric)} ({html.escape(why)}).</p>")
+    return "\n".join(parts)
+
+
 def _cost_section(summary: Summary) -> str:
-    return f"<p>{html.escape(cost_sentence(summary))}</p>" + to_html(cost_table(summary))
+    return f"<p>{html.escape(cost_sentence(summary))}</p>" + _table(cost_table(summary))
 
 
 def _agreement_section(summary: Summary) -> str:
@@ -292,8 +405,8 @@ def _agreement_section(summary: Summary) -> str:
         css = ' class="warning"' if agreement.disagreeing else ""
         parts.append(f"<p{css}>{html.escape(sentence)}</p>")
     parts.append(_img(agreement_figure(summary), "agreement between metrics: mean Kendall's tau"))
-    parts.append(to_html(agreement_matrix_table(summary)))
-    parts.append(to_html(agreement_pairs_table(summary)))
+    parts.append(_table(agreement_matrix_table(summary)))
+    parts.append(_table(agreement_pairs_table(summary)))
     return "\n".join(parts)
 
 
@@ -301,49 +414,125 @@ def _diagnostics_section(summary: Summary) -> str:
     diagnostics = summary.diagnostics
     if not diagnostics:
         return ""
-    parts = ["<h2>Diagnostics</h2>", "<p>Checks of a method's own output; reported, not ranked.</p>"]
+    parts = ["<p>Checks of a method's own output; reported, not ranked.</p>"]
     for sentence, info in zip(diagnostic_sentences(summary), diagnostics.values()):
         css = ' class="warning"' if info.n_above else ""
         parts.append(f"<p{css}>{html.escape(sentence)} {html.escape(info.meaning)}.</p>")
         if info.above:
-            parts.append(to_html(Table.from_rows(["Image", info.label],
-                                                 [[a.image_id, fmt(a.value, 3)] for a in info.above])))
+            parts.append(_table(Table.from_rows(["Image", info.label],
+                                                [[a.image_id, fmt(a.value, 3)] for a in info.above])))
     return "\n".join(parts)
 
 
-def _tests_section(summary: Summary) -> str:
+def _distributions_section(rows: pd.DataFrame, summary: Summary) -> str:
+    if not summary.metrics:
+        return ""
+    figures = [_img(distribution_figure(rows, summary, metric), f"distribution of {metric} per method")
+               for metric in summary.metrics]
+    return ("<p>Each metric's values over the images, a box per method (median, quartiles, 1.5 IQR whiskers), the "
+            "best method on top.</p>" + _grid(figures))
+
+
+def _cost_quality_section(summary: Summary) -> str:
+    return _img(cost_quality_figure(summary), "quality rank vs seconds, Pareto front")
+
+
+def _cd_section(summary: Summary) -> str:
+    figures = [_img(cd_figure(summary, metric), f"critical-difference diagram: {metric}") for metric in summary.metrics]
+    if not any(figures):
+        return ""
+    return ("<p>Methods joined by a bar are not significantly different (Nemenyi, α = 0.05).</p>"
+            + _grid(figures, "grid wide"))
+
+
+def _gallery_section(results: Results, rows: pd.DataFrame, image_ids: list, cap: int) -> str:
+    """Up to ``cap`` panels (every image when there are no more), and how many images are not shown, so that the
+    page stays bounded at any number of images."""
+    pool = gallery_pool(rows)
+    picked = [(image_ids[int(code)], why) for code, why in pick_gallery(pool, cap)]
+    n_ranked = int(pool.notna().sum())
+    order = (" (no Max-Sensitivity in this run: the first ones)." if n_ranked == 0 else
+             ": the most stable first, by mean Max-Sensitivity over the methods (lower = more stable); each caption "
+             "gives the image's rank among all ranked images, rank 1 the lowest.")
     parts = []
-    for metric, tests in summary.tests.items():
-        info = summary.metrics[metric]
-        parts.append(f"<h3>{html.escape(info.label)}</h3><p>{html.escape(friedman_sentence(tests.friedman))}"
-                     + (f" Nemenyi CD = {tests.nemenyi.cd:.3f}." if tests.nemenyi.cd is not None else "")
-                     + "</p>")
-        if tests.pairwise:
-            parts.append(to_html(pairwise_table(tests)))
-    return "\n".join(parts) or "<p>No metric to test.</p>"
+    if pool.empty:
+        parts.append("<p>No image has a map to show.</p>")
+    elif len(picked) == len(pool):
+        parts.append(f"<p>All {len(pool)} images with a map{order}</p>")
+    else:
+        which = ", the most and least stable" if n_ranked > cap else ""
+        parts.append(f"<p>{len(picked)} of {len(pool)} images with a map{which}{order} "
+                     f"<strong>{len(pool) - len(picked)} images are not shown</strong>; draw any of them with "
+                     "<code>python -m xcv_batch show OUT --image ID --output FILE</code>.</p>")
+    n_without = int(rows["image_id"].nunique()) - len(pool)
+    if n_without:
+        parts.append(f'<p>{n_without} images failed for every method and have no map: see <a href="#failures">'
+                     "Failures</a>.</p>")
+    for image_id, why in picked:
+        try:
+            figure = _img(panel_figure(results, image_id, columns=_PANEL_COLUMNS), f"panel of {image_id}")
+        except OutputError as err:  # its input cannot be decoded: the other panels are still drawn
+            figure = f"<p>{html.escape(str(err))}</p>"
+        parts.append(f"<figure><figcaption>{html.escape(str(image_id))}: {html.escape(why)}</figcaption>{figure}"
+                     "</figure>")
+    return "\n".join(parts)
 
 
 def _failures_section(summary: Summary) -> str:
     failures = summary.failures
     if not failures:
         return "<p>No failed images.</p>"
-    note = f"<p>{len(failures)} failed rows on {summary.n_failed_images} images"
-    note += f"; the first {_FAILURES_SHOWN}:</p>" if len(failures) > _FAILURES_SHOWN else ":</p>"
-    return note + to_html(Table.from_rows(["Image", "Method", "Message"],
-                                          [[f.image_id, method_label(f.method), f.error or ""]
-                                           for f in failures[:_FAILURES_SHOWN]]))
+    shown = failures[:_FAILURES_SHOWN]
+    more = f"; the first {_FAILURES_SHOWN} below" if len(failures) > _FAILURES_SHOWN else ""
+    table = _table(Table.from_rows(["Image", "Method", "Message"],
+                                   [[f.image_id, method_label(f.method), f.error or ""] for f in shown]))
+    return (f"<details{' open' if len(shown) <= _FAILURES_OPEN else ''}><summary>{len(failures)} failed rows on "
+            f"{summary.n_failed_images} images{more}</summary>\n{table}</details>")
 
 
-def render_report(results: Results, summary: Summary, gallery: int = 4) -> str:
+#: How to look at every image; opened from browse (its Report link), this page also gets a link back to it.
+_BROWSE_LINE = ("<p>Every image with its maps, to sort and filter: <code>python -m xcv_batch browse OUT</code> (a local "
+                "page; its Report link opens this report).</p>")
+
+
+def _controls_section(summary: Summary) -> str:
+    """Whether each metric told the methods' maps from maps that know nothing about the model; empty without
+    controls (the section is then left out)."""
+    lines = control_sentences(summary.controls)
+    return "".join(f'<p class="control">{html.escape(line)}</p>' for line in lines)
+
+
+def _job_section(job: dict | None) -> str:
+    job_text = yaml.safe_dump(job, sort_keys=False) if job else f"no {JOB_FILE}"
+    return f"<details><summary>{JOB_FILE}</summary><pre>{html.escape(job_text)}</pre></details>"
+
+
+def render_report(results: Results, summary: Summary, gallery: int = GALLERY_CAP) -> str:
     """The report's HTML text. Its rows are read compact (ids as codes, only the ranked metrics and Max-Sensitivity),
-    and nothing in it grows with the images: box plots, ``gallery`` panels, capped diagnostics and failures."""
+    and nothing in it grows with the images: one figure per metric, at most ``gallery`` panels, capped diagnostics
+    and failures."""
     rows, image_ids = results.compact_rows(lambda columns: [*summary.metrics, "sensitivity_max"])
     facts = summary.facts
     status_class = "complete" if facts.complete else "partial"
-    job = results.job
     title = html.escape(str(facts.job_name or results.out))
+    sections = [
+        Section("ranking", "Ranking", _ranking_section(summary)),
+        Section("controls", "Control maps", _controls_section(summary)),
+        Section("per-metric", "Per metric", _per_metric_section(summary)),
+        Section("cost", "Cost", _cost_section(summary)),
+        Section("agreement", "Metric agreement", _agreement_section(summary)),
+        Section("diagnostics", "Diagnostics", _diagnostics_section(summary)),
+        Section("distributions", "Distributions", _distributions_section(rows, summary)),
+        Section("quality-cost", "Quality vs cost", _cost_quality_section(summary)),
+        Section("critical-difference", "Critical-difference diagrams", _cd_section(summary)),
+        Section("gallery", "Gallery", _gallery_section(results, rows, image_ids, gallery)),
+        Section("failures", "Failures", _failures_section(summary)),
+        Section("job", "Job", _job_section(results.job)),
+    ]
+    sections = [s for s in sections if s.body]
     parts = [
         "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>xcv_batch report: {title}</title>", f"<style>{_CSS}</style></head><body>",
         f"<h1>xcv_batch report: {title}</h1>",
         f'<p class="{status_class}"><strong>{html.escape(summary.status_line())}</strong></p>',
@@ -351,41 +540,15 @@ def render_report(results: Results, summary: Summary, gallery: int = 4) -> str:
         f"<p>Output: <code>{html.escape(results.out)}</code>. Fingerprint: "
         f"<code>{html.escape(str(facts.fingerprint or results.fingerprint))}</code>. "
         f"CIs: percentile bootstrap over images, {summary.n_boot} resamples, seed {summary.seed}.</p>",
-        "<h2>Ranking</h2>",
-        "<p>Per image, the methods are ranked on each quality metric (1 = best, ties share the average rank); the "
-        "win rate is the share of images a method ranks first on (ties shared). "
-        f"{html.escape(rank_sentence(summary))}</p>",
-        _ranking_table(summary),
-        *(f"<p class=\"control\">{html.escape(line)}</p>" for line in control_sentences(summary.controls)),
-        "<h2>Cost</h2>", _cost_section(summary),
-        "<h2>Metric agreement</h2>", _agreement_section(summary),
-        _diagnostics_section(summary),
-        "<h2>Tests</h2>", _tests_section(summary),
-        "<h2>Distributions</h2>", _img(distribution_figure(rows, summary), "distributions per method"),
-        "<h2>Quality vs cost</h2>", _img(cost_quality_figure(summary), "quality rank vs seconds, Pareto front"),
-        "<h2>Critical-difference diagrams</h2>",
-        "<p>Methods joined by a bar are not significantly different (Nemenyi, α = 0.05).</p>",
+        _BROWSE_LINE,
+        _contents(sections),
+        *(_section_html(s) for s in sections),
+        "</body></html>",
     ]
-    parts += [_img(cd_figure(summary, metric), f"critical-difference diagram: {metric}") for metric in summary.metrics]
-    picked = [(image_ids[int(code)], why) for code, why in gallery_images(rows, gallery)]
-    parts.append("<h2>Gallery</h2>")
-    if picked:
-        parts.append(f"<p>{len(picked)} images: the most stable first, by mean Max-Sensitivity over the methods "
-                     "(lower = more stable); each caption gives the image's rank among all ranked images, rank 1 the lowest.</p>")
-    for image_id, why in picked:
-        parts.append(f"<h3>{html.escape(str(image_id))}: {html.escape(why)}</h3>")
-        try:
-            parts.append(_img(panel_figure(results, image_id), f"panel of {image_id}"))
-        except OutputError as err:  # its input cannot be decoded: the other panels are still drawn
-            parts.append(f"<p>{html.escape(str(err))}</p>")
-    job_text = yaml.safe_dump(job, sort_keys=False) if job else f"no {JOB_FILE}"
-    parts += ["<h2>Failures</h2>", _failures_section(summary),
-              "<h2>Job</h2>", f"<pre>{html.escape(job_text)}</pre>",
-              "</body></html>"]
-    return "\n".join(p for p in parts if p)
+    return "\n".join(parts)
 
 
-def write_report(out: "str | Results", summary: Summary, gallery: int = 4) -> str:
+def write_report(out: "str | Results", summary: Summary, gallery: int = GALLERY_CAP) -> str:
     """Write ``OUT/report.html`` (``out`` a path or its open Results); returns its path."""
     results = open_results(out)
     path = f"{results.out}/report.html"

@@ -26,7 +26,7 @@ from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure  # no pyplot: no global figure state, no GUI backend (Agg renders savefig)
 
-from ..errors import ConfigError, OutputError, first_line
+from ..errors import ConfigError, OutputError, cli_or_python, first_line
 from ..methods.registry import method_names, method_spec
 from ..output.results import Results
 from .labels import method_label
@@ -120,8 +120,9 @@ def _target_text(row: pd.Series, categories: list | None) -> str:
     return f"{text}, p {prob:.2f}" if prob >= 0.01 else f"{text}, p {prob:.1e}"
 
 
-def panel_figure(results: Results, image_id: str) -> Figure:
-    """The panel of one image: the image, then one subplot per method the run has (in the job's order)."""
+def panel_figure(results: Results, image_id: str, columns: int | None = None) -> Figure:
+    """The panel of one image: the image, then one subplot per method the run has (in the job's order); in rows of
+    ``columns`` subplots (default: one row), so that a page can bound its width whatever the number of methods."""
     try:
         image = results.input_image(image_id)  # raises ConfigError for an unknown id
         missing_input = False
@@ -137,14 +138,20 @@ def panel_figure(results: Results, image_id: str) -> Figure:
     methods = list(results.methods)
     categories = results.categories
 
-    figure = Figure(figsize=(_PANEL_INCHES * (len(methods) + 1), _PANEL_INCHES * 1.7), dpi=100)
-    axes = figure.subplots(1, len(methods) + 1, squeeze=False)[0]
+    n_cols = min(columns or len(methods) + 1, len(methods) + 1)
+    n_rows = -(-(len(methods) + 1) // n_cols)
+    figure = Figure(figsize=(_PANEL_INCHES * n_cols, _PANEL_INCHES * 1.7 * n_rows), dpi=100)
+    grid = figure.subplots(n_rows, n_cols, squeeze=False).ravel()
+    for unused in grid[len(methods) + 1:]:
+        unused.remove()
+    axes = grid[:len(methods) + 1]
     first = next((r for r in by_method.values() if pd.notna(r.get("target"))), None)
     title = [str(image_id)]
     if first is not None:
         title.append(textwrap.fill(f"target {_target_text(first, categories)}", 34))
         if pd.notna(first.get("label")):
             title.append(f"label {class_text(first['label'], categories)}")
+    image = np.asarray(image)  # a tensor from the notebook API, an array from a run's results
     axes[0].imshow(image)
     if missing_input:
         title.append(textwrap.fill("image not shown (inputs not stored); its file cannot be read again", 34))
@@ -178,7 +185,26 @@ def panel_figure(results: Results, image_id: str) -> Figure:
         ax.set_xticks([])
         ax.set_yticks([])
     figure.tight_layout()
+    _fit_height(figure)
     return figure
+
+
+def _fit_height(figure: Figure, pad_inches: float = 0.08) -> None:
+    """Shrink the figure to its content's height. Square images in a figure of fixed height leave empty bands
+    above and below them (the title, bars and subtitles take less than was set aside); the height is set from what
+    was drawn, then laid out again, twice, since the layout moves with the size."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(figure)
+    width = figure.get_size_inches()[0]
+    for _ in range(2):
+        content = figure.get_tightbbox(canvas.get_renderer())
+        height = figure.get_size_inches()[1]
+        wanted = content.height + 2 * pad_inches
+        if wanted >= height - 0.01:
+            break
+        figure.set_size_inches(width, wanted)
+        figure.tight_layout()
 
 
 def image_format(output_path: str) -> str:
@@ -187,7 +213,7 @@ def image_format(output_path: str) -> str:
     supported = Figure().canvas.get_supported_filetypes()
     if not suffix or suffix not in supported:
         named = f"'.{suffix}'" if suffix else "no extension"
-        raise ConfigError("--output", f"{output_path} has {named}; the extension picks the format, one of: "
+        raise ConfigError(cli_or_python("--output", "path"), f"{output_path} has {named}; the extension picks the format, one of: "
                                       f"{', '.join('.' + s for s in sorted(supported))}")
     return suffix
 

@@ -7,6 +7,7 @@ report.html lays out the same tables and sentences (see html.py); only their arr
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Any, Sequence
 
 import numpy as np
@@ -256,13 +257,66 @@ def pairwise_table(tests: MetricTests) -> Table:
           method_label(p.better) if p.better else "–", "yes" if p.reject else "no"] for p in tests.pairwise])
 
 
+def metric_ranks_table(summary: Summary) -> Table:
+    """Each method's mean rank on each metric alone: a row per metric, a column per method (best overall first), so
+    that a dozen metrics stay as narrow as the methods (the CIs are in :func:`metric_table`)."""
+    order = summary.best_first()
+    header = ["Metric (1 = best)", *(summary.methods[name].label for name in order)]
+    body = []
+    for metric, info in summary.metrics.items():
+        ranks = [summary.methods[name].ranks.get(metric) for name in order]
+        body.append([info.label, *(fmt_rank(r.mean_rank) if r else "–" for r in ranks)])
+    return Table.from_rows(header, body)
+
+
+def metric_table(summary: Summary, metric: str) -> Table:
+    """One ranked metric in detail, best method first: images with a value, median [95% CI], mean rank [95% CI] and
+    win rate on this metric alone, and the seed's Table I value where comparable."""
+    seed = with_seed(summary) and metric == "sensitivity_max"
+    header = ["Method", "n", "median [95% CI]", "mean rank [95% CI]", "win rate"] + (["seed (Table I)"] if seed else [])
+    body = []
+    for name in summary.best_first():
+        method = summary.methods[name]
+        value, rank = method.values.get(metric), method.ranks.get(metric)
+        row = [method.label, str(value.n) if value else "0", fmt_ci(value.median, value.ci95) if value else "–",
+               fmt_rank(rank.mean_rank, rank.mean_rank_ci95) if rank else "–", fmt_rank(rank.win_rate) if rank else "–"]
+        body.append(row + ([_seed_cell(name, metric)] if seed else []))
+    return Table.from_rows(header, body)
+
+
 # --- the terminal and summary.md ------------------------------------------------------------------------------------
 
 
 def render_table(summary: Summary):
-    """The ranking as a rich table, best method first (each CI under its value, so it fits 80 columns); cost on the
-    right, apart from the rank."""
+    """The ranking as a rich table, best method first (each CI under its value); cost on the right, apart from the
+    rank. Every column: see :func:`fit_table` for one that fits a terminal."""
     return to_rich(ranking_table(summary).select(drop={SEED, METRIC_RANK}))
+
+
+#: Which of the ranking's columns a narrow terminal keeps first: the method and its rank, the cost, then each metric
+#: in the summary's order, then the counts. Shown columns keep the table's own order.
+_KEEP_FIRST = (METHOD, RANK, COST, METRIC, COUNTS)
+
+
+def fit_table(summary: Summary, width: int) -> tuple[Any, list[str]]:
+    """The ranking as a rich table no wider than ``width`` terminal columns, and the headers of the columns left
+    out to fit (summary.md has them all). Columns are added by :data:`_KEEP_FIRST` while the table's natural width
+    (nothing wrapped or cut) still fits; the method's name and its rank are always there."""
+    from rich.console import Console
+
+    table = ranking_table(summary).select(drop={SEED, METRIC_RANK})
+    measure = Console(width=100_000)
+    order = sorted(range(len(table.columns)), key=lambda j: (_KEEP_FIRST.index(table.columns[j].group)
+                                                             if table.columns[j].group in _KEEP_FIRST
+                                                             else len(_KEEP_FIRST), j))
+    kept: list[int] = []
+    for j in order:
+        trial = sorted(kept + [j])
+        fits = measure.measure(to_rich(replace(table, columns=[table.columns[i] for i in trial]))).maximum <= width
+        if fits or table.columns[j].group in (METHOD, RANK):
+            kept = trial
+    left_out = [table.columns[j].header_for(MARKDOWN) for j in range(len(table.columns)) if j not in kept]
+    return to_rich(replace(table, columns=[table.columns[j] for j in kept])), left_out
 
 
 def render_markdown(summary: Summary) -> str:
