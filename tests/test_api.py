@@ -43,6 +43,7 @@ def _job(out: str, source: str = "builtin:skimage") -> dict:
         "metrics": {"complexity": {}, "deletion": {"n_steps": 4}},
         "compute": {"workers": 1, "batch_size": 2, "shard_size": 2},
         "output": {"path": out},
+        "controls": False,  # as an Explainer by default: the run and the Explainer explain the same maps
     }
 
 
@@ -200,7 +201,8 @@ def test_run_takes_a_job_file_with_overrides_and_out(tmp_path):
     results = xcv_batch.run(os.path.join(os.path.dirname(__file__), "..", "jobs", "smoke.yaml"), out=out,
                             overrides={"data.limit": 1, "methods": {"integrated_gradients": {"n_steps": 4}}})
     rows = results.rows()
-    assert rows.method.tolist() == ["integrated_gradients"]
+    # the job's method, then the control maps a run adds by default (controls: true)
+    assert sorted(rows.method.tolist()) == sorted(["integrated_gradients", "random", "edges", "centre"])
     assert results.job["methods"]["integrated_gradients"]["n_steps"] == 4
     with pytest.raises(ConfigError) as caught:
         xcv_batch.run({"methods": {"occlusion": {"window": 0}}}, out=str(tmp_path / "bad"))

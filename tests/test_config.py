@@ -9,6 +9,7 @@ import pytest
 from xcv_batch import cli
 from xcv_batch.config import job_from_mapping, load_job
 from xcv_batch.errors import ConfigError
+from xcv_batch.methods.registry import method_spec
 from xcv_batch.methods.settings import METHOD_SETTINGS, IGSmoothGradSettings, LimeSettings, OcclusionSettings
 
 
@@ -17,7 +18,8 @@ def test_a_method_named_without_settings_takes_the_seed_report_defaults():
     assert job.methods["occlusion"] == OcclusionSettings(window=15, stride=8, baseline=0.0)
     assert job.methods["ig_smoothgrad"] == IGSmoothGradSettings(10, "smoothgrad_sq", 1.0, 50)
     assert job.methods["lime"] == LimeSettings(num_samples=50)
-    assert list(job.methods) == ["occlusion", "ig_smoothgrad", "lime"]  # a method left out is not run
+    # a method left out is not run; the control maps come after the methods (controls: true by default)
+    assert list(job.methods) == ["occlusion", "ig_smoothgrad", "lime", "random", "edges", "centre"]
     assert (job.sensitivity.n_perturb_samples, job.sensitivity.perturb_radius) == (10, 0.02)
 
 
@@ -31,7 +33,7 @@ def test_a_method_set_to_null_is_off_as_a_metric_is(tmp_path):
     path = tmp_path / "job.yaml"
     path.write_text("methods:\n  occlusion: {window: 9}\n  lime:\n  guided_gradcam: {layer: auto}\n")
     job = load_job(str(path), ["methods.guided_gradcam=null"])
-    assert list(job.methods) == ["occlusion"]
+    assert list(job.methods) == ["occlusion", "random", "edges", "centre"]  # and the control maps
     assert job.fingerprint() == job_from_mapping({"methods": {"occlusion": {"window": 9}}}).fingerprint()
     # a null method still has to be a registered one
     with pytest.raises(ConfigError) as info:
@@ -46,7 +48,8 @@ def test_a_job_whose_methods_are_all_null_is_one_line_naming_methods(tmp_path, c
                      "--out", str(tmp_path / "out")])
     lines = capsys.readouterr().err.strip().splitlines()
     assert code == 2
-    assert lines == [f"error: methods: name at least one method of: {', '.join(METHOD_SETTINGS)}"]
+    real = [name for name in METHOD_SETTINGS if not method_spec(name).control]  # a control map is no method
+    assert lines == [f"error: methods: name at least one method of: {', '.join(real)}"]
 
 
 @pytest.mark.parametrize(
@@ -112,7 +115,8 @@ def test_fingerprint_ignores_where_and_how_but_not_what():
 def test_shipped_jobs_are_valid():
     for name in ("smoke", "demo", "seed"):
         job = load_job(f"jobs/{name}.yaml")
-        assert set(job.methods) == {"occlusion", "integrated_gradients", "ig_smoothgrad", "guided_gradcam", "lime"}
+        assert set(job.methods) == {"occlusion", "integrated_gradients", "ig_smoothgrad", "guided_gradcam", "lime",
+                                    "random", "edges", "centre"}  # the control maps, on by default
     seed = load_job("jobs/seed.yaml")
     assert seed.methods["occlusion"] == OcclusionSettings()
     assert seed.methods["lime"] == LimeSettings()

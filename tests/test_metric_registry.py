@@ -65,7 +65,8 @@ def test_a_metric_registered_from_a_test_file_validates_runs_and_is_ranked(tmp_p
         run_job(run)
 
         rows = rows_of(run.output.path)
-        assert len(rows) == 2 * len(METHODS) and (rows.status == "ok").all()
+        # 2 images × (the methods + the 3 control maps of controls: true, the default): the new metric scores them all
+        assert len(rows) == 2 * (len(METHODS) + 3) and (rows.status == "ok").all()
         maps = zarr.open_group(f"{run.output.path}/attributions.zarr", mode="r")
         for row in rows.itertuples():
             expected = 2.0 * np.abs(maps[row.method][row.index].astype(np.float64)).sum()

@@ -33,9 +33,11 @@ def test_the_timm_job_runs_as_written_offline(tmp_path):
     done = _run(tmp_path, "timm.yaml", "results/timm-offline", "--set", "model.weights=none")
     assert done.returncode == 0, done.stderr
     rows = open_results(str(tmp_path / "results" / "timm-offline")).rows()
-    assert sorted(rows.method.unique()) == ["guided_gradcam", "integrated_gradients", "occlusion"]
+    # the job's methods and the control maps (controls: true by default)
+    assert sorted(rows.method.unique()) == ["centre", "edges", "guided_gradcam", "integrated_gradients", "occlusion",
+                                            "random"]
     assert (rows.status == "ok").all(), rows[rows.status != "ok"].error.tolist()
-    assert len(rows) == 2 * 3
+    assert len(rows) == 2 * (3 + 3)  # 2 images × (3 methods + 3 control maps)
 
 
 def test_the_custom_module_job_runs_as_written(tmp_path):
@@ -46,7 +48,9 @@ def test_the_custom_module_job_runs_as_written(tmp_path):
     results = open_results(str(tmp_path / "results" / "my-cnn"))
     rows = results.rows()
     assert (rows.status == "ok").all(), rows[rows.status != "ok"].error.tolist()
-    assert sorted(rows.method.unique()) == ["guided_gradcam", "integrated_gradients", "occlusion"]
+    # the job's methods and the control maps (controls: true by default)
+    assert sorted(rows.method.unique()) == ["centre", "edges", "guided_gradcam", "integrated_gradients", "occlusion",
+                                            "random"]
     # the job's class names and preprocessing reach the results
     assert results.categories[:3] == ["airplane", "automobile", "bird"]
     assert set(rows.target_name) <= set(results.categories)

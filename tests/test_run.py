@@ -21,6 +21,7 @@ from xcv_batch.errors import OutputError
 from xcv_batch.output.store import ROW_SCHEMA
 
 METHODS = ["occlusion", "integrated_gradients", "ig_smoothgrad", "guided_gradcam", "lime"]
+CONTROLS = ("random", "edges", "centre")  # the control maps a run adds by default
 SKIMAGE_DATA = os.path.join(os.path.dirname(skimage.__file__), "data")
 
 JOB = {
@@ -72,8 +73,9 @@ def test_every_image_has_a_row_per_method_and_bad_files_say_why(finished_run):
     rows = rows_of(out)
     ids = ["camera.png", "chelsea.png", "coffee.png", "empty.png", "nested/rocket.jpg", "notes.jpg", "truncated.png"]
     assert sorted(rows.image_id.unique()) == ids
-    assert len(rows) == len(ids) * len(METHODS)
-    assert rows.groupby("image_id").method.apply(sorted).map(tuple).unique().tolist() == [tuple(sorted(METHODS))]
+    explained = [*METHODS, *CONTROLS]  # the control maps come with every run (controls: true by default)
+    assert len(rows) == len(ids) * len(explained)
+    assert rows.groupby("image_id").method.apply(sorted).map(tuple).unique().tolist() == [tuple(sorted(explained))]
     # index is the image's row in the Zarr arrays, in sorted-id order
     assert rows.drop_duplicates("image_id").set_index("image_id")["index"].to_dict() == {i: n for n, i in enumerate(ids)}
 
@@ -83,8 +85,11 @@ def test_every_image_has_a_row_per_method_and_bad_files_say_why(finished_run):
     assert "not an image" in errors["notes.jpg"]
     assert "truncated" in errors["truncated.png"]
     ok = rows[rows.status == "ok"]
-    assert ok.error.isna().all() and len(ok) == 4 * len(METHODS)
-    assert (ok.sensitivity_max > 0).all() and (ok.attr_seconds > 0).all() and (ok.sensitivity_seconds > 0).all()
+    assert ok.error.isna().all() and len(ok) == 4 * (len(METHODS) + len(CONTROLS))
+    assert (ok.attr_seconds > 0).all() and (ok.sensitivity_seconds > 0).all()
+    # a control map that ignores the input (noise of the image's seed, a fixed Gaussian) is perfectly "stable"
+    fixed = ok.method.isin(["random", "centre"])
+    assert (ok[~fixed].sensitivity_max > 0).all() and (ok[fixed].sensitivity_max == 0).all()
     assert ((ok.target >= 0) & (ok.target < 1000)).all()
     assert ((ok.target_prob > 0) & (ok.target_prob <= 1)).all()
     assert ok.target_name.isna().all()  # random weights carry no class names
@@ -186,7 +191,7 @@ def test_a_shard_killed_while_committing_leaves_no_file_and_resume_finishes(imag
     report = run_job(job, resume=True)
     assert report.n_skipped == 2 and report.n_processed == 5
     rows = rows_of(out)
-    assert len(rows) == 7 * 2 and rows.groupby(["image_id", "method"]).size().max() == 1
+    assert len(rows) == 7 * (2 + len(CONTROLS)) and rows.groupby(["image_id", "method"]).size().max() == 1
     # the same maps as the uninterrupted run of the full job
     full = zarr.open_group(os.path.join(finished_run[0], "attributions.zarr"), mode="r")
     resumed = zarr.open_group(os.path.join(out, "attributions.zarr"), mode="r")
@@ -200,7 +205,7 @@ def test_cli_runs_and_reports_bad_jobs_in_one_line(image_folder, tmp_path, capsy
     path = write_job(tmp_path, image_folder, methods={"guided_gradcam": {}}, sensitivity=None)
     assert cli.main(["run", path, "--out", out, "--set", "data.limit=2"]) == 0
     assert "done: 2 images" in capsys.readouterr().out
-    assert len(rows_of(out)) == 2
+    assert len(rows_of(out)) == 2 * (1 + len(CONTROLS))  # guided_gradcam and the control maps
 
     assert cli.main(["run", path, "--out", out + "-2", "--set", "methods.guided_gradcam.layer=layer9"]) == 2
     start, err = capsys.readouterr().err.strip().splitlines()  # found while the model loads: after the start line

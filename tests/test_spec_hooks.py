@@ -158,8 +158,9 @@ def test_a_run_fails_the_rows_of_an_image_without_the_mask_a_metric_requires(tmp
                             "compute": {**JOB["compute"], "workers": 1}})
     run_job(job, stream=open(os.devnull, "w"))
     rows = open_results(job.output.path).rows()
-    assert len(rows) == 1 and rows.status.tolist() == ["error"]
-    assert rows.error.tolist() == ["metrics.localisation is on but this image has no mask_path in the manifest"]
+    # one row per method and control map (controls: true by default), each failed for the same reason
+    assert len(rows) == 4 and rows.status.tolist() == ["error"] * 4
+    assert rows.error.tolist() == ["metrics.localisation is on but this image has no mask_path in the manifest"] * 4
 
 
 # --- no module names a method or a metric but its own ------------------------------------------------------------
@@ -182,6 +183,9 @@ NAMED_ON_PURPOSE = {
     ("report/summary_text.py", "guided_gradcam"), ("report/summary_text.py", "lime"),
     # the 'auto' layer exists for Guided Grad-CAM alone, and its message names that key
     ("models/layers.py", "guided_gradcam"),
+    # the words, not the control maps of the same names: random weights, a centre crop
+    ("models/timm_models.py", "random"), ("models/torchvision_models.py", "random"), ("report/html.py", "random"),
+    ("models/timm_models.py", "centre"),
 }
 
 

@@ -22,6 +22,7 @@ import zarr
 
 from xcv_batch.metrics import registry as metrics_info
 from xcv_batch.errors import ConfigError, OutputError
+from xcv_batch.methods.registry import method_spec
 from xcv_batch.methods.settings import METHOD_SETTINGS
 from xcv_batch.output.results import open_results
 from scipy import stats as scipy_stats
@@ -31,7 +32,7 @@ from xcv_batch.report.summary_text import SEED_TABLE_I, agreement_sentence, rend
 from xcv_batch.report.summary_types import DiagnosticImage, Failure, RankOn, SeedSettings
 
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
-FIVE = list(METHOD_SETTINGS)
+FIVE = [name for name in METHOD_SETTINGS if not method_spec(name).control]  # the real methods, not the controls
 
 
 # --- builders -------------------------------------------------------------------------------------------------------
@@ -60,7 +61,7 @@ def table(values: dict[str, list], secs: dict[str, list] | None = None) -> pd.Da
 def seed_job(**changes) -> dict:
     job = {"name": "fixture", "seed": 0, "data": {"source": "/data"},
            "model": {"arch": "resnet18", "weights": "none", "resolution": 224}, "target": "predicted",
-           "methods": {name: asdict(cls()) for name, cls in METHOD_SETTINGS.items()},
+           "methods": {name: asdict(METHOD_SETTINGS[name]()) for name in FIVE},
            "sensitivity": {"n_perturb_samples": 10, "perturb_radius": 0.02},
            "compute": {"workers": "auto", "device": "auto"}, "output": {"path": "x"}, "fingerprint": "abc123"}
     for key, value in changes.items():
@@ -553,7 +554,7 @@ def test_summary_json_keeps_its_keys_in_order_and_reads_back_as_the_summary(tmp_
     # summary.json is what users read: its layout is the contract the typed summary keeps.
     assert list(plain) == ["schema", "n_images", "n_boot", "seed", "alpha", "metrics", "metrics_skipped", "methods",
                            "tests", "rank_on", "agreement", "cost", "diagnostics", "failures", "n_failed_images",
-                           "out", "job_name", "fingerprint", "model", "target", "n_expected", "complete",
+                           "controls", "out", "job_name", "fingerprint", "model", "target", "n_expected", "complete",
                            "n_missing_rows", "seed_settings"]
     lime = plain["methods"]["lime"]
     assert list(lime) == ["label", "mean_rank", "mean_rank_ci95", "win_rate", "n_ok", "n_error", "ranks",

@@ -67,7 +67,8 @@ class Explainer:
     ``categories`` are the ``model.*`` keys). For a module, ``resolution`` is its input size (default: the
     ``preprocessing`` crop, else 224), checked by one blank forward.
     ``methods``: method names (default settings) or a mapping name → settings (the job file's keys as a dict, or the
-    settings dataclasses); default: every registered method. ``sensitivity``: Max-Sensitivity's settings, None for
+    settings dataclasses); default: every registered method. ``controls``: also the control maps (random, edges, centre),
+    as the job key ``controls: true`` adds them to a run (off here: ``explain`` returns the maps asked for). ``sensitivity``: Max-Sensitivity's settings, None for
     off. ``metrics``: the job's ``metrics:`` section. ``preprocessing``: ``{mean, std, resize, crop, interpolation}``
     for PIL images and paths given to :meth:`explain` (tensors are taken as already normalised); a named model brings
     its own. Every error is the CLI's one-line :class:`~xcv_batch.errors.ConfigError`, naming the job key.
@@ -91,15 +92,18 @@ class Explainer:
         weights: str | None = None,
         resolution: int | None = None,
         categories: Sequence[str] | str | None = None,
+        controls: bool = False,
     ):
-        from .methods import method_names
+        from .methods import method_specs
 
         raw: dict[str, Any] = {
             "seed": seed,
             # Images come with each explain call, labels too: no source to list (and no builtin one without labels).
             "data": {"source": "python:explain"},
             "target": target,
-            "methods": _methods_mapping(method_names() if methods is None else methods),
+            "methods": _methods_mapping([spec.name for spec in method_specs() if not spec.control]
+                                        if methods is None else methods),
+            "controls": controls,
             "compute": {"device": device, "precision": precision, "forward_batch": forward_batch,
                         "batch_size": batch_size, "fast_execution": fast_execution},
         }

@@ -93,7 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     summarize.add_argument("--no-report", action="store_true", help="skip report.html")
     summarize.add_argument("--rank-on", metavar="METRIC[:WEIGHT],…",
                            help="the quality metrics (and weights, default 1) of the overall rank, e.g. "
-                                "sensitivity_max:1,deletion_auc:2; default: every metric family present weighs 1")
+                                "sensitivity_max:1,deletion_auc:2, or reliable (the metrics the control maps do not "
+                                "flag); default: every metric family present weighs 1")
 
     show = verbs.add_parser("show", help="plot one image and each method's map")
     show.add_argument("out", help="a run's output directory")

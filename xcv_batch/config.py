@@ -22,7 +22,7 @@ import yaml
 from .data.registry import source_kind
 from .errors import ConfigError, cli_or_python
 from .models.kinds import kinds_text, model_kind
-from .methods.registry import method_spec, method_specs
+from .methods.registry import control_names, is_control, method_spec, method_specs
 from .methods.settings import METHOD_SETTINGS
 from .metrics.registry import metric_specs
 from .output.formats import format_names
@@ -266,6 +266,9 @@ class Job:
     #: The class each map explains: the model's top prediction, or the manifest's label column.
     target: Literal["predicted", "label"] = "predicted"
     methods: Mapping[str, Any] = field(default_factory=dict)  # name → that method's settings dataclass, job order
+    #: Add the control maps (random, edges, centre: no model passes, every metric) after the methods; summarize
+    #: reports each metric's power to rank the methods above them, and they never enter the rank.
+    controls: bool = True
     #: Max-Sensitivity of every map (on by default; null turns it off).
     sensitivity: Optional[SensitivityConfig] = field(default_factory=SensitivityConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
@@ -289,6 +292,7 @@ class Job:
             "model": dataclasses.asdict(self.model),
             "target": self.target,
             "methods": {name: dataclasses.asdict(s) for name, s in self.methods.items()},
+            "controls": self.controls,
             "sensitivity": dataclasses.asdict(self.sensitivity) if self.sensitivity else None,
             "metrics": self.metrics.to_dict(),
             "compute": dataclasses.asdict(self.compute),
@@ -308,6 +312,7 @@ class Job:
         d = self.to_dict()
         d.pop("output")
         d.pop("name")
+        d.pop("controls")  # the control maps it adds are in ``methods``; off, the hash is what it was before them
         # Batching, sharding and workers do not change results; the device, precision and execution do (rounding).
         c = self.compute
         d["compute"] = {"device": c.device, "precision": c.precision, "fast_execution": c.fast_execution}
@@ -474,13 +479,15 @@ def _build_methods(raw: Any) -> dict:
     if not isinstance(raw, Mapping):
         raise ConfigError("methods", "must be a mapping of method name → settings")
     methods = {}
+    real = [name for name in METHOD_SETTINGS if not is_control(name)]
     for name, settings in raw.items():
         if name not in METHOD_SETTINGS:
-            raise ConfigError(f"methods.{name}", f"unknown method; one of: {', '.join(METHOD_SETTINGS)}")
+            raise ConfigError(f"methods.{name}", f"unknown method; one of: {', '.join(real)}")
         if settings is not None:
             methods[name] = build_dataclass(METHOD_SETTINGS[name], settings, f"methods.{name}")
-    if not methods:
-        raise ConfigError("methods", f"name at least one method of: {', '.join(METHOD_SETTINGS)}")
+    # A control map (OUT/job.yaml lists them with the methods) is compared with methods, never one itself.
+    if not any(not is_control(name) for name in methods):
+        raise ConfigError("methods", f"name at least one method of: {', '.join(real)}")
     return methods
 
 
@@ -514,7 +521,10 @@ def job_from_mapping(raw: Any) -> Job:
     methods = _build_methods(raw.pop("methods", None))
     metrics = _build_metrics(raw.pop("metrics", None))
     # sensitivity: absent → the defaults, null → off, a mapping → those settings (the generic Optional handling)
-    return dataclasses.replace(build_dataclass(Job, raw, ""), methods=methods, metrics=metrics)
+    job = build_dataclass(Job, raw, "")
+    if job.controls:  # after the job's methods, in registration order
+        methods = {**methods, **{name: METHOD_SETTINGS[name]() for name in control_names() if name not in methods}}
+    return dataclasses.replace(job, methods=methods, metrics=metrics)
 
 
 # ------------------------------------------------------------------------------------------- file and overrides

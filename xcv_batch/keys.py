@@ -51,7 +51,8 @@ class Entry:
 
 
 def _method_entries() -> dict[str, Entry]:
-    return {spec.name: Entry(spec.settings) for spec in method_specs()}
+    # the control maps have no settings and come with the top-level ``controls`` key
+    return {spec.name: Entry(spec.settings) for spec in method_specs() if not spec.control}
 
 
 def _metric_entries() -> dict[str, Entry]:

@@ -18,7 +18,7 @@ import torch
 from xcv_batch.config import apply_overrides, build_dataclass
 from xcv_batch.errors import ConfigError
 from xcv_batch.execution.device import autocast, describe_device, optimised_net, peak_host_bytes
-from xcv_batch.methods import method_names, segmentation
+from xcv_batch.methods import method_names, method_spec, segmentation
 from xcv_batch.methods.settings import METHOD_SETTINGS
 from xcv_batch.models.classifier import build_classifier, resolve_device
 
@@ -52,7 +52,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu", help="cpu, cuda, auto")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
     p.add_argument("--forward-batch", default="64", help="an int, or 'auto' (probe free device memory; CUDA)")
-    p.add_argument("--methods", default=",".join(method_names()))
+    p.add_argument("--methods", default=",".join(n for n in method_names() if not method_spec(n).control))
     p.add_argument("--images", type=int, default=8)
     p.add_argument("--pieces", type=int, default=4, help="timed pieces per method (each between raw brackets)")
     p.add_argument("--sens-images", type=int, default=1, help="images whose Max-Sensitivity the engine computes")

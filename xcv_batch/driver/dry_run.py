@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass, field
 
 from ..config import Job
+from ..methods.registry import is_control
 from ..output.outdir import check_out
 from ..plan import CLASSIFY, Passes, explanation_copies, format_duration, method_passes
 from .placement import WorkerPlan, local_resources, plan_workers
@@ -71,7 +72,8 @@ class RunPlan:
             cost = f"   ≈ {seconds[name]:.3g} s/image" if name in seconds else ""
             if name in paths:
                 cost += f" ({paths[name]})"
-            lines.append(f"  {name:<{width}}  {passes.describe()}{cost}")
+            control = " (control: its metrics' passes; the map needs none)" if is_control(name) else ""
+            lines.append(f"  {name:<{width}}  {passes.describe()}{control}{cost}")
         lines.append(f"  {'classification':<{width}}  {CLASSIFY.describe()} (the target)")
         per_image = stored_bytes_per_image(job)
         lines.append(f"storage: {per_image:,} bytes per image uncompressed ({_storage_choice(job)}), "

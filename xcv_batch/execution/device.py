@@ -277,6 +277,8 @@ def size_forward_batches(
     probes: dict[bool, BatchProbe] = {}
     chosen: dict[str, BatchProbe] = {}
     for name, method in methods.items():
+        if getattr(method, "control", False):  # no pass through the model to size
+            continue
         gradient = method.differentiates
         if gradient not in probes:
             trial = model_trial(classifier.net, image_shape, classifier.device, gradient, precision)

@@ -28,6 +28,8 @@ class AttributionMethod(ABC):
     stochastic: ClassVar[bool] = False
     #: whether its passes differentiate the model (a forward batch then also holds activations for the backward)
     differentiates: ClassVar[bool] = False
+    #: whether it is a control map, blind to the model (its map is a function of the image alone)
+    control: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)

@@ -22,7 +22,10 @@ A spec is everything the rest of the package knows about a method:
 * ``check_model`` — ``"module:function"`` of ``check(classifier, settings)``, its checks against the built model
   (e.g. that a layer exists), run by ``run --dry-run``'s probe as the run's build of the method would;
 * ``unhashed`` — its settings keys that change how maps are computed, not what they are, left out of the job's
-  fingerprint (so that ``--resume`` accepts a run made with another value).
+  fingerprint (so that ``--resume`` accepts a run made with another value);
+* ``control`` — a control map that knows nothing about the model (``random``, ``edges``, ``centre``): every metric
+  scores it as it scores a method, ``summarize`` measures each metric's power to rank the real methods above it, and
+  it never enters the method ranking; its map is a function of the image alone (its seed, its pixels).
 
 The built-in methods register when ``xcv_batch.methods.settings`` is imported; every lookup here imports it first.
 """
@@ -108,6 +111,8 @@ class MethodSpec:
     #: ``"module:function"`` (imported only when a model is checked; "" for none)
     check_model: str = ""
     unhashed: tuple[str, ...] = ()
+    #: a control map (random, edges, centre): blind to the model, scored by every metric, never ranked
+    control: bool = False
     #: whether its copies may run a path of their own rather than ordinary passes of the model: the dry run's probe
     #: then builds the method and times its ``row_probe`` step along the path it will take
     own_path: bool = False
@@ -148,12 +153,13 @@ class MethodSpec:
         return load_reference(self.oracle, __package__)
 
     def bind(self, cls: type) -> type:
-        """Give the implementation class the spec's name, settings type, ``stochastic`` and ``differentiates`` as
-        class attributes (what code holding a method object reads)."""
+        """Give the implementation class the spec's name, settings type, ``stochastic``, ``differentiates`` and
+        ``control`` as class attributes (what code holding a method object reads)."""
         cls.name = self.name
         cls.settings_type = self.settings
         cls.stochastic = self.stochastic
         cls.differentiates = self.differentiates
+        cls.control = self.control
         return cls
 
 
@@ -171,6 +177,16 @@ def spec_of_class(module: str, qualname: str) -> MethodSpec | None:
     """The spec whose implementation is ``module:qualname``, if one is registered."""
     return next((s for s in method_specs() if s.module == module and s.implementation.split(":")[1] == qualname),
                 None)
+
+
+def control_names() -> tuple[str, ...]:
+    """The registered control maps, in registration order."""
+    return tuple(spec.name for spec in method_specs() if spec.control)
+
+
+def is_control(name: str) -> bool:
+    """Whether ``name`` is a registered control map (False for an unknown name: it is not one)."""
+    return name in control_names()
 
 
 def method_diagnostics() -> dict[str, DiagnosticInfo]:

@@ -210,5 +210,43 @@ register(MethodSpec(
 ))
 
 
+# --------------------------------------------------------------------------------------------------- controls
+# Maps that know nothing about the model (methods/controls.py): the job's ``controls: true`` adds them after its
+# methods; every metric scores them, summarize reports each metric's power to reject them, none enters the rank.
+
+
+@dataclass(frozen=True)
+class RandomControlSettings:
+    """Control map: uniform noise in [0, 1), drawn per image from its seed (job seed, image id, ``random``)."""
+
+
+@dataclass(frozen=True)
+class EdgesControlSettings:
+    """Control map: the Sobel gradient magnitude of the model input, per channel (an edge detector)."""
+
+
+@dataclass(frozen=True)
+class CentreControlSettings:
+    """Control map: a fixed centred Gaussian (σ a quarter of each side), the same for every image."""
+
+
+def _no_passes(settings, height: int, width: int) -> Passes:
+    return Passes()
+
+
+for _spec in (
+    MethodSpec(name="random", settings=RandomControlSettings, label="random (control)",
+               implementation=".controls:RandomControl", stochastic=True, signed=False, control=True,
+               passes=_no_passes),
+    MethodSpec(name="edges", settings=EdgesControlSettings, label="edges (control)",
+               implementation=".controls:EdgesControl", oracle=".oracles:scipy_sobel_magnitude", signed=False,
+               control=True, passes=_no_passes),
+    MethodSpec(name="centre", settings=CentreControlSettings, label="centre (control)",
+               implementation=".controls:CentreControl", oracle=".oracles:numpy_centred_gaussian", signed=False,
+               control=True, passes=_no_passes),
+):
+    register(_spec)
+
+
 #: method name → settings class, read from the registry (methods registered later included)
 METHOD_SETTINGS: Mapping[str, type] = RegistryView("settings")

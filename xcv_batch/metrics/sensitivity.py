@@ -13,7 +13,8 @@ Differences from calling Captum per image, none of which changes the definition:
 - the noise is drawn on the compute device from a generator seeded per image and method, not from the global CPU
   RNG, so a value does not depend on batching or worker count;
 - Φ(x) is the attribution the run already computed (same seed, so identical to recomputing it), saving one call;
-- a stochastic method explains copy ``j`` of an image with its own seed, derived from the image's seed and ``j``.
+- a stochastic method explains copy ``j`` of an image with its own seed, derived from the image's seed and ``j``
+  (a control map keeps the image's own seed: it is a function of the image alone).
 
 :class:`MaxSensitivity` is its metric for the runner (registered in settings.py under the job's top-level
 ``sensitivity:`` key); its passes are the method's, so out-of-memory halving shrinks the method's ``forward_batch``.
@@ -64,7 +65,10 @@ def sensitivity_max(
     n = n_perturb_samples
     perturbed = uniform_perturbations(inputs, noise_seeds, n, perturb_radius)
     copy_targets = targets.repeat_interleave(n)
-    copy_seeds = [perturbation_seed(int(s), j) for s in seeds for j in range(n)]
+    # A control map is a function of the image alone: its perturbed copies keep the image's seed (a random map that
+    # changed with the noise would be a map of the noise, not of the image).
+    copy_seeds = [int(s) if getattr(method, "control", False) else perturbation_seed(int(s), j)
+                  for s in seeds for j in range(n)]
 
     reference = attributions.to(device=inputs.device, dtype=torch.float32).reshape(inputs.shape[0], -1)
     # The ratio does not change when both maps are divided by one number, so each image's maps are divided by the

@@ -28,6 +28,7 @@ from ..errors import OutputError
 from ..output.layout import JOB_FILE
 from .panel import panel_figure
 from ..output.results import Results, open_results
+from .controls import control_sentences
 from .labels import method_label
 from .summary_text import (COST, COUNTS, METHOD, RANK, agreement_matrix_table, agreement_pairs_table,
                            agreement_sentence, cost_sentence, cost_table, diagnostic_sentences, fmt, friedman_sentence,
@@ -494,6 +495,13 @@ _BROWSE_LINE = ("<p>Every image with its maps, to sort and filter: <code>python 
                 "page; its Report link opens this report).</p>")
 
 
+def _controls_section(summary: Summary) -> str:
+    """Whether each metric told the methods' maps from maps that know nothing about the model; empty without
+    controls (the section is then left out)."""
+    lines = control_sentences(summary.controls)
+    return "".join(f'<p class="control">{html.escape(line)}</p>' for line in lines)
+
+
 def _job_section(job: dict | None) -> str:
     job_text = yaml.safe_dump(job, sort_keys=False) if job else f"no {JOB_FILE}"
     return f"<details><summary>{JOB_FILE}</summary><pre>{html.escape(job_text)}</pre></details>"
@@ -509,6 +517,7 @@ def render_report(results: Results, summary: Summary, gallery: int = GALLERY_CAP
     title = html.escape(str(facts.job_name or results.out))
     sections = [
         Section("ranking", "Ranking", _ranking_section(summary)),
+        Section("controls", "Control maps", _controls_section(summary)),
         Section("per-metric", "Per metric", _per_metric_section(summary)),
         Section("cost", "Cost", _cost_section(summary)),
         Section("agreement", "Metric agreement", _agreement_section(summary)),

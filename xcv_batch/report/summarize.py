@@ -39,10 +39,13 @@ from . import stats
 from ..config import SensitivityConfig
 from ..errors import ConfigError, OutputError, first_line
 from ..output.layout import JOB_FILE
+from ..methods.registry import is_control
 from ..methods.settings import METHOD_SETTINGS
 from ..metrics.registry import COST_COLUMNS, DIAGNOSTICS, metric_info, metrics_in
 from ..plan import Passes, explanation_passes
 from ..output.results import Results, open_results
+from .controls import control_power, split_controls
+from .summary_types import ControlPower
 from .labels import method_label
 from .summary_text import render_markdown
 from .summary_types import (Agreement, Concordance, Cost, Diagnostic, DiagnosticImage, Failure, FriedmanTest,
@@ -58,6 +61,8 @@ _DIAGNOSTIC_IMAGES_LISTED = 20
 #: of √(0.025 · 0.975 / B), 0.0005 at 100,000, finer than any digit the summary prints; beyond that only the time
 #: grows (50× the default's, per metric and pair of metrics), and a typo such as 1e9 would run for days.
 MAX_BOOTSTRAP = 100_000
+#: ``--rank-on reliable``: rank on the metrics that are not flagged (see report/controls.py).
+RELIABLE = "reliable"
 
 SEED_SENSITIVITY = asdict(SensitivityConfig())  # the job defaults are the seed's settings
 SEED_RESOLUTION = 224
@@ -67,7 +72,7 @@ SEED_RESOLUTION = 224
 
 
 def summarize(out: "str | Results", n_boot: int = 2000, seed: int = 0,
-              rank_on: Mapping[str, float] | None = None) -> Summary:
+              rank_on: Mapping[str, float] | str | None = None) -> Summary:
     """The summary of the output directory ``out`` (a path, or its open Results; finished or not): that of
     :func:`summarize_rows` with the run's facts (model, fingerprint, completeness, the seed's settings)."""
     check_bootstrap(n_boot)
@@ -96,11 +101,14 @@ def summarize(out: "str | Results", n_boot: int = 2000, seed: int = 0,
 
 
 def summarize_rows(rows: pd.DataFrame, methods: Sequence[str] | None = None, n_boot: int = 2000, seed: int = 0,
-                   alpha: float = stats.ALPHA, rank_on: Mapping[str, float] | None = None,
+                   alpha: float = stats.ALPHA, rank_on: Mapping[str, float] | str | None = None,
                    job: Mapping | None = None, image_ids: Sequence[str] | None = None) -> Summary:
     """Rankings, CIs, tests, agreement and cost of a table of metric rows (the Parquet schema); the part of
     :func:`summarize` that needs no files. ``rank_on``: metric → weight for the overall rank (default: every family
-    of quality metrics present weighs 1); ``job``: the resolved job, for the cost's batch size and passes per image.
+    of quality metrics present weighs 1, a metric that ties the methods on most images left out; :data:`RELIABLE`:
+    likewise over the metrics that are not flagged); ``job``: the resolved job, for the cost's batch size and passes
+    per image. The control maps' rows are set apart first: they enter ``controls`` (each metric's power to reject
+    them, see report/controls.py) and nothing else.
 
     The summary holds the ranked quality metrics (direction, label, unit, family, images ranked, methods ranked,
     Nemenyi CD, weight in the rank), the metrics skipped and why, the weights used, per method its overall mean rank
@@ -112,8 +120,10 @@ def summarize_rows(rows: pd.DataFrame, methods: Sequence[str] | None = None, n_b
     """
     check_bootstrap(n_boot)
     name_of = (lambda code: str(image_ids[int(code)])) if image_ids is not None else str
-    rows = _deduplicate(rows)
-    method_names = list(dict.fromkeys([*(methods or []), *rows["method"].astype(str)]))
+    rows, control_rows = split_controls(_deduplicate(rows))
+    control_names = list(dict.fromkeys([*(m for m in methods or [] if is_control(m)),
+                                        *control_rows["method"].astype(str)]))
+    method_names = list(dict.fromkeys([*(m for m in methods or [] if not is_control(m)), *rows["method"].astype(str)]))
     images = _images_in_order(rows)
     ok = rows[rows["status"] == "ok"]
     counts = {}
@@ -162,7 +172,11 @@ def summarize_rows(rows: pd.DataFrame, methods: Sequence[str] | None = None, n_b
             nemenyi=NemenyiTest(alpha=alpha, q_alpha=stats.NEMENYI_Q_005.get(len(ranked)), cd=cd),
         )
 
-    weights = rank_weights(metrics, rank_on, skipped)
+    control_ok = control_rows[control_rows["status"] == "ok"]
+    power = control_power(pd.concat([ok, control_ok]) if len(control_ok) else ok,
+                          {metric: info.direction for metric, info in metrics.items()}, method_names, control_names,
+                          images, n_boot, seed, int((control_rows["status"] == "error").sum()))
+    weights = rank_weights(metrics, rank_on, skipped, power)
     metrics = {metric: replace(info, weight=weights.get(metric, info.weight)) for metric, info in metrics.items()}
     metric_cis, overall_cis = _rank_cis(rank_tables, weights, n_boot, np.random.default_rng(seed))
     summaries = {}
@@ -188,10 +202,10 @@ def summarize_rows(rows: pd.DataFrame, methods: Sequence[str] | None = None, n_b
     return plain(Summary(
         n_images=len(images), n_boot=int(n_boot), seed=int(seed), alpha=alpha, metrics=metrics,
         metrics_skipped=skipped, methods=summaries, tests=tests,
-        rank_on=RankOn(weights=weights, chosen=rank_on is not None),
+        rank_on=RankOn(weights=weights, chosen=rank_on is not None, reliable=rank_on == RELIABLE),
         agreement=metric_agreement(metrics, value_tables, method_names, weights, n_boot, seed),
         cost=cost_summary(rows, method_names, job), diagnostics=diagnostics_summary(ok, name_of), failures=failures,
-        n_failed_images=int(errors["image_id"].nunique()),
+        n_failed_images=int(errors["image_id"].nunique()), controls=power,
     ))
 
 
@@ -204,8 +218,11 @@ def check_bootstrap(n_boot: int) -> None:
         raise ConfigError("--bootstrap", f"must be 1 … {MAX_BOOTSTRAP:,} resamples (default 2,000), got {n_boot!r}")
 
 
-def parse_rank_on(text: str) -> dict[str, float]:
-    """``sensitivity_max:1,deletion_auc:2`` (a weight may be left out: 1) → {metric: weight}; ConfigError if malformed."""
+def parse_rank_on(text: str) -> dict[str, float] | str:
+    """``sensitivity_max:1,deletion_auc:2`` (a weight may be left out: 1) → {metric: weight}, or :data:`RELIABLE`;
+    ConfigError if malformed."""
+    if str(text).strip() == RELIABLE:
+        return RELIABLE
     weights: dict[str, float] = {}
     for part in (p.strip() for p in str(text).split(",")):
         if not part:
@@ -226,10 +243,19 @@ def parse_rank_on(text: str) -> dict[str, float]:
     return weights
 
 
-def rank_weights(ranked: Mapping[str, RankedMetric], chosen: Mapping[str, float] | None,
-                 skipped: Mapping[str, str] | None = None) -> dict[str, float]:
+def rank_weights(ranked: Mapping[str, RankedMetric], chosen: Mapping[str, float] | str | None,
+                 skipped: Mapping[str, str] | None = None, power: ControlPower | None = None) -> dict[str, float]:
     """The weight of each ranked metric in the overall rank: the chosen ones, or by default 1 per family present,
-    shared equally by the family's metrics (a metric of no known family is a family of its own)."""
+    shared equally by the family's metrics (a metric of no known family is a family of its own). By default a metric
+    that ties the methods on most images is left out (``power``); :data:`RELIABLE` leaves out every flagged metric."""
+    if chosen == RELIABLE:
+        flagged = power.flagged if power is not None else []
+        if ranked and all(metric in flagged for metric in ranked):
+            raise ConfigError("--rank-on", f"reliable: every ranked metric is flagged ({', '.join(ranked)}), so "
+                                           "none is left to rank on; name the metrics instead")
+        return rank_weights({m: info for m, info in ranked.items() if m not in flagged}, None)
+    if chosen is None and power is not None:
+        ranked = {m: info for m, info in ranked.items() if not (m in power.metrics and power.metrics[m].tied)}
     if chosen is None:
         families: dict[str, list[str]] = {}
         for metric, info in ranked.items():

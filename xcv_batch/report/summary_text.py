@@ -12,6 +12,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .controls import control_sentences
 from .labels import method_label
 from .summary_types import FriedmanTest, MetricTests, Summary
 from .tables import HTML, MARKDOWN, TERMINAL, Column, Table, to_markdown, to_rich
@@ -82,10 +83,14 @@ def rank_sentence(summary: Summary) -> str:
     """Which metrics entered the mean rank, with their weights, and that cost did not."""
     weights = summary.rank_on.weights
     if not weights:
+        if summary.metrics:
+            return ("Every quality metric ties the methods on most images, so nothing is ranked; cost is shown on its "
+                    "own.")
         return "No quality metric has values, so nothing is ranked; cost is shown on its own."
     listed = ", ".join(f"{summary.metrics[m].label} ×{_weight_text(w)}" for m, w in weights.items())
     if summary.rank_on.chosen:
-        how = "weights chosen with --rank-on"
+        how = ("--rank-on reliable: each metric family present weighs 1, over the metrics not flagged below"
+               if summary.rank_on.reliable else "weights chosen with --rank-on")
     else:
         how = "default weights: each metric family present weighs 1, shared by its metrics"
     return (f"Mean rank and win rate are the weighted mean over quality metrics only: {listed} ({how}). "
@@ -135,7 +140,7 @@ def summary_notes(summary: Summary) -> list[str]:
     agreement = agreement_sentence(summary)
     if agreement:
         notes.append(agreement)
-    return notes + diagnostic_sentences(summary)
+    return notes + control_sentences(summary.controls) + diagnostic_sentences(summary)
 
 
 def cost_sentence(summary: Summary) -> str:

@@ -144,6 +144,58 @@ class MethodSummary:
         return {**plain, **values}
 
 
+# --- control maps: each metric's power to reject them ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ControlShare:
+    """One real method against one control map on one metric, over the images where both have a value: the
+    share of images on which the method is better by the metric's direction (with its bootstrap CI), and on which
+    the control is."""
+
+    share: Optional[float]
+    ci95: list
+    control_share: Optional[float]
+    n_images: int
+
+
+@dataclass(frozen=True)
+class MetricPower:
+    """A metric's power to tell real attributions from control maps, and whether it separates the methods at all.
+
+    ``shares``: control → method → :class:`ControlShare`. ``beaten``: control → the methods it beats (better on more
+    images than the method is). ``flagged_by``: the controls that beat at least half of the methods, most first.
+    ``beaten_share``: for the first of them, the share of (image, beaten method) pairs on which the control is better
+    (mean over images, bootstrap CI). ``tied_share``: the share of images whose methods' values tie (within
+    ``tolerance`` of their largest magnitude), over ``n_tie_images`` images with at least two methods' values;
+    ``tied``: above one half, so the metric is left out of the default rank."""
+
+    label: str
+    direction: str
+    shares: dict[str, dict[str, ControlShare]]
+    beaten: dict[str, list[str]]
+    flagged_by: list[str]
+    beaten_share: Optional[float]
+    beaten_share_ci95: list
+    tied_share: Optional[float]
+    n_tie_images: int
+    tied: bool
+
+
+@dataclass(frozen=True)
+class ControlPower:
+    """``controls`` in summary.json: the control maps of the run, the real methods compared with them, per ranked
+    metric its :class:`MetricPower`, the metrics flagged (by a control or by ties; ``--rank-on reliable`` ranks on
+    the others) and the error rows of the controls (never among the methods' failures)."""
+
+    controls: list[str]
+    methods: list[str]
+    tolerance: float
+    metrics: dict[str, MetricPower]
+    flagged: list[str]
+    n_control_errors: int
+
+
 # --- the run as a whole ---------------------------------------------------------------------------------------------
 
 
@@ -153,6 +205,8 @@ class RankOn:
 
     weights: dict[str, float]
     chosen: bool
+    #: ``--rank-on reliable``: the default weights over the metrics that are not flagged (see ``controls``)
+    reliable: bool = False
 
 
 @dataclass(frozen=True)
@@ -301,6 +355,8 @@ class Summary:
     diagnostics: dict[str, Diagnostic]
     failures: list[Failure]
     n_failed_images: int
+    #: each metric's power to reject the control maps, and its ties (None: no metric ranked)
+    controls: Optional[ControlPower] = None
     #: None for a summary of rows without their output directory
     run: Optional[RunFacts] = None
     schema: int = SUMMARY_SCHEMA

@@ -1,0 +1,164 @@
+"""Would a metric notice a useless map? Each metric's power to rank real attributions above the control maps, and
+whether it separates the methods at all.
+
+A control map knows nothing about the model (``MethodSpec.control``: seeded noise, an edge detector, a centred
+Gaussian). Per metric, per real method and control, over the images where both have a value: the share of images on
+which the method is better by the metric's direction (by more than :data:`TIE_TOLERANCE`: closer values tie), with
+a percentile-bootstrap CI over images (all pairs of one metric share the resamples). A control *beats* a method when
+it is the better of the two on more images than the method is (a tie is neither's). A metric is **flagged** when some control beats at least half of the real methods:
+it ranks a map that knows nothing above real attributions, so its rank says little here (Adebayo et al. 2018 found an
+edge detector passing several saliency evaluations).
+
+A metric is flagged too when, on more than half of the images where at least two methods have a value, every
+method's value ties with the others' (within :data:`TIE_TOLERANCE` of their largest magnitude): it cannot separate
+anything, and the default rank leaves it out (effective complexity at its default eps counts nearly every pixel of
+every map).
+
+Controls never enter the method ranking: summarize ranks the real methods' rows alone.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from . import stats
+from ..methods.registry import is_control
+from ..metrics.registry import metric_info
+from .summary_types import ControlPower, ControlShare, MetricPower
+
+#: Values within this fraction of their largest magnitude tie: effective complexity's 4,095 and 4,096 of 4,096
+#: pixels differ by 0.02 %, far below what separates two maps.
+TIE_TOLERANCE = 1e-3
+#: A metric whose methods tie on more than this share of images separates nothing.
+TIED_SHARE = 0.5
+
+
+def split_controls(rows: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(the real methods' rows, the control maps' rows)."""
+    control = rows["method"].astype(str).map(is_control).to_numpy(dtype=bool)
+    return rows[~control], rows[control]
+
+
+def control_power(ok: pd.DataFrame, metrics: Mapping[str, str], methods: Sequence[str], controls: Sequence[str],
+                  images: Sequence, n_boot: int, seed: int, n_control_errors: int = 0) -> ControlPower:
+    """The power of each metric (column → direction) to reject the ``controls``, compared with the real ``methods``
+    on the ``ok`` rows of both, images in the order of ``images``; ties are among the real methods alone."""
+    names = [*methods, *controls]
+    powers = {}
+    for m_index, (metric, direction) in enumerate(metrics.items()):
+        wide = ok.pivot(index="image_id", columns="method", values=metric).reindex(index=images, columns=names)
+        values = wide.astype("float64").to_numpy(dtype=float, na_value=np.nan)
+        real, control = values[:, :len(methods)], values[:, len(methods):]
+        rng = np.random.default_rng([seed, 7877, m_index])
+        powers[metric] = metric_power(metric, direction, real, control, methods, controls, n_boot, rng)
+    flagged = [metric for metric, power in powers.items() if power.tied or power.flagged_by]
+    return ControlPower(controls=list(controls), methods=list(methods), tolerance=TIE_TOLERANCE, metrics=powers,
+                        flagged=flagged, n_control_errors=int(n_control_errors))
+
+
+def better(a: np.ndarray, b: np.ndarray, direction: str, tolerance: float = TIE_TOLERANCE) -> np.ndarray:
+    """1.0 where ``a`` is better than ``b`` by ``direction`` (by more than ``tolerance`` × the larger magnitude: closer
+    values tie), 0.0 where not, NaN where either is missing."""
+    with np.errstate(invalid="ignore"):
+        margin = (a - b) if direction == "higher" else (b - a)
+        wins = margin > tolerance * np.maximum(np.abs(a), np.abs(b))
+    return np.where(np.isfinite(a) & np.isfinite(b), wins.astype(float), np.nan)
+
+
+def metric_power(metric: str, direction: str, real: np.ndarray, control: np.ndarray, methods: Sequence[str],
+                 controls: Sequence[str], n_boot: int, rng: np.random.Generator) -> MetricPower:
+    """One metric's :class:`MetricPower` from its (images × methods) and (images × controls) values."""
+    pairs = [(j, c) for c in range(len(controls)) for j in range(len(methods))]
+    method_wins = [better(real[:, j], control[:, c], direction) for j, c in pairs]
+    control_wins = [better(control[:, c], real[:, j], direction) for j, c in pairs]
+    # Shared resamples over the images where every method and control has a value; a pair's own images otherwise.
+    complete = stats.complete_rows(np.column_stack([real, control])) if pairs else np.zeros(len(real), bool)
+    boot = (stats.bootstrap_means([np.column_stack(method_wins)[complete]], n_boot, rng)[0]
+            if pairs and complete.any() else None)
+    shares: dict[str, dict[str, ControlShare]] = {name: {} for name in controls}
+    beaten: dict[str, list[str]] = {name: [] for name in controls}
+    for index, (j, c) in enumerate(pairs):
+        wins, losses = method_wins[index], control_wins[index]
+        n = int(np.isfinite(wins).sum())
+        share = float(np.nanmean(wins)) if n else None
+        control_share = float(np.nanmean(losses)) if n else None
+        if boot is not None and int(complete.sum()) == n:
+            ci = list(stats.percentile_ci(boot[:, index]))
+        else:
+            _, ci, _ = stats.mean_ci(wins, n_boot, rng)
+        shares[controls[c]][methods[j]] = ControlShare(share=share, ci95=list(ci), control_share=control_share,
+                                                       n_images=n)
+        if n and control_share > share:
+            beaten[controls[c]].append(methods[j])
+    half = len(methods) / 2
+    flagged_by = sorted((name for name in controls if methods and len(beaten[name]) >= half),
+                        key=lambda name: -len(beaten[name]))
+    beaten_share, beaten_ci = None, [None, None]
+    if flagged_by:
+        c = list(controls).index(flagged_by[0])
+        columns = [list(methods).index(m) for m in beaten[flagged_by[0]]]
+        wins = np.column_stack([control_wins[pairs.index((j, c))] for j in columns])
+        counted = np.isfinite(wins).sum(axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):  # NaN where no beaten method has a value
+            per_image = np.where(counted > 0, np.nansum(wins, axis=1) / counted, np.nan)
+        beaten_share, beaten_ci, _ = stats.mean_ci(per_image, n_boot, rng)
+        beaten_ci = list(beaten_ci)
+    tied_share, n_tie_images = tie_share(real)
+    info = metric_info(metric)
+    return MetricPower(label=info.label, direction=direction, shares=shares, beaten=beaten, flagged_by=flagged_by,
+                       beaten_share=beaten_share, beaten_share_ci95=beaten_ci, tied_share=tied_share,
+                       n_tie_images=n_tie_images, tied=tied_share is not None and tied_share > TIED_SHARE)
+
+
+def tie_share(values: np.ndarray, tolerance: float = TIE_TOLERANCE) -> tuple[float | None, int]:
+    """The share of images (rows with at least two finite values) whose finite values all lie within ``tolerance``
+    × their largest magnitude of each other, and how many such images there are."""
+    finite = np.isfinite(values)
+    usable = finite.sum(axis=1) >= 2
+    if not usable.any():
+        return None, 0
+    rows, present = values[usable], finite[usable]
+    high = np.where(present, rows, -np.inf).max(axis=1)
+    low = np.where(present, rows, np.inf).min(axis=1)
+    scale = np.where(present, np.abs(rows), 0.0).max(axis=1)
+    tied = (high - low) <= tolerance * scale
+    return float(tied.mean()), int(usable.sum())
+
+
+# --- in words -------------------------------------------------------------------------------------------------------
+
+
+def _percent(value: float | None) -> str:
+    return "–" if value is None else f"{100 * value:.0f}"
+
+
+def control_sentences(power: ControlPower | None) -> list[str]:
+    """One sentence per flagged metric (a control beats at least half of the methods on it, or it ties them), or one
+    saying that every metric rejects the controls; none without ranked metrics."""
+    if power is None or not power.metrics:
+        return []
+    lines = []
+    n_methods = len(power.methods)
+    for info in power.metrics.values():
+        if info.tied:
+            lines.append(f"{info.label} ties the methods on {_percent(info.tied_share)} % of {info.n_tie_images} "
+                         f"images (values within {100 * power.tolerance:g} % of each other): it separates nothing "
+                         "here, so it is left out of the default rank.")
+        if info.flagged_by:
+            control = info.flagged_by[0]
+            lo, hi = info.beaten_share_ci95
+            also = [f"`{name}` above {len(info.beaten[name])}" for name in info.flagged_by[1:]]
+            lines.append(f"{info.label} ranks `{control}` above {len(info.beaten[control])} of {n_methods} method"
+                         f"{'s' if n_methods != 1 else ''} on {_percent(info.beaten_share)} % "
+                         f"[{_percent(lo)}, {_percent(hi)}] of images"
+                         + (f" ({', '.join(also)} too)" if also else "")
+                         + ": it does not separate attributions from a map blind to the model here.")
+    if power.controls and not power.flagged:
+        listed = ", ".join(f"`{name}`" for name in power.controls)
+        lines.append(f"Every metric ranks most methods above each control map ({listed}).")
+    if power.n_control_errors:
+        lines.append(f"{power.n_control_errors} control map rows failed (not counted above).")
+    return lines
