@@ -28,6 +28,7 @@ JOB = {
                 "guided_gradcam": {}},
     "sensitivity": {"n_perturb_samples": 1, "perturb_radius": 0.02},
     "metrics": {"complexity": {}},
+    "controls": False,  # the pages list the methods' maps; the control maps' rows have tests of their own
     "compute": {"workers": 1, "device": "cpu", "batch_size": 2, "forward_batch": 16, "shard_size": 2},
 }
 

@@ -23,6 +23,8 @@ JOB = {
         "lime": {"num_samples": 16},
     },
     "sensitivity": {"n_perturb_samples": 1, "perturb_radius": 0.02},
+    # these tests compare the methods' results across workers, faults and stores; the control maps have their own
+    "controls": False,
     "compute": {"workers": 1, "device": "cpu", "batch_size": 2, "forward_batch": 16, "shard_size": 2,
                 "max_attempts": 2},
 }

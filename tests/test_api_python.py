@@ -190,7 +190,7 @@ def test_progress_moves_within_a_method_and_ends_full(monkeypatch, capsys):
 def test_run_prints_the_clis_closing_line(tmp_path, capsys):
     job = {"name": "api-done", "data": {"source": "builtin:skimage", "limit": 1},
            "model": {"arch": "resnet18", "weights": "none", "resolution": 32},
-           "methods": {"integrated_gradients": {"n_steps": 2}}, "sensitivity": None,
+           "methods": {"integrated_gradients": {"n_steps": 2}}, "sensitivity": None, "controls": False,
            "compute": {"workers": 1, "device": "cpu"}}
     results = xcv_batch.run(job, out=str(tmp_path / "out"))
     printed = capsys.readouterr().out.splitlines()

@@ -39,6 +39,7 @@ JOB = {
     "model": {"weights": "none", "resolution": RESOLUTION},
     "methods": {"occlusion": OCCLUSION, "integrated_gradients": {"n_steps": IG_STEPS}, "guided_gradcam": {}},
     "sensitivity": None,
+    "controls": False,  # the architectures' methods against Captum; the control maps have tests of their own
     "compute": {"workers": 1, "device": "cpu", "batch_size": 2, "forward_batch": 16, "shard_size": 2},
 }
 

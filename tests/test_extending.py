@@ -121,7 +121,7 @@ def test_the_recipes_method_and_metric_get_rows_ranks_and_a_panel_in_a_run(tmp_p
         base = {
             "name": "extending", "seed": 0, "data": {"source": "builtin:skimage", "limit": 2},
             "model": {"arch": "resnet18", "weights": "none", "resolution": 32},
-            "methods": {"occlusion": {"window": 16, "stride": 16}, "gradient_x_input": {}},
+            "methods": {"occlusion": {"window": 16, "stride": 16}, "gradient_x_input": {}}, "controls": False,
             "sensitivity": None,
             "compute": {"workers": 1, "batch_size": 2, "shard_size": 2},
             "output": {"path": str(tmp_path / "out")},

@@ -78,7 +78,7 @@ def test_images_and_results_on_s3_equal_a_local_run(ray_session, s3_env, referen
     # resuming a finished run on S3 finds every shard committed and writes nothing
     before = {p: fs.info(p)["LastModified"] for p in fs.find("results-bucket/run1/metrics")}
     job = load_job(str(tmp_path / "job.yaml"), output=out)
-    with pytest.raises(OutputError, match="--resume"):
+    with pytest.raises(OutputError, match="resume=True"):  # called from Python: the hint names the argument
         run_job(job)
     again = run_job(job, resume=True)
     assert (again.n_skipped, again.n_processed) == (3, 0)

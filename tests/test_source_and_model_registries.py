@@ -96,6 +96,7 @@ JOB = {
     "model": {"arch": "toy:cnn8", "weights": "none", "resolution": 32},
     "methods": {"occlusion": {"window": 8, "stride": 8}},
     "sensitivity": None,
+    "controls": False,  # the toys' rows against the files'; the control maps have tests of their own
     "compute": {"workers": 1, "device": "cpu", "batch_size": 2, "shard_size": 2},
 }
 

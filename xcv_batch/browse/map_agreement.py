@@ -16,6 +16,7 @@ import pandas as pd
 from scipy.stats import rankdata
 
 from ..errors import OutputError
+from ..methods.registry import is_control
 from .index import Snapshot
 
 
@@ -52,6 +53,8 @@ class MapAgreement:
         """Image index → mean pairwise ρ of its methods' maps (ok rows only), for every image with committed rows."""
         with self._lock:  # one computation at a time: a second request waits for the first's values
             ok = snapshot.best[snapshot.best["status"] == "ok"]
+            # the control maps know nothing about the model: agreement is the real methods' only
+            ok = ok[~ok["method"].astype(str).map(is_control)]
             todo = ok[~ok["index"].isin(list(self._values))]
             images = np.unique(todo["index"].to_numpy())
             for first in range(0, len(images), BATCH_IMAGES):
