@@ -202,7 +202,7 @@ def tiny_run(tmp_path_factory, photo_folder):
     folder = tmp_path_factory.mktemp("controls-run")
     job = write_job(folder / "job.yaml", photo_folder,
                     methods={"integrated_gradients": {"n_steps": 2}, "guided_gradcam": {}},
-                    compute__batch_size=4, compute__shard_size=4)
+                    compute__batch_size=4, compute__shard_size=4, controls=True)
     out = folder / "out"
     assert cli.main(["run", job, "--out", str(out)]) == 0
     return out

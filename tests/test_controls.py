@@ -43,7 +43,7 @@ def test_controls_default_on_after_the_methods_and_off_with_the_key():
 
 
 def test_the_dry_run_counts_the_metric_passes_the_controls_add(tmp_path, photo_folder, capsys):
-    job = write_job(tmp_path / "job.yaml", photo_folder, metrics={"deletion": {"n_steps": 4}})
+    job = write_job(tmp_path / "job.yaml", photo_folder, metrics={"deletion": {"n_steps": 4}}, controls=True)
     passes = method_passes(load_job(job))
     # no map pass: Max-Sensitivity re-explains with the control (no model), deletion runs its n_steps + 1 forwards
     assert {name: passes[name].describe() for name in CONTROLS} == {name: "5 forward" for name in CONTROLS}

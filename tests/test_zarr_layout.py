@@ -71,8 +71,7 @@ def test_xarray_opens_a_finished_run_indexed_by_image_id(plain_run, monkeypatch)
                                   res.attribution("coffee.png", "guided_gradcam"))
     assert np.isfinite(occlusion.values).all() and np.isnan(ds["occlusion"].sel(image="notes.jpg").values).all()
     assert path == rows_of("results/demo").set_index("image_id").image_path["chelsea.png"].iloc[0]
-    # the job's methods, and the control maps a run makes by default (controls: true)
-    assert set(ds.data_vars) == {"inputs", "occlusion", "guided_gradcam", "random", "edges", "centre"}
+    assert set(ds.data_vars) == {"inputs", "occlusion", "guided_gradcam"}
     assert ds.attrs["model"] == "resnet18" and "image_ids" not in ds.attrs  # the ids are the index, not an attribute
 
 
