@@ -25,6 +25,7 @@ import traceback
 import torch
 
 from xcv_batch import Explainer
+from gpu_suite import SMOKE_METHODS  # --smoke: the suite's CPU-smoke budgets (seconds on a CPU)
 from xcv_batch.errors import first_line
 
 #: the seed report's settings at a small scale: enough passes to load the GPU, few enough to finish in minutes
@@ -37,14 +38,6 @@ METHODS = {
 }
 
 
-#: --smoke: the same steps at budgets that end in seconds on a CPU
-SMOKE_METHODS = {
-    "occlusion": {"window": 8, "stride": 8},
-    "integrated_gradients": {"n_steps": 4},
-    "ig_smoothgrad": {"nt_samples": 2, "n_steps": 2},
-    "guided_gradcam": {},
-    "lime": {"num_samples": 32},
-}
 PARITY = {"images": 4, "resolution": 64}
 
 

@@ -26,7 +26,8 @@ def test_a_step_writes_its_json_with_status_log_and_results(tmp_path):
 
 
 def test_a_step_past_its_timeout_is_killed_and_the_suite_goes_on(tmp_path):
-    step = gpu_suite.Step("slow", [sys.executable, "-c", "import time; time.sleep(60)"], 1)
+    # an event never set: the child waits until the step's timeout kills it
+    step = gpu_suite.Step("slow", [sys.executable, "-c", "import threading; threading.Event().wait(60)"], 1)
     record = gpu_suite.run_step(step, str(tmp_path), deadline=float("inf"))
     assert record["status"] == "timed out" and record["returncode"] == 124 and record["seconds"] < 30
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 
 import numpy as np
 import pytest
@@ -22,6 +21,7 @@ from xcv_batch.output.background import BackgroundWriter
 from xcv_batch.output.formats import MapLayout
 from xcv_batch.output.store import RunStore
 from xcv_batch.output.zarr_maps import ShardWriter, ZarrWriter
+from waiting import wait_until
 
 TINY = {
     "name": "overlap", "seed": 3,
@@ -181,11 +181,9 @@ def test_the_write_queue_is_bounded_and_keeps_the_order():
 
     producer = threading.Thread(target=produce)
     producer.start()
-    deadline = time.monotonic() + 10
-    while not (writer._queue.full() and inner.threads) and time.monotonic() < deadline:
-        time.sleep(0.01)
-    time.sleep(0.2)  # room for a (wrong) fifth write to be accepted
-    assert len(accepted) == 4  # one taken by the thread (held at the gate), three waiting
+    assert wait_until(lambda: writer._queue.full() and inner.threads, timeout_s=10)
+    producer.join(0.2)  # room for a (wrong) fifth write to be accepted: the producer stays blocked instead
+    assert producer.is_alive() and len(accepted) == 4  # one taken by the thread (held at the gate), three waiting
     gate.set()
     producer.join(10)
     writer.flush()
@@ -198,11 +196,9 @@ def test_a_failed_write_is_raised_by_the_next_write_and_by_flush_and_nothing_is_
     writer = BackgroundWriter(inner, max_pending=2)
     writer.write("m", 0, np.zeros(1))
     writer.write("m", 1, np.zeros(1))  # fails on the thread
-    deadline = time.monotonic() + 10
+    assert wait_until(lambda: writer._error is not None, timeout_s=10)  # the thread has met the failure
     with pytest.raises(OutputError, match="image 1: disk full"):
-        while time.monotonic() < deadline:
-            writer.write("m", 2, np.zeros(1))
-            time.sleep(0.01)
+        writer.write("m", 2, np.zeros(1))
     with pytest.raises(OutputError, match="image 1: disk full"):
         writer.flush()
     assert inner.written == [("m", 0)] and not inner.flushed
