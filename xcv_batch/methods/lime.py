@@ -134,8 +134,9 @@ def resolve_segmenter(settings: LimeSettings, device: torch.device) -> str:
     """``cpu`` or ``device``: where this batch's superpixels are computed.
 
     auto picks the device when it is a GPU (quickshift's window work is thousands of small elementwise passes, which
-    a GPU runs in parallel over the whole batch); on a CPU scikit-image's fused C loop was about twice as fast as the
-    torch port in scripts/bench_quickshift.py, so auto keeps it there. SLIC always runs on the CPU.
+    a GPU runs in parallel over the whole batch). On a CPU scikit-image's fused C loop is as fast as the torch port
+    at best (scripts/bench_quickshift.py) and runs in the segmentation pool beside the model's forwards, where the
+    port would take their threads, so auto keeps it there. SLIC always runs on the CPU.
     """
     if settings.segmentation != "quickshift":
         return "cpu"
