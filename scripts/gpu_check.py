@@ -8,7 +8,9 @@ builders are there, and a small custom module), on random weights:
   (64 px, few images: the CPU side stays short);
 * speed: seconds per image of each method at 224 px on the GPU (fp32 and bf16), through ``Explainer.explain`` —
   the same ``explain_batch`` a run's workers call — after one warm-up batch;
-* refusals: the methods a model cannot run (Guided Grad-CAM on GELU activations) and their one-line reasons.
+* refusals: the methods a model cannot run (Guided Grad-CAM on GELU activations) and their one-line reasons;
+* the classifying forward merged into Guided Grad-CAM's against a forward of its own (``merge_classify``), ResNet-18
+  in fp32 and bf16: targets, probabilities and maps must be bitwise equal on the device too.
 Then ``jobs/smoke.yaml`` runs on the GPU in-process and its rows are checked against a CPU run of the same job.
 Every step is timed and guarded: a failure is recorded in the JSON and the next step runs. ``--smoke`` runs every
 step at tiny settings (two models, 32 px, small budgets, one image of the job): a check of this script on a CPU.
@@ -22,6 +24,7 @@ import os
 import time
 import traceback
 
+import numpy as np
 import torch
 
 from xcv_batch import Explainer
@@ -125,6 +128,32 @@ def check_speed(name, model, report, n_images: int, device: str, resolution: int
         }
 
 
+def check_classify_merge(report, device: str, resolution: int, n_images: int = 8) -> None:
+    """explain_batch with the targets from Guided Grad-CAM's forward against one with a forward of its own."""
+    from xcv_batch.config import ComputeConfig, MetricsConfig
+    from xcv_batch.execution.explain import BatchExplainer
+    from xcv_batch.methods.settings import GuidedGradCamSettings
+    from xcv_batch.models.classifier import build_classifier
+
+    classifier = build_classifier("resnet18", "none", resolution, seed=0, device=device)
+    images = torch.randn(n_images, 3, resolution, resolution, generator=torch.Generator().manual_seed(3)).to(device)
+    ids = [f"img{i}" for i in range(n_images)]
+    entry = report["classify_merge"] = {}
+    for precision in ("fp32", "bf16"):
+        results = [
+            BatchExplainer(classifier, {"guided_gradcam": GuidedGradCamSettings()}, None,
+                           MetricsConfig({name: None for name in MetricsConfig()}), ComputeConfig(precision=precision),
+                           merge_classify=merge).explain_batch(images, ids)
+            for merge in (True, False)]
+        merged, separate = results
+        entry[precision] = {
+            "targets_equal": [i.target for i in merged.images] == [i.target for i in separate.images],
+            "target_probs_equal": [i.target_prob for i in merged.images] == [i.target_prob for i in separate.images],
+            "maps_bitwise_equal": all(np.array_equal(a.attribution, b.attribution)
+                                      for a, b in zip(merged.results, separate.results)),
+        }
+
+
 def check_job(report, out: str, device: str, limit: int | None = None) -> None:
     from xcv_batch import run
 
@@ -166,6 +195,7 @@ def main() -> int:
     steps = [(f"parity {n}", lambda n=n, m=m: check_parity(n, m, report, args.device)) for n, m in chosen.items()]
     steps += [(f"speed {n}", lambda n=n, m=m: check_speed(n, m, report, args.speed_images, args.device, args.speed_res))
               for n, m in chosen.items() if n != "custom tiny_cnn"]
+    steps.append(("classify merge", lambda: check_classify_merge(report, args.device, 32 if args.smoke else 224)))
     job_out = args.job_out or args.out
     steps.append(("smoke job", lambda: check_job(report, job_out, args.device, 1 if args.smoke else None)))
     for name, step in steps:

@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from xcv_batch.config import SensitivityConfig
-from xcv_batch.plan import CLASSIFY, Passes
+from xcv_batch.plan import Passes, classify_passes
 from xcv_batch.methods import method_spec
 from xcv_batch.methods.settings import METHOD_SETTINGS
 
@@ -62,7 +62,11 @@ def test_rows_come_from_the_registry_with_the_classifying_forward(report):
         one_row = Passes(forward_backward=1) if spec.differentiates else Passes(forward=1)
         method = report["engine"][name]["method"]
         assert method["kind"] == ("forward_backward" if spec.differentiates else "forward")
-        assert method["rows_per_image"] == pytest.approx(per_image + CLASSIFY.work / one_row.work)
+        # Guided Grad-CAM's own forward picks the target: no classifying forward is counted for it
+        classify = classify_passes([name]).work / one_row.work
+        assert classify == (0 if name == "guided_gradcam" else 1)
+        assert method["classify_rows_per_image"] == pytest.approx(classify)
+        assert method["rows_per_image"] == pytest.approx(per_image + classify)
         short = per_image * IMAGES <= 16 * FORWARD_BATCH
         timed_images = 2 * IMAGES if short else IMAGES  # two whole-batch repeats, or each image once
         assert len(method["piece_seconds"]) == 2

@@ -277,6 +277,20 @@ def test_guided_gradcam_matches_captum(model, settings, request):
     assert relative_error(ours("guided_gradcam", case, settings, forward_batch=2), expected) < 1e-4
 
 
+@pytest.mark.parametrize("model, one_backward", [("resnet", True), ("vgg", False)])
+def test_guided_gradcam_takes_one_backward_where_no_relu_follows_its_layer(model, one_backward, request):
+    """ResNet's layer4 is followed by pooling and a linear head: one guided backward gives both gradients, the same
+    numbers as a plain backward to the layer and then a guided one. VGG's head has ReLUs: two backwards."""
+    case = request.getfixturevalue(model)
+    method = build_method("guided_gradcam", case.classifier, GUIDED_GRADCAM, forward_batch=20)
+    assert method.one_backward is one_backward
+    if one_backward:
+        once = method.attribute(case.inputs, case.targets, case.seeds)
+        method.one_backward = False
+        assert torch.equal(once, method.attribute(case.inputs, case.targets, case.seeds))
+        assert once.abs().amax(dim=(1, 2, 3)).min() > 0
+
+
 def test_guided_gradcam_leaves_no_hook_and_the_guided_switch_off(resnet_float32):
     classifier = resnet_float32.classifier
     layer = classifier.net.layer4

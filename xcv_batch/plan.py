@@ -22,14 +22,14 @@ activations and, through them, the input), so a forward+backward row weighs 3.
 from __future__ import annotations
 
 import math
-from typing import Mapping
+from typing import Iterable, Mapping
 
 from .config import Job
 from .methods.registry import BACKWARD_COST, Passes, method_spec
 from .metrics.registry import enabled_metrics
 
-__all__ = ["BACKWARD_COST", "CLASSIFY", "Passes", "explanation_copies", "explanation_passes", "format_duration",
-           "method_passes", "total_work"]
+__all__ = ["BACKWARD_COST", "CLASSIFY", "Passes", "classify_passes", "explanation_copies", "explanation_passes",
+           "format_duration", "method_passes", "total_work"]
 
 
 def explanation_passes(method: str, settings, resolution: int) -> Passes:
@@ -77,9 +77,16 @@ def explanation_copies(job: Job) -> dict[str, int]:
 CLASSIFY = Passes(forward=1)
 
 
+def classify_passes(methods: Iterable[str]) -> Passes:
+    """The rows of the forward that picks an image's target: none when one of ``methods`` classifies in its first
+    pass (its spec's ``classifies``: the engine takes the target from that pass when the batch fits one of its
+    forward batches, as a run's batches do), else :data:`CLASSIFY`."""
+    return Passes() if any(method_spec(name).classifies for name in methods) else CLASSIFY
+
+
 def total_work(passes: Mapping[str, Passes]) -> float:
     """Forward-equivalents of one image over every method, its classification included."""
-    return sum(p.work for p in passes.values()) + CLASSIFY.work
+    return sum(p.work for p in passes.values()) + classify_passes(passes).work
 
 
 def format_duration(seconds: float) -> str:

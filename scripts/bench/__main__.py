@@ -14,7 +14,8 @@ executes it: BatchNorm folded and channels_last under the default ``--execution 
 precision, in the same process: forward only for Occlusion and LIME, forward+backward to the input for the gradient
 methods. A method's rows per image are its registered ``passes`` (xcv_batch.methods.registry); the forward that
 picks each image's target and probability is engine work too and counts as one forward (a third of a
-forward+backward row, by the registry's cost model). The speed-up of that execution over the stock model is
+forward+backward row, by the registry's cost model), except for a method whose own first pass picks it (a spec
+with ``classifies``: Guided Grad-CAM). The speed-up of that execution over the stock model is
 measured too (``execution_gain``).
 On a machine shared with others the load changes by the second, so raw passes are *paired into* every measurement:
 after a forward of the measured network, whenever raw passes have had less than ``--raw-share`` of the time, one

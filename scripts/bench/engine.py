@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from xcv_batch.config import ComputeConfig, MetricsConfig, SensitivityConfig
-from xcv_batch.plan import CLASSIFY, Passes
+from xcv_batch.plan import Passes, classify_passes
 from xcv_batch.execution import device as dev
 from xcv_batch.execution.explain import BatchExplainer, BatchResult
 from xcv_batch.methods import method_spec, segmentation
@@ -47,9 +47,11 @@ def kind_of(name: str) -> str:
     return "forward_backward" if method_spec(name).differentiates else "forward"
 
 
-def classify_rows(kind: str) -> float:
-    """The forward that picks an image's target and probability, in rows of ``kind``."""
-    return CLASSIFY.work / ROW_WORK[kind]
+def classify_rows(name: str, kind: str, images: int, forward_batch: int) -> float:
+    """The forward that picks an image's target and probability when ``name`` runs alone on ``images`` images, in
+    rows of ``kind``: none when the method's own first pass picks it (its images fit one of its forward batches)."""
+    own = method_spec(name).classifies and images <= forward_batch
+    return 0.0 if own else classify_passes([]).work / ROW_WORK[kind]
 
 
 class EngineUnderTest:
@@ -146,14 +148,15 @@ def measure_engine(engine: EngineUnderTest, inputs, targets, ids, raw: RawThroug
 
         if short:  # one untimed call first: the kernels' plans for its shapes, as a run has them after a batch
             run_group(groups[0])
-        per_image_rows = per_image + classify_rows(kind)
+        classify = classify_rows(name, kind, max(len(g) for g in groups), forward_batch)
+        per_image_rows = per_image + classify
         pieces = [Piece(functools.partial(run_group, g), per_image_rows * len(g),
                         min(forward_batch, per_image * len(g))) for g in groups]
         measured = measure_pieces(pieces, kind, raw, explainer.executed.net, share)
         measured["seconds_per_image"] = measured["seconds"] / sum(len(g) for g in groups)
         measured["forward_batch"] = forward_batch
         measured["rows_per_image"] = per_image_rows
-        measured["classify_rows_per_image"] = classify_rows(kind)
+        measured["classify_rows_per_image"] = classify
         results[name] = {"method": measured}
         maps[name] = torch.stack([outputs[i] for i in range(n_images)])
         log(f"  engine {name}: {measured['seconds_per_image']:.3f} s/image, efficiency {measured['efficiency']:.2f}")

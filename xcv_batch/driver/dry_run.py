@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from ..config import Job
 from ..methods.registry import is_control
 from ..output.outdir import check_out
-from ..plan import CLASSIFY, Passes, explanation_copies, format_duration, method_passes
+from ..plan import Passes, classify_passes, explanation_copies, format_duration, method_passes
 from .placement import WorkerPlan, local_resources, plan_workers
 from .run import _wants_ray, checked_images, open_store, plan_shards
 
@@ -47,7 +47,8 @@ class RunPlan:
         cores, which the probe already used all of. ``which``: "low"/"high" for the range's ends."""
         if self.times is None:
             return None
-        per_image = sum(self.seconds_per_image(which).values()) + self.times.method_seconds("", CLASSIFY, 0, which)
+        classify = classify_passes(self.passes)
+        per_image = sum(self.seconds_per_image(which).values()) + self.times.method_seconds("", classify, 0, which)
         parallel = self.worker_plan.count if self.worker_plan is not None and self.worker_plan.num_gpus else 1
         return self.images_to_run * per_image / parallel
 
@@ -74,7 +75,9 @@ class RunPlan:
                 cost += f" ({paths[name]})"
             control = " (control: its metrics' passes; the map needs none)" if is_control(name) else ""
             lines.append(f"  {name:<{width}}  {passes.describe()}{control}{cost}")
-        lines.append(f"  {'classification':<{width}}  {CLASSIFY.describe()} (the target)")
+        classify = classify_passes(self.passes)
+        how = "the target" if classify.rows else "the target, from a method's own forward"
+        lines.append(f"  {'classification':<{width}}  {classify.describe()} ({how})")
         per_image = stored_bytes_per_image(job)
         lines.append(f"storage: {per_image:,} bytes per image uncompressed ({_storage_choice(job)}), "
                      f"{_bytes_text(per_image * self.n_images)} for {self.n_images} images")

@@ -5,6 +5,11 @@ A :class:`BatchExplainer` holds a built classifier, the copy passes run on, the 
 target, per (image, method) a map and its row columns, or why there is none. The worker writes that result to an
 output directory, the Python API returns it, the benchmark times it: one code path, one set of numbers.
 
+Each image's target comes from one forward of the batch. Where a method's first pass is that very forward (its spec
+sets ``classifies``: Guided Grad-CAM's), the engine takes the targets from it and runs no forward of its own: the
+same computation on the same copy, so the same targets, probabilities and maps (``merge_classify=False`` keeps
+the separate forward, for comparison).
+
 A failure never costs more than its own images: a forward or a method that raises on a batch is retried per image,
 so one image that breaks it fails alone (an error row), and a method that cannot run on the model at all
 (:class:`~xcv_batch.errors.MethodUnavailable`) gives every image an error row while the others run.
@@ -159,7 +164,8 @@ class BatchExplainer:
     ``compute.fast_execution`` every pass runs on its fast copy, :attr:`executed`. ``methods`` maps each method's
     name to its settings dataclass, in job order; ``sensitivity`` is Max-Sensitivity's settings (None: off) and
     ``metrics`` the job's ``metrics:`` section. ``torch_threads`` is this explainer's share of the node's cores (None:
-    all of them); it decides how many processes may segment for LIME next to it.
+    all of them); it decides how many processes may segment for LIME next to it. ``merge_classify``: take the
+    targets from the first pass of a method that classifies (False: always a forward of their own).
     """
 
     def __init__(
@@ -172,8 +178,10 @@ class BatchExplainer:
         seed: int = 0,
         target: Literal["predicted", "label"] = "predicted",
         torch_threads: int | None = None,
+        merge_classify: bool = True,
     ):
         self.classifier = classifier
+        self.merge_classify = merge_classify
         self.compute = compute = compute or ComputeConfig()
         self.metrics_config = metrics if metrics is not None else MetricsConfig()
         self.sensitivity = sensitivity
@@ -303,35 +311,43 @@ class BatchExplainer:
     def _explain_images(self, positions: list[int], inputs, targets, masks, images: list[ImageResult],
                         results: list[MethodResult], tally: ShardTally) -> None:
         """The batch's forward, then every method. If the forward itself fails, each image is tried alone, so one
-        image that breaks it fails only itself."""
-        try:
-            targets = self._classify(positions, inputs, targets, images)
-        except Exception:  # noqa: BLE001 - isolate the culprit below, then report it per image
-            if len(positions) == 1:
-                message = _failure("forward pass")
-                images[positions[0]].error = message
-                results.extend(MethodResult(positions[0], name, error=message) for name in self.method_names)
-                return
-            for i, position in enumerate(positions):
-                self._explain_images([position], inputs[i: i + 1], None if targets is None else targets[i: i + 1],
-                                     None if masks is None else masks[i: i + 1], images, results, tally)
-            return
+        image that breaks it fails only itself. A method whose first pass is that forward runs first and gives the
+        targets; its results still take its place in job order."""
         image_ids = [images[p].image_id for p in positions]
-        if masks is not None:
-            # One mask or None per image: an image without a mask gets no localisation, the others of its batch do.
-            masks = [m.to(inputs.device) if m is not None else None for m in masks]
-            if not any(m is not None for m in masks):
-                masks = None
+        done: dict[str, list] = {}  # a method that already ran (the one that classified) → its outcome
+        provider = self._classifying_method(len(positions))
+        if provider is not None:
+            classified = self._explain_classifying(provider, positions, inputs, targets, image_ids,
+                                                   self._on_device(masks, inputs.device), images, tally)
+            if classified is not None:
+                targets, done[provider] = classified
+        if not done:
+            try:
+                targets = self._classify(positions, inputs, targets, images)
+            except Exception:  # noqa: BLE001 - isolate the culprit below, then report it per image
+                if len(positions) == 1:
+                    message = _failure("forward pass")
+                    images[positions[0]].error = message
+                    results.extend(MethodResult(positions[0], name, error=message) for name in self.method_names)
+                    return
+                for i, position in enumerate(positions):
+                    self._explain_images([position], inputs[i: i + 1], None if targets is None else targets[i: i + 1],
+                                         None if masks is None else masks[i: i + 1], images, results, tally)
+                return
+        masks = self._on_device(masks, inputs.device)
         for name in self.method_names:
             if name in self.unavailable:
                 results.extend(MethodResult(p, name, error=self.unavailable[name]) for p in positions)
                 continue
-            method = self.methods[name]
-            started = time.perf_counter()
-            # Counted on the model the method calls (a compiled copy's wrapper: hooks there stay outside the graph).
-            with tally.counting_forwards(method.classifier.net, name, len(positions), runner=method):
-                outcome = self._run_method(name, method, inputs, targets, image_ids, masks)
-            tally(MethodDone(name, len(positions), time.perf_counter() - started))
+            outcome = done.get(name)
+            if outcome is None:
+                method = self.methods[name]
+                started = time.perf_counter()
+                # Counted on the model the method calls (a compiled copy's wrapper: hooks there stay outside the
+                # graph).
+                with tally.counting_forwards(method.classifier.net, name, len(positions), runner=method):
+                    outcome = self._run_method(name, method, inputs, targets, image_ids, masks)
+                tally(MethodDone(name, len(positions), time.perf_counter() - started))
             for position, result in zip(positions, outcome):
                 if isinstance(result, str):
                     results.append(MethodResult(position, name, error=result))
@@ -339,18 +355,70 @@ class BatchExplainer:
                     attribution, columns = result
                     results.append(MethodResult(position, name, attribution=attribution, columns=columns))
 
+    @staticmethod
+    def _on_device(masks, device: torch.device):
+        """One mask or None per image, on ``device``; None when no image has one (an image without a mask gets no
+        localisation, the others of its batch do)."""
+        if masks is None:
+            return None
+        masks = [m.to(device) if m is not None else None for m in masks]
+        return masks if any(m is not None for m in masks) else None
+
+    def _classifying_method(self, images: int) -> str | None:
+        """The method whose first pass on ``images`` images is the classifying forward itself, if any: one that
+        classifies (its spec says so), built on the copy the forward runs on, and taking them in one forward."""
+        if not self.merge_classify:
+            return None
+        for name, method in self.methods.items():
+            if method.classifies and method.classifier.net is self.executed.net and method.classifies_batch(images):
+                return name
+        return None
+
+    def _explain_classifying(self, name: str, positions: list[int], inputs, targets, image_ids, masks,
+                             images: list[ImageResult], tally: ShardTally) -> tuple[torch.Tensor, list] | None:
+        """``name`` on the batch with the targets picked from its first pass: (targets, its outcome), or None
+        when it raised. The batch then runs as without it (a forward of its own, each method with its retries),
+        so which image fails, and why, stays what it is there."""
+        method = self.methods[name]
+        pick = _TargetPick(self, positions, targets, images)
+        started = time.perf_counter()
+        try:  # the pick records the targets into ``images`` only when the method is done
+            with tally.counting_forwards(method.classifier.net, name, len(positions), runner=method), \
+                    dev.autocast(inputs.device, self.compute.precision):
+                outcome = self._explain(name, method, inputs, None, image_ids, masks, pick=pick)
+        except Exception:  # noqa: BLE001 - the batch is run again the ordinary way, which reports it per image
+            log.info("%s; the batch runs with a classifying forward of its own", _failure(f"{name} classifying"))
+            for position in positions:  # as before any forward: the ordinary path sets them, or says why not
+                image = images[position]
+                image.target = image.target_name = image.target_prob = None
+            return None
+        tally(MethodDone(name, len(positions), time.perf_counter() - started))
+        return pick.picked[0], outcome
+
     def _classify(self, positions: list[int], inputs: torch.Tensor, targets: torch.Tensor | None,
                   images: list[ImageResult]) -> torch.Tensor:
         """The targets of the images (given, or by the target mode), with their names and probabilities."""
         with torch.no_grad(), dev.autocast(inputs.device, self.compute.precision):
-            probabilities = torch.softmax(self.executed.net(inputs).float(), dim=1)
+            outputs = self.executed.net(inputs)
+        targets, target_probs = self._take_targets(outputs, targets)
+        self._record_targets(positions, targets, target_probs, images)
+        return targets
+
+    def _take_targets(self, outputs: torch.Tensor, targets: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The targets from the classifying forward's ``outputs`` (given, or the predicted classes) and their
+        probabilities, on the device."""
+        with torch.no_grad(), dev.autocast(outputs.device, self.compute.precision):
+            probabilities = torch.softmax(outputs.float(), dim=1)
         if targets is None:
             targets = probabilities.argmax(dim=1)
-        target_probs = target_outputs(probabilities, targets).cpu().tolist()
-        for position, target, prob in zip(positions, targets.cpu().tolist(), target_probs):
+        return targets, target_outputs(probabilities, targets)
+
+    def _record_targets(self, positions: list[int], targets: torch.Tensor, target_probs: torch.Tensor,
+                        images: list[ImageResult]) -> None:
+        """The images' targets, their names and probabilities, filled into ``images`` (a wait for the device)."""
+        for position, target, prob in zip(positions, targets.cpu().tolist(), target_probs.cpu().tolist()):
             image = images[position]
             image.target, image.target_name, image.target_prob = target, self.classifier.category(target), prob
-        return targets
 
     def _run_method(self, name, method, inputs, targets, image_ids: Sequence[str], masks) -> list:
         """Per image: (map, columns), or an error message.
@@ -371,11 +439,19 @@ class BatchExplainer:
             )
         return results
 
-    def _explain(self, name, method, inputs, targets, image_ids: Sequence[str], masks) -> list[tuple]:
+    def _explain(self, name, method, inputs, targets, image_ids: Sequence[str], masks,
+                 pick: "_TargetPick | None" = None) -> list[tuple]:
+        """The maps and columns of ``name`` on the batch; with ``pick`` (and no ``targets``), the method picks the
+        targets from its first pass."""
         n = len(image_ids)
         seeds = [derive_seed(self.seed, image_id, name) for image_id in image_ids]
         started = time.perf_counter()
-        attributions = self.oom.run(method, lambda: method.attribute(inputs, targets, seeds)).float()
+        if pick is None:
+            attributions = self.oom.run(method, lambda: method.attribute(inputs, targets, seeds)).float()
+        else:
+            # No halving on out-of-memory here: a smaller chunk would no longer be the classifying forward.
+            attributions = method.attribute_classifying(inputs, seeds, pick).float()
+            targets = pick.record()
         dev.synchronize(inputs.device)
         attr_seconds = (time.perf_counter() - started) / n
         how = method.row_columns()  # read before the metrics call the method again on perturbed inputs
@@ -403,6 +479,29 @@ class BatchExplainer:
             why = {column: per_image[i] for column, per_image in reasons.items() if per_image[i]}
             explained.append((maps[i], with_missing_values_explained(columns, zero_maps[i], why)))
         return explained
+
+
+class _TargetPick:
+    """The ``pick`` a classifying method calls with its first pass's outputs: the explainer takes the targets and
+    their probabilities from them as from its own forward; :meth:`record` fills them into the images once the method
+    is done (not in the middle of its passes, where reading them would make the host wait for the device)."""
+
+    def __init__(self, explainer: BatchExplainer, positions: list[int], given: torch.Tensor | None,
+                 images: list[ImageResult]):
+        self.explainer, self.positions, self.given, self.images = explainer, positions, given, images
+        self.picked: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def __call__(self, outputs: torch.Tensor) -> torch.Tensor:
+        self.picked = self.explainer._take_targets(outputs, self.given)
+        return self.picked[0]
+
+    def record(self) -> torch.Tensor:
+        """The targets, recorded into the images; an error if the method never picked them."""
+        if self.picked is None:
+            raise RuntimeError("the classifying method did not pick the targets from its first pass")
+        targets, target_probs = self.picked
+        self.explainer._record_targets(self.positions, targets, target_probs, self.images)
+        return targets
 
 
 def segmentation_workers(configured: int | str, device: torch.device, torch_threads: int | None) -> int:

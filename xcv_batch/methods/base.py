@@ -30,6 +30,8 @@ class AttributionMethod(ABC):
     differentiates: ClassVar[bool] = False
     #: whether it is a control map, blind to the model (its map is a function of the image alone)
     control: ClassVar[bool] = False
+    #: whether its first pass can stand in for the engine's classifying forward (:meth:`attribute_classifying`)
+    classifies: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -64,6 +66,20 @@ class AttributionMethod(ABC):
     @abstractmethod
     def attribute(self, inputs: torch.Tensor, targets: torch.Tensor, seeds: Sequence[int]) -> torch.Tensor:
         """(B, 3, H, W) model inputs on the classifier's device, (B,) int64 targets, B seeds → (B, 3, H, W) float32."""
+
+    def classifies_batch(self, images: int) -> bool:
+        """Whether :meth:`attribute_classifying` on ``images`` images makes the engine's classifying forward itself:
+        one forward of all of them at once, as they are, on :attr:`classifier` (a method whose spec sets
+        ``classifies`` says when; the others never do)."""
+        return False
+
+    def attribute_classifying(
+        self, inputs: torch.Tensor, seeds: Sequence[int], pick: Callable[[torch.Tensor], torch.Tensor]
+    ) -> torch.Tensor:
+        """``attribute`` with targets the engine picks from the outputs of the method's first pass: that pass is one
+        forward of ``inputs`` on :attr:`classifier`, ``pick`` gets its (B, classes) outputs (detached) and returns
+        the (B,) targets to explain. Only where :meth:`classifies_batch` says so."""
+        raise NotImplementedError(f"{self.name} does not classify in its first pass")
 
     def diagnostics(
         self, inputs: torch.Tensor, targets: torch.Tensor, attributions: torch.Tensor

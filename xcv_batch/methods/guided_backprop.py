@@ -51,7 +51,7 @@ class _SwitchableReLUFunction(torch.autograd.Function):
         grad_in = torch.ops.aten.threshold_backward(grad_out, out, 0)  # ReLU's own backward kernel
         if ctx.switch.guided:
             # Captum's GuidedBackprop returns relu(grad_input) from its ReLU backward hook; same thing.
-            grad_in = grad_in.clamp_min(0)
+            grad_in.clamp_min_(0)  # in place: threshold_backward's result is a fresh tensor
         return grad_in, None
 
 

@@ -14,6 +14,10 @@ A spec is everything the rest of the package knows about a method:
 * ``implementation`` — ``"module:Class"`` of its :class:`~xcv_batch.methods.base.AttributionMethod`; a module that
   starts with ``.`` is relative to ``xcv_batch.methods``;
 * ``differentiates`` — whether its passes differentiate the model; ``stochastic`` — whether its seeds change its map;
+* ``classifies`` — whether its first pass is the forward that picks each image's target (the images as they are,
+  on the model the engine classifies with): it then hands that forward's outputs to the engine
+  (``AttributionMethod.attribute_classifying``), which takes the targets and their probabilities from them instead
+  of a forward of its own;
 * ``signed`` — whether its maps take both signs (a panel draws them diverging around 0), or a function of its
   settings (as saved in OUT/job.yaml, a mapping) that says so; None: unknown, decided by a map's content;
 * ``diagnostics`` — the row columns of its own per-image checks (:class:`DiagnosticInfo`), reported, never ranked;
@@ -118,6 +122,8 @@ class MethodSpec:
     own_path: bool = False
     #: whether its passes may run on a ``torch.compile``d model (``compute.compile``); False keeps it eager
     compilable: bool = True
+    #: whether its first pass can stand in for the engine's classifying forward (``attribute_classifying``)
+    classifies: bool = False
 
     def __post_init__(self) -> None:
         check_reference("method", self.name, "implementation", self.implementation)
@@ -153,13 +159,14 @@ class MethodSpec:
         return load_reference(self.oracle, __package__)
 
     def bind(self, cls: type) -> type:
-        """Give the implementation class the spec's name, settings type, ``stochastic``, ``differentiates`` and
-        ``control`` as class attributes (what code holding a method object reads)."""
+        """Give the implementation class the spec's name, settings type, ``stochastic``, ``differentiates``,
+        ``control`` and ``classifies`` as class attributes (what code holding a method object reads)."""
         cls.name = self.name
         cls.settings_type = self.settings
         cls.stochastic = self.stochastic
         cls.differentiates = self.differentiates
         cls.control = self.control
+        cls.classifies = self.classifies
         return cls
 
 

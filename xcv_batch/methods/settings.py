@@ -151,6 +151,8 @@ register(MethodSpec(
     check_model=".guided_gradcam:check_layer",
     # its ReLUs read the guided-backprop switch at backward time: a compiled backward would keep one setting
     compilable=False,
+    # its forward of the images is the one that picks their targets: the engine runs no forward of its own then
+    classifies=True,
     # one forward and two backwards: the plain one to the layer, the guided one to the input
     passes=lambda s, height, width: Passes(forward_backward=1, extra_backward=1),
 ))
