@@ -4,6 +4,7 @@ and the same resume guarantees."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -22,6 +23,7 @@ from xcv_batch.errors import ConfigError, OutputError
 from xcv_batch.output.layout import written_chunks
 from xcv_batch.output.results import open_results
 from xcv_batch.output.store import RunStore
+from xcv_batch.output.zarr_maps import _read_spans
 
 # Two fast methods keep the runs short; the layout does not depend on which methods run.
 FAST = {"methods": {"occlusion": {"window": 8, "stride": 8}, "guided_gradcam": {}}, "sensitivity": None}
@@ -215,6 +217,21 @@ def test_several_maps_read_together_equal_zarrs_own_reads(tmp_path, per_object, 
         f.write(b"\xff" * 6)
     with pytest.raises(OutputError, match=f"c/{5 // per_object}/0/0/0 cannot be decoded"):
         reader.read_many("lime", [0, 5])
+
+
+def test_chunks_back_to_back_are_read_in_one_go_and_no_byte_between_them():
+    class Counted(io.BytesIO):
+        reads: list = []
+
+        def read(self, n=-1):
+            self.reads.append((self.tell(), n))
+            return super().read(n)
+
+    fh = Counted(bytes(range(100)))
+    found = _read_spans(fh, {"a": (10, 5), "b": (15, 5), "c": (40, 3), "d": (20, 2)})
+    assert found == {"a": bytes(range(10, 15)), "b": bytes(range(15, 20)), "d": bytes([20, 21]),
+                     "c": bytes([40, 41, 42])}
+    assert fh.reads == [(10, 12), (40, 3)]
 
 
 def test_a_sharded_out_on_s3_reads_back_and_lists_its_objects(s3_env):  # noqa: F811

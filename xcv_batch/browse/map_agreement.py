@@ -9,6 +9,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 
 from ..errors import OutputError, first_line
@@ -43,7 +44,7 @@ class MapAgreement:
         #: image index → (value, number of methods compared): what is known, stored or computed
         self._known: dict[int, tuple[float, int]] = {}
         self._generation: int | None = None
-        self._wanted: pd.Series = pd.Series(dtype=int)  # image index → methods to compare, for this snapshot
+        self._wanted: dict[int, int] = {}  # image index → methods to compare, for this snapshot
         self._compared: pd.DataFrame | None = None
         self._worker: threading.Thread | None = None
         self._error: str | None = None
@@ -56,7 +57,8 @@ class MapAgreement:
         with self._lock:
             if self._generation != snapshot.generation:
                 self._compared = map_agreement.compared_rows(snapshot.best)
-                self._wanted = self._compared.groupby("index")["method"].size()
+                counts = self._compared.groupby("index")["method"].size()
+                self._wanted = dict(zip(counts.index.tolist(), counts.tolist()))
                 self._take_stored(snapshot)
                 self._generation, self._complete = snapshot.generation, None
             if self._complete is not None:  # every value known: the same answer as last time
@@ -67,8 +69,8 @@ class MapAgreement:
                 self._worker = threading.Thread(target=self._compute, args=(snapshot, todo), daemon=True,
                                                 name="browse-map-agreement")
                 self._worker.start()
-            known = [i for i in self._wanted.index if self._matches(int(i))]
-            values = pd.Series([self._known[int(i)][0] for i in known], index=known, dtype=float)
+            known = [i for i in self._wanted if self._matches(i)]
+            values = pd.Series([self._known[i][0] for i in known], index=known, dtype=float)
             progress = Progress(values.reindex(snapshot.image_ids.index), len(self._wanted) - len(missing),
                                 len(self._wanted), self._stored, self._error, self._stored_problem)
             if not missing:
@@ -86,7 +88,7 @@ class MapAgreement:
         return known is not None and known[1] == self._wanted.get(index)
 
     def _missing(self) -> list[int]:
-        return [int(i) for i in self._wanted.index if not self._matches(int(i))]
+        return [i for i in self._wanted if not self._matches(i)]
 
     def _take_stored(self, snapshot: Snapshot) -> None:
         """The stored values of the images whose committed maps are the ones compared then (the same id and as many
@@ -100,9 +102,9 @@ class MapAgreement:
         if stored is None:
             return
         stored = stored.drop_duplicates("index", keep="last").set_index("index")
-        common = stored.index.intersection(self._wanted.index)
+        common = stored.index.intersection(pd.Index(list(self._wanted)))
         stored = stored.loc[common]
-        same = ((stored["n_methods"].to_numpy() == self._wanted.loc[common].to_numpy())
+        same = ((stored["n_methods"].to_numpy() == np.array([self._wanted[i] for i in common.tolist()], dtype=int))
                 & (stored["image_id"].to_numpy() == snapshot.image_ids.reindex(common).to_numpy()))
         for index, value, n in zip(common[same].tolist(), stored["map_agreement"].to_numpy()[same].tolist(),
                                    stored["n_methods"].to_numpy()[same].tolist()):

@@ -240,8 +240,8 @@ def disagreement_page(snapshot: Snapshot, title: str, explanation: str, shown: p
                          f"being read now (this page reloads every {REFRESH_SECONDS} s). <code>python -m xcv_batch "
                          "summarize OUT</code> stores the values beside the run, for the next time.</p>")
         else:
-            source = (f"{progress.stored} of {progress.total} images from map_agreement.parquet (written by summarize), "
-                      f"{progress.total - progress.stored} computed by browse" if progress.stored
+            source = (f"{progress.stored} of {progress.total} images from map_agreement.parquet (written by "
+                      f"summarize), {progress.total - progress.stored} computed by browse" if progress.stored
                       else f"all {progress.total} images computed by browse (summarize stores them beside the run)")
             notes.append(f'<p id="progress" class="note">Values for {source}.</p>')
         if progress.stored_problem is not None:

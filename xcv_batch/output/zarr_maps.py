@@ -280,6 +280,37 @@ class ShardWriter:
 _EMPTY = 2**64 - 1
 
 
+def _object_chunks(fh, path: str, per_object: int, wanted: dict[int, int]) -> dict[int, bytes]:
+    """key → the stored bytes of inner chunk ``wanted[key]`` of the sharded object open in ``fh`` (left out when not
+    stored): its index (checked against its crc32c), then the chunks (:func:`_read_spans`)."""
+    fh.seek(-(per_object * 16 + 4), os.SEEK_END)
+    index = fh.read(per_object * 16 + 4)
+    if struct.pack("<I", google_crc32c.value(index[:-4])) != index[-4:]:
+        raise ValueError(f"{path}: its shard index fails its checksum")
+    entries = np.frombuffer(index[:-4], dtype="<u8").reshape(per_object, 2)
+    return _read_spans(fh, {key: (int(entries[chunk, 0]), int(entries[chunk, 1])) for key, chunk in wanted.items()
+                            if entries[chunk, 0] != _EMPTY})
+
+
+def _read_spans(fh, spans: dict[int, tuple[int, int]]) -> dict[int, bytes]:
+    """key → the bytes at (offset, length) of ``fh``, chunks that lie back to back read in one go (a page in index
+    order is one read) and no byte between them read."""
+    found: dict[int, bytes] = {}
+    ordered = sorted(spans.items(), key=lambda item: item[1][0])
+    first = 0
+    while first < len(ordered):
+        last = first
+        while last + 1 < len(ordered) and ordered[last + 1][1][0] == sum(ordered[last][1]):
+            last += 1
+        start = ordered[first][1][0]
+        fh.seek(start)
+        blob = fh.read(sum(ordered[last][1]) - start)
+        for key, (offset, length) in ordered[first:last + 1]:
+            found[key] = blob[offset - start:offset - start + length]
+        first = last + 1
+    return found
+
+
 def _encoded(image: np.ndarray, codec: Zstd) -> bytes | None:
     """One stored map's chunk bytes (raw little-endian, then zstd); None when it is all NaN, the fill value."""
     if np.isnan(image).all():
@@ -473,8 +504,9 @@ class ZarrReader:
     def _read_direct(self, name: str, codec: Zstd, indices: np.ndarray) -> np.ndarray:
         """The maps of ``indices`` (sorted, unique), read from their files. zarr's sharding codec reads an object's
         inner chunks one request after another, a thread hand-off each: most of the time of a page of small maps.
-        Here an object's index, then the span of its wanted chunks, are two reads. NaN where nothing is stored (the
-        fill value). Any damage raises (the caller reads through zarr, which names it)."""
+        Here an object's index is one read, and its wanted chunks one more for each run of them that lies back to
+        back (no other image's bytes are read). NaN where nothing is stored (the fill value). Any damage raises (the
+        caller reads through zarr, which names it)."""
         array = self._array(name)
         shape, dtype = tuple(array.shape[1:]), np.dtype(array.dtype).newbyteorder("<")
         per_object = array.shards[0] if array.shards else 1
@@ -487,26 +519,11 @@ class ZarrReader:
                 fh = open(path, "rb")
             except FileNotFoundError:  # never written: the fill value
                 continue
+            inner = (indices[positions] - obj * per_object).tolist()  # the images' chunks within the object
             with fh:
-                if per_object == 1:
-                    spans, blob, start = {int(positions[0]): (0, None)}, fh.read(), 0
-                else:
-                    fh.seek(-(per_object * 16 + 4), os.SEEK_END)
-                    index = fh.read(per_object * 16 + 4)
-                    if struct.pack("<I", google_crc32c.value(index[:-4])) != index[-4:]:
-                        raise ValueError(f"{path}: its shard index fails its checksum")
-                    rows = np.frombuffer(index[:-4], dtype="<u8").reshape(per_object, 2)[
-                        indices[positions] - obj * per_object]
-                    stored = rows[:, 0] != _EMPTY
-                    if not stored.any():
-                        continue
-                    start, end = int(rows[stored, 0].min()), int((rows[stored, 0] + rows[stored, 1]).max())
-                    fh.seek(start)
-                    blob = fh.read(end - start)
-                    spans = {int(p): (int(offset), int(offset + length))
-                             for p, (offset, length), kept in zip(positions, rows, stored) if kept}
-            for position, (first, last) in spans.items():
-                chunk = blob[first - start:None if last is None else last - start]
+                chunks = ({int(positions[0]): fh.read()} if per_object == 1 else
+                          _object_chunks(fh, path, per_object, dict(zip(positions.tolist(), inner))))
+            for position, chunk in chunks.items():
                 found[position] = np.frombuffer(codec.decode(chunk), dtype=dtype).reshape(shape)
         return found
 

@@ -64,7 +64,8 @@ def compared_rows(rows: pd.DataFrame) -> pd.DataFrame:
     controls), one per method, by image index and method. An error row beside an ok one (a retried shard) does not
     count: the map was written whole."""
     ok = rows[rows["status"] == "ok"]
-    ok = ok[~ok["method"].astype(str).map(is_control)]
+    methods = ok["method"].astype(str)
+    ok = ok[~methods.isin([m for m in methods.unique() if is_control(m)])]
     return (ok[["index", "image_id", "method"]].astype({"image_id": str, "method": str})
             .drop_duplicates(["index", "method"]).sort_values(["index", "method"], kind="stable")
             .reset_index(drop=True))
