@@ -2,9 +2,12 @@
 
 Makes an OUT of N images from a real small one (tests/scale_helpers.py: rows replicated under new ids, maps
 repeated in sharded Zarr objects), serves it from a child process, and drives Debian's headless Chromium
-(tests/browser.py) through: the first list page on a cold server, the next pages, then an image page. A page counts
-as shown once its ``load`` event has fired and every thumbnail on it has loaded (the list's thumbnails load lazily,
-so the page is scrolled through). The child logs every map and input it reads (the Zarr reader's ``read`` and ``read_many``) and
+(tests/browser.py) through: the first list page on a cold server, the next pages, then an image page, and the
+maps-disagree page when OUT holds the values summarize stores (``--map-agreement`` writes them first, timed). A page
+counts as shown once its ``load`` event has fired and every thumbnail on it has loaded. The next pages are timed twice:
+by the driver (Playwright's click with its actionability checks, then its round trips until every picture is seen
+loaded) and by the browser's own clocks (the click event to the end of the new page's load event: what a person
+waits for). The child logs every map and input it reads (the Zarr reader's ``read`` and ``read_many``) and
 reports its peak resident memory (``ru_maxrss``) when stopped with Ctrl-C; the script checks that every read
 belongs to an image on a page that was shown.
 
@@ -13,6 +16,7 @@ server's first page must do at least) and reading the raw maps and inputs of one
 (``Results.attribution``/``model_input``, no drawing, no HTTP).
 
     python scripts/bench_browse.py --images 10000                         # source: jobs/smoke.yaml run here
+    python scripts/bench_browse.py --images 10000 --map-agreement         # and summarize's stored values
     python scripts/bench_browse.py --images 10000 --source results/smoke --work /tmp/bench-browse
 """
 
@@ -23,6 +27,7 @@ import json
 import os
 import re
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -64,8 +69,18 @@ SHOWN = """() => new Promise(resolve => {
 })"""
 
 
+#: Armed on a page before its next link is clicked: the click's time, kept across the navigation.
+ARM_CLICK = """() => document.querySelector("a[rel=next]").addEventListener("click",
+  () => sessionStorage.setItem("clicked", String(performance.timeOrigin + performance.now())), {capture: true})"""
+#: On the page the click led to: milliseconds from the click to the end of its load event (every inline picture
+#: decoded), as the browser's own clocks say, without the driver's round trips.
+CLICK_TO_LOAD = """() => { const n = performance.getEntriesByType("navigation")[0];
+  return performance.timeOrigin + n.loadEventEnd - Number(sessionStorage.getItem("clicked")); }"""
+
+
 def shown(page, action) -> tuple[float, int]:
-    """(seconds until the page's load event and all its pictures, pictures on it) of ``action()``."""
+    """(seconds until the page's load event and all its pictures, pictures on it) of ``action()``, as the driver
+    (Playwright) sees it: its own actions' round trips included."""
     start = time.perf_counter()
     action()
     page.wait_for_load_state("load")
@@ -93,6 +108,9 @@ def main() -> None:
     parser.add_argument("--work", default=None, help="folder for the OUTs (default: a temporary one)")
     parser.add_argument("--pages", type=int, default=3, help="list pages to turn after the first")
     parser.add_argument("--per", type=int, default=20, help="images a list page (browse's default: 20)")
+    parser.add_argument("--map-agreement", action="store_true",
+                        help="first write OUT/map_agreement.parquet as summarize does (timed); the maps-disagree page "
+                             "is timed whenever the file is there")
     args = parser.parse_args()
 
     from browser import chromium_browser
@@ -104,8 +122,8 @@ def main() -> None:
     if source is None:
         source = os.path.join(work, "smoke")
         if not os.path.exists(source):
-            subprocess.run([sys.executable, "-m", "xcv_batch", "run", "jobs/smoke.yaml", "--out", source],
-                           cwd=ROOT, check=True)
+            subprocess.run([sys.executable, "-m", "xcv_batch", "run", "jobs/smoke.yaml", "--out", source,
+                            "--set", "controls=false"], cwd=ROOT, check=True)  # the five methods, no control maps
     out = os.path.join(work, f"out-{args.images}")
     if not os.path.exists(out):
         make_large_out(source, out, args.images, parts=max(1, args.images // 2500), images_per_object=1000)
@@ -124,6 +142,15 @@ def main() -> None:
     raw_page_s = time.perf_counter() - start
     print(f"baseline: rows read {rows_s:.3f} s; one page's raw maps and inputs read ({args.per} images) {raw_page_s:.3f} s")
 
+    agreement_file = os.path.join(out, "map_agreement.parquet")
+    if args.map_agreement:
+        from xcv_batch.report import map_agreement
+
+        start = time.perf_counter()
+        map_agreement.write(out)
+        print(f"summarize's map agreement (every map read once, {args.images} images): "
+              f"{time.perf_counter() - start:.1f} s")
+
     env = dict(os.environ, PYTHONPATH=ROOT)
     server = subprocess.Popen([sys.executable, "-c", CHILD, out], stdout=subprocess.PIPE, text=True, env=env)
     url = server.stdout.readline().strip()
@@ -135,15 +162,23 @@ def main() -> None:
         timings.append(("first list page (cold server)", seconds, count))
         visited |= indices_on(page)
         for number in range(2, args.pages + 2):
+            page.evaluate(ARM_CLICK)
             seconds, count = shown(page, lambda: page.locator("a[rel=next]").first.click())
             page.wait_for_url(re.compile(f"page={number}"))
-            timings.append((f"list page {number}", seconds, count))
+            page.wait_for_load_state("load")
+            timings.append((f"list page {number} (driver: click → all shown)", seconds, count))
+            timings.append((f"list page {number} (browser: click → load end)", page.evaluate(CLICK_TO_LOAD) / 1000,
+                            count))
             visited |= indices_on(page)
         seconds, count = shown(page, lambda: page.locator("a.image-link").first.click())
         timings.append(("image page", seconds, count))
         seconds, count = shown(page, lambda: page.goto(f"{url}?sort=sensitivity_max&method=lime&desc=1&per={args.per}"))
         timings.append(("list sorted by a metric (first time)", seconds, count))
         visited |= indices_on(page)
+        if os.path.exists(agreement_file):  # from the stored values: without them every map would be read
+            seconds, count = shown(page, lambda: page.goto(f"{url}disagree/maps?per={args.per}"))
+            timings.append(("maps disagree (stored values)", seconds, count))
+            visited |= indices_on(page)
     # The server alone (no browser): a fresh list page's HTML with its pictures inline, against the smallest answer
     # it gives (a colour bar, cached) as the floor of one request on this machine now.
     floor = min(fetch(url + "colourbar/signed.png")[0] for _ in range(5))
@@ -157,6 +192,10 @@ def main() -> None:
     print(f"floor: one cached picture over HTTP {floor * 1000:.1f} ms")
     for name, seconds, count in timings:
         print(f"{name:<40} {seconds:7.3f} s  ({count} pictures; ×{seconds / raw_page_s:.2f} the raw read of a page)")
+    for who in ("driver: click → all shown", "browser: click → load end"):
+        turns = sorted(seconds for name, seconds, _ in timings if name.startswith("list page") and who in name)
+        print(f"next page, {who}: median {statistics.median(turns):.3f} s, best {turns[0]:.3f} s, worst "
+              f"{turns[-1]:.3f} s over {len(turns)} pages")
     outside = [read for read in report["reads"] if read[1] not in visited]
     print(f"server peak RSS {report['peak_mib']:.0f} MiB; {len(report['reads'])} arrays read, for "
           f"{len({r[1] for r in report['reads']})} images; reads outside the pages shown: {len(outside)}")

@@ -77,14 +77,17 @@ def reference_run(tmp_path_factory, photo_folder):
 
 @pytest.fixture(scope="session")
 def browse_run(tmp_path_factory):
-    """The browse tests' real tiny run (tests/browse_helpers.py), with its report.html: its OUT."""
-    import subprocess
-    import sys
+    """The browse tests' real tiny run (tests/browse_helpers.py), with what summarize writes beside it (report.html,
+    map_agreement.parquet): its OUT."""
+    import contextlib
+    import io
 
     from browse_helpers import photo_folder, tiny_run
+    from xcv_batch import cli
 
     folder = photo_folder(tmp_path_factory.mktemp("browse-photos"))
     out = tiny_run(folder, str(tmp_path_factory.mktemp("browse") / "out"))
-    subprocess.run([sys.executable, "-m", "xcv_batch", "summarize", out, "--bootstrap", "20"], check=True,
-                   capture_output=True)
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):  # in this process: no start-up
+        assert cli.main(["summarize", out, "--bootstrap", "20"]) == 0, printed.getvalue()
     return out

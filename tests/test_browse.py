@@ -12,11 +12,15 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import urllib.parse
 from itertools import combinations
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 from scipy import stats as scipy_stats
@@ -25,6 +29,7 @@ from browse_helpers import IDS, METHODS, ODD_NAME, serving, tree
 from browser import chromium_browser
 from xcv_batch.metrics.registry import metric_info
 from xcv_batch.output.results import open_results
+from xcv_batch.report import map_agreement
 from xcv_batch.report.labels import method_label
 from xcv_batch.report.panel import display_map, is_signed, overlay
 
@@ -284,6 +289,10 @@ def test_the_disagreement_views_list_the_lowest_agreement_first(server, page, ro
     shown = page.locator("td.value").all_inner_texts()
     assert shown == [f"{value[i]:.4g}" for i in listed[:-1]] + ["–"]
     assert all(w == 32 for w in loaded_widths(page, "img.thumb"))
+    if view == "maps":  # summarize stored the values beside the run: none computed here
+        assert page.locator("#progress").inner_text() == ("Values for 5 of 5 images from map_agreement.parquet "
+                                                          "(written by summarize), 0 computed by browse.")
+        assert page.locator("meta[http-equiv=refresh]").count() == 0
     page.screenshot(path=tmp_path / f"{view}.png", full_page=True)
     assert not_blank(tmp_path / f"{view}.png")
     reads = server.app.renderer.reads
@@ -291,15 +300,69 @@ def test_the_disagreement_views_list_the_lowest_agreement_first(server, page, ro
     assert listed_ids(page) == listed and server.app.renderer.reads == reads  # computed once, kept
 
 
-def test_the_report_opens_from_browse_and_links_back(server, page, browse_run):
+def test_without_stored_values_the_maps_view_shows_progress_then_computes_them(browse_run, page, tmp_path,
+                                                                                monkeypatch):
+    """Two images' values left out of the stored file: the page says how far it got and reloads itself, instead of
+    waiting for the maps to be read; the values it then lists are the ones summarize stored."""
+    out = str(tmp_path / "out")
+    shutil.copytree(browse_run, out)
+    stored = pd.read_parquet(os.path.join(browse_run, map_agreement.FILE))
+    path = os.path.join(out, map_agreement.FILE)
+    table = pa.Table.from_pandas(stored[stored["index"] >= 2], schema=map_agreement.SCHEMA, preserve_index=False)
+    pq.write_table(table.replace_schema_metadata(pq.read_schema(path).metadata), path)
+    release = threading.Event()
+    computed = map_agreement.agreement
+
+    def held_back(*args, **kwargs):  # the computation waits until the test has seen the page say so
+        release.wait(60)
+        yield from computed(*args, **kwargs)
+
+    monkeypatch.setattr(map_agreement, "agreement", held_back)
+    before = tree(out)
+    with serving(out) as server:
+        page.goto(server.url + "disagree/maps")
+        assert page.locator("#progress").inner_text().startswith(
+            "Computed for 3 of 5 images; the others are being read now (this page reloads every 2 s).")
+        assert page.locator("meta[http-equiv=refresh]").get_attribute("content") == "2"
+        # the stored three have a value; the two left out and the image with no map do not
+        assert page.locator("td.value").all_inner_texts().count("–") == 3
+        release.set()
+        page.wait_for_selector("#progress.note", timeout=60_000)  # after a reload of the page by itself
+        assert page.locator("#progress").inner_text() == ("Values for 3 of 5 images from map_agreement.parquet "
+                                                          "(written by summarize), 2 computed by browse.")
+    listed = listed_ids(page)
+    by_id = dict(zip(stored["image_id"], stored["map_agreement"]))
+    assert page.locator("td.value").all_inner_texts() == [f"{by_id[i]:.4g}" for i in listed[:-1]] + ["–"]
+    assert tree(out) == before  # computed in memory: nothing written
+
+
+def test_the_report_opens_from_browse_and_links_into_it(server, page, browse_run):
     page.goto(server.url)
     page.click("nav >> text=Report")
     page.wait_for_url("**/report")
     assert page.locator("h1").inner_text().startswith("xcv_batch report")
     assert "python -m xcv_batch browse OUT" in page.content()
+    # every image id of the gallery is a link to its page; the odd name arrives whole
+    links = page.locator("#gallery a.image-id")
+    assert sorted(links.all_inner_texts()) == sorted(i for i in IDS if i != "notes.jpg")
+    page.locator("#gallery a.image-id", has_text=ODD_NAME).click()
+    page.wait_for_url(lambda url: path_of(url) == f"/image/{IDS.index(ODD_NAME)}")
+    assert page.locator("h1").inner_text() == ODD_NAME
+    page.go_back()
     page.click("#browse-nav a")
     page.wait_for_url(server.url)
     assert listed_ids(page) == IDS
+
+
+def test_the_report_opened_from_disk_has_no_link_into_browse(browse_run, browser):
+    page = browser.new_page()  # not the page fixture's: its requests (file://) are not browse's
+    page.goto(Path(browse_run, "report.html").as_uri())
+    ids = page.locator("#gallery .image-id")
+    assert sorted(ids.all_inner_texts()) == sorted(i for i in IDS if i != "notes.jpg")
+    assert page.locator("#gallery a.image-id").count() == 0 and page.locator("#browse-nav").count() == 0
+    # the gallery's only link stays inside the page (to its failures)
+    assert page.eval_on_selector_all("#gallery a", "links => links.map(a => a.getAttribute('href'))") == ["#failures"]
+    page.close()
 
 
 def test_no_request_leaves_the_loopback_address(server, page, requests_seen):

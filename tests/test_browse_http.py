@@ -5,19 +5,26 @@ from __future__ import annotations
 
 import io
 import re
+import shutil
 import urllib.error
 import urllib.request
+from itertools import combinations
 
 import fsspec
 import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from PIL import Image
+from scipy import stats as scipy_stats
 
 from browse_helpers import IDS, METHODS, photo_folder, serving, tiny_run, tree
 from test_s3 import s3_env, s3_server, upload  # noqa: F401 - the real S3 server fixtures
 from xcv_batch import cli
 from xcv_batch.browse.server import BrowseApp
 from xcv_batch.output.results import open_results
+from xcv_batch.report import map_agreement
 from xcv_batch.report.panel import display_map, is_signed, overlay
 
 
@@ -72,6 +79,12 @@ def test_an_out_on_s3(browse_run, s3_env):
     # nothing written: the objects under the prefix are the ones uploaded
     fs = fsspec.filesystem("s3")
     assert sorted(p.split("run/", 1)[1] for p in fs.find("browse-bucket/run")) == sorted(tree(browse_run))
+    # summarize stores the maps' agreement on S3 as beside a local run
+    fs.rm("browse-bucket/run/" + map_agreement.FILE)
+    assert cli.main(["summarize", "s3://browse-bucket/run", "--bootstrap", "20", "--no-report"]) == 0
+    with fs.open("browse-bucket/run/" + map_agreement.FILE, "rb") as f:
+        on_s3 = pd.read_parquet(f)
+    pd.testing.assert_frame_equal(on_s3, pd.read_parquet(f"{browse_run}/{map_agreement.FILE}"))
 
 
 @pytest.fixture(scope="module")
@@ -80,6 +93,65 @@ def stored_every_way(tmp_path_factory):
     folder = photo_folder(tmp_path_factory.mktemp("photos"))
     out = str(tmp_path_factory.mktemp("stored") / "out")
     return tiny_run(folder, out, output={"dtype": "float16", "channels": "sum", "inputs": False}, limit=3)
+
+
+def spearman_mean(results, image_id: str, methods) -> float:
+    maps = [results.attribution(image_id, m).sum(axis=0).ravel() for m in methods]
+    return float(np.mean([scipy_stats.spearmanr(a, b).statistic for a, b in combinations(maps, 2)]))
+
+
+def test_summarize_stores_the_maps_agreement_of_a_run_with_every_storage_choice(stored_every_way, tmp_path, capsys):
+    out = str(tmp_path / "out")
+    shutil.copytree(stored_every_way, out)
+    assert cli.main(["summarize", out, "--bootstrap", "20", "--no-report"]) == 0
+    assert f"wrote {out}/{map_agreement.FILE}" in capsys.readouterr().out
+    stored = pd.read_parquet(f"{out}/{map_agreement.FILE}")
+    results = open_results(out)
+    assert stored["index"].tolist() == [0, 1, 2] and stored["image_id"].tolist() == IDS[:3]
+    assert stored["n_methods"].tolist() == [len(METHODS)] * 3
+    np.testing.assert_allclose(stored["map_agreement"], [spearman_mean(results, i, METHODS) for i in IDS[:3]],
+                               rtol=1e-6)
+
+
+def test_the_control_maps_are_not_compared():
+    rows = pd.DataFrame({"index": [0, 0, 0, 1], "image_id": ["a.png"] * 3 + ["b.png"],
+                         "method": ["occlusion", "random", "lime", "occlusion"],
+                         "status": ["ok", "ok", "ok", "error"]})
+    assert map_agreement.compared_rows(rows).to_dict("list") == {
+        "index": [0, 0], "image_id": ["a.png", "a.png"], "method": ["lime", "occlusion"]}
+
+
+def test_browse_takes_the_stored_values_that_match_the_committed_rows(browse_run, tmp_path):
+    out = str(tmp_path / "out")
+    shutil.copytree(browse_run, out)
+    path = f"{out}/{map_agreement.FILE}"
+    stored = pd.read_parquet(path)
+    metadata = pq.read_schema(path).metadata
+    changed = stored.copy()
+    changed["map_agreement"] = 0.5  # a value no image has: it shows where the stored one was taken
+    changed.loc[changed["index"] == 1, "n_methods"] = 2  # compared before a method's row was committed: stale
+    pq.write_table(pa.Table.from_pandas(changed, schema=map_agreement.SCHEMA, preserve_index=False)
+                   .replace_schema_metadata(metadata), path)
+    app = BrowseApp(out)
+    snapshot = app.index.snapshot()
+    app.map_agreement.progress(snapshot)
+    app.map_agreement.wait(60)
+    progress = app.map_agreement.progress(snapshot)
+    assert (progress.done, progress.total, progress.stored) == (5, 5, 4)
+    true = stored.set_index("index")["map_agreement"]
+    # the stale image computed again (as summarize computed it); the others as stored; notes.jpg has no map
+    assert progress.values.tolist()[:4] == [0.5, true[1], 0.5, 0.5] and np.isnan(progress.values[4])
+    assert progress.values[5] == 0.5
+    # a file of another run (another fingerprint) is not used at all
+    pq.write_table(pa.Table.from_pandas(changed, schema=map_agreement.SCHEMA, preserve_index=False)
+                   .replace_schema_metadata({map_agreement.FINGERPRINT_KEY: b"another run"}), path)
+    app = BrowseApp(out)
+    snapshot = app.index.snapshot()
+    app.map_agreement.progress(snapshot)
+    app.map_agreement.wait(60)
+    progress = app.map_agreement.progress(snapshot)
+    assert (progress.done, progress.total, progress.stored) == (5, 5, 0)
+    assert progress.values.drop(4).tolist() == true.tolist() and np.isnan(progress.values[4])
 
 
 def test_a_run_with_every_storage_choice(stored_every_way):

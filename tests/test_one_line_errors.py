@@ -168,13 +168,14 @@ def test_summarize_of_an_out_it_cannot_write_prints_its_table_and_one_warning(tm
     # Running as root, a read-only folder stays writable: folders in the files' places make every write fail alike.
     readonly = tmp_path / "copy"
     write_out(readonly, seed_like_rows(4), n_images=4)
-    for name in ("summary.json", "summary.md", "report.html"):
+    for name in ("summary.json", "summary.md", "report.html", "map_agreement.parquet"):
         (readonly / name).mkdir()
     done = main_in_process(capsys, "summarize", str(readonly), "--bootstrap", "20")
     assert done.returncode == 0, done.stderr[-3000:]
     assert "Method ranking" in done.stdout and "wrote" not in done.stdout
     lines = [line for line in done.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("warning: summary.json, summary.md, report.html not written")
+    assert len(lines) == 1 and lines[0].startswith("warning: summary.json, summary.md, report.html, map_agreement.parquet "
+                                                   "not written")
     assert f"{readonly}/summary.json" in lines[0]
 
 

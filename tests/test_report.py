@@ -131,7 +131,8 @@ def test_report_of_a_partial_run_without_sensitivity(tmp_path):
     # first images); the cost is still reported.
     assert text.count("<img ") == 2
     assert "nothing is ranked" in text and "<th>s / image</th>" in text
-    assert "img0: first images" in text and "img1: first images" in text
+    for image_id in ("img0", "img1"):  # the id marked for browse to link (plain text in the file)
+        assert f'<span class="image-id" data-image-id="{image_id}">{image_id}</span>: first images' in text
     assert "No failed images." in text
 
 

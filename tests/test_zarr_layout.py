@@ -4,6 +4,7 @@ and the same resume guarantees."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -22,6 +23,7 @@ from xcv_batch.errors import ConfigError, OutputError
 from xcv_batch.output.layout import written_chunks
 from xcv_batch.output.results import open_results
 from xcv_batch.output.store import RunStore
+from xcv_batch.output.zarr_maps import _read_spans
 
 # Two fast methods keep the runs short; the layout does not depend on which methods run.
 FAST = {"methods": {"occlusion": {"window": 8, "stride": 8}, "guided_gradcam": {}}, "sensitivity": None}
@@ -183,6 +185,53 @@ def test_the_writer_writes_whole_objects_and_never_touches_images_it_did_not_wri
     maps = zarr.open_group(f"{store.out}/attributions.zarr", mode="r")["lime"][:]
     assert [float(m[0, 0, 0]) for m in maps] == [0, 1, 2, 3, 4, 5]
     assert written_chunks(store.fs, store.root, "lime") == {0, 1, 2, 3, 4, 5}
+
+
+@pytest.mark.parametrize("per_object", [1, 4])
+@pytest.mark.parametrize("storage", [{}, {"dtype": "float16", "channels": "sum"}])
+def test_several_maps_read_together_equal_zarrs_own_reads(tmp_path, per_object, storage):
+    """The reader's own path (an object's wanted chunks in one read) gives zarr's values: missing images NaN, any
+    order and repeats, float16 and summed channels; a damaged object is read through zarr, which names it."""
+    store = RunStore(str(tmp_path / "out"))
+    ids = [f"img{i}.png" for i in range(8)]
+    store.prepare("name: t\n", "abc", ids, 4, ["lime"], {}, resume=False, images_per_object=per_object,
+                  storage=storage)
+    writer = store.open_arrays()
+    rng = np.random.default_rng(0)
+    for index in [0, 1, 2, 5, 6, 7]:  # images 3 and 4 never written
+        writer.write("lime", index, rng.normal(size=(3, 4, 4)).astype(np.float32))
+    writer.flush()
+    reader = open_results(store.out).maps
+    wanted = [6, 0, 3, 2, 2, 7, 4, 5]
+    expected = zarr.open_group(f"{store.out}/attributions.zarr", mode="r")["lime"].get_orthogonal_selection(
+        (np.array(wanted),)).astype(np.float32)
+    assert reader._direct_codec("lime") is not None  # the layout this module writes: read without zarr
+    got = reader.read_many("lime", wanted)
+    assert got.dtype == np.float32 and got.shape == expected.shape
+    np.testing.assert_array_equal(got, expected)
+    assert np.isnan(got[2]).all() and np.isnan(got[6]).all()
+    # the object holding image 5 damaged: the error names its chunk file, as a read of that image alone does
+    path = os.path.join(store.out, "attributions.zarr", "lime", "c", str(5 // per_object), "0", "0", "0")
+    with open(path, "r+b") as f:
+        f.seek(2)
+        f.write(b"\xff" * 6)
+    with pytest.raises(OutputError, match=f"c/{5 // per_object}/0/0/0 cannot be decoded"):
+        reader.read_many("lime", [0, 5])
+
+
+def test_chunks_back_to_back_are_read_in_one_go_and_no_byte_between_them():
+    class Counted(io.BytesIO):
+        reads: list = []
+
+        def read(self, n=-1):
+            self.reads.append((self.tell(), n))
+            return super().read(n)
+
+    fh = Counted(bytes(range(100)))
+    found = _read_spans(fh, {"a": (10, 5), "b": (15, 5), "c": (40, 3), "d": (20, 2)})
+    assert found == {"a": bytes(range(10, 15)), "b": bytes(range(15, 20)), "d": bytes([20, 21]),
+                     "c": bytes([40, 41, 42])}
+    assert fh.reads == [(10, 12), (40, 3)]
 
 
 def test_a_sharded_out_on_s3_reads_back_and_lists_its_objects(s3_env):  # noqa: F811

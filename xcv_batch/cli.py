@@ -202,6 +202,7 @@ def _summarize(args) -> int:
 
     from .output.results import open_results
     from .errors import OutputError
+    from .report.map_agreement import write as write_map_agreement
     from .report.summarize import check_bootstrap, parse_rank_on, summarize, write_summary
     from .report.summary_text import fit_table, summary_notes
 
@@ -217,8 +218,9 @@ def _summarize(args) -> int:
             from .report.html import write_report
 
             paths.append(write_report(results, summary))
+        paths.append(write_map_agreement(results))  # where the maps disagree, for browse: one read of every map
     except OutputError as err:
-        wanted = ["summary.json", "summary.md"] + ([] if args.no_report else ["report.html"])
+        wanted = ["summary.json", "summary.md"] + ([] if args.no_report else ["report.html"]) + ["map_agreement.parquet"]
         done = {path.rsplit("/", 1)[-1] for path in paths}
         unwritten = f"{', '.join(name for name in wanted if name not in done)} not written: {one_line(str(err))}"
     _warn_unreadable(results)

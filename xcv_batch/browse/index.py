@@ -123,6 +123,7 @@ class Snapshot:
         self._values: OrderedDict[tuple, pd.Series] = OrderedDict()
         first = self.best.drop_duplicates("index")
         self.image_ids = pd.Series(first["image_id"].astype(str).to_numpy(), index=first["index"].to_numpy())
+        self._id_of = dict(zip(self.image_ids.index.tolist(), self.image_ids.tolist()))  # a page asks it per row
         self._orders: OrderedDict[tuple, np.ndarray] = OrderedDict()
         self._lock = threading.Lock()
         self._metric_taus: pd.Series | None = None
@@ -133,9 +134,10 @@ class Snapshot:
 
     def image_id(self, index: int) -> str:
         """The id of image ``index``; NotFound when it has no committed row."""
-        if index not in self.image_ids.index:
+        found = self._id_of.get(index)
+        if found is None:
             raise NotFound(f"no image {index} among the {self.n_images} images with committed rows")
-        return str(self.image_ids.loc[index])
+        return found
 
     def index_of_id(self, image_id: str) -> int:
         found = self.image_ids.index[self.image_ids.to_numpy() == image_id]

@@ -1,91 +1,125 @@
-"""Where the methods' maps disagree: per image, the mean over pairs of methods of Spearman's rank correlation between
-their channel-summed maps (pixel by pixel). 1: every method orders the pixels alike; near 0 or below: they point at
-different evidence.
-
-It reads every committed map once, so it is computed when its page is first asked for, then kept in memory for the
-life of the server (only new images are read after that); it is never written into OUT.
+"""Where the methods' maps disagree, as the page shows it: the values ``summarize`` stored beside the run
+(``OUT/map_agreement.parquet``, see :mod:`xcv_batch.report.map_agreement`) for every image whose compared maps are
+still the committed ones, and the rest computed in a background thread (the page says how far it got instead of
+waiting), kept in memory for the life of the server. Nothing is written into OUT.
 """
 
 from __future__ import annotations
 
 import threading
-import warnings
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from scipy.stats import rankdata
 
-from ..errors import OutputError
-from ..methods.registry import is_control
+from ..errors import OutputError, first_line
+from ..report import map_agreement
 from .index import Snapshot
 
 
-def pixel_ranks(maps: np.ndarray) -> np.ndarray:
-    """Each map's pixels ranked (ties share the mean rank), ``(n, H·W)``: Spearman's ρ is the correlation of these."""
-    return rankdata(maps.reshape(len(maps), -1), axis=1)
+@dataclass(frozen=True)
+class Progress:
+    """The values known now (image index → value, NaN where unknown or none), how many of the images with maps to
+    compare have one, how many of those came from the stored file, why the computation stopped (None: it did not)
+    and why the stored file was not used (None: it was, or there is none)."""
 
+    values: pd.Series
+    done: int
+    total: int
+    stored: int = 0
+    error: str | None = None
+    stored_problem: str | None = None
 
-def mean_pairwise_correlation(ranks: list[np.ndarray]) -> float:
-    """The mean over pairs of maps of Spearman's ρ, from their :func:`pixel_ranks`; a constant map has no ρ with any
-    other (left out); NaN when no pair has one."""
-    if len(ranks) < 2:
-        return float("nan")
-    with warnings.catch_warnings(), np.errstate(invalid="ignore", divide="ignore"):
-        warnings.simplefilter("ignore", RuntimeWarning)  # a constant map's row is NaN, as said
-        matrix = np.corrcoef(np.stack(ranks))
-        values = matrix[np.triu_indices(len(ranks), k=1)]
-        return float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
-
-
-#: Images whose maps are read together (one batch per method).
-BATCH_IMAGES = 256
+    @property
+    def complete(self) -> bool:
+        return self.done == self.total or self.error is not None
 
 
 class MapAgreement:
-    """The per-image values, computed once per image and kept."""
+    """The per-image values of one run, shared by the server's threads."""
 
     def __init__(self, count_read=lambda n: None):
-        self._values: dict[int, float] = {}
-        self._lock = threading.Lock()
         self._count_read = count_read
+        self._lock = threading.Lock()
+        #: image index → (value, number of methods compared): what is known, stored or computed
+        self._known: dict[int, tuple[float, int]] = {}
+        self._generation: int | None = None
+        self._wanted: dict[int, int] = {}  # image index → methods to compare, for this snapshot
+        self._compared: pd.DataFrame | None = None
+        self._worker: threading.Thread | None = None
+        self._error: str | None = None
+        self._stored = 0
+        self._stored_problem: str | None = None
+        self._complete: Progress | None = None
 
-    def values(self, snapshot: Snapshot) -> pd.Series:
-        """Image index → mean pairwise ρ of its methods' maps (ok rows only), for every image with committed rows."""
-        with self._lock:  # one computation at a time: a second request waits for the first's values
-            ok = snapshot.best[snapshot.best["status"] == "ok"]
-            # the control maps know nothing about the model: agreement is the real methods' only
-            ok = ok[~ok["method"].astype(str).map(is_control)]
-            todo = ok[~ok["index"].isin(list(self._values))]
-            images = np.unique(todo["index"].to_numpy())
-            for first in range(0, len(images), BATCH_IMAGES):
-                batch = todo[todo["index"].isin(images[first:first + BATCH_IMAGES])]
-                maps: dict[int, list[np.ndarray]] = {}
-                for method, rows in batch.groupby("method", sort=False):
-                    indices = rows["index"].astype(int).tolist()
-                    kept = [(index, summed) for index, summed in zip(indices, self._summed(snapshot, indices,
-                                                                                          str(method)))
-                            if summed is not None and np.isfinite(summed).all()]
-                    if kept:  # ranked together: one call per method and batch
-                        for (index, _), ranks in zip(kept, pixel_ranks(np.stack([m for _, m in kept]))):
-                            maps.setdefault(index, []).append(ranks)
-                for index in map(int, images[first:first + BATCH_IMAGES]):
-                    self._values[index] = mean_pairwise_correlation(maps.get(index, []))
-            return pd.Series([self._values.get(int(i), np.nan) for i in snapshot.image_ids.index],
-                             index=snapshot.image_ids.index, dtype=float)
+    def progress(self, snapshot: Snapshot) -> Progress:
+        """The values for ``snapshot``'s images as far as they are known; starts the computation of the others."""
+        with self._lock:
+            if self._generation != snapshot.generation:
+                self._compared = map_agreement.compared_rows(snapshot.best)
+                counts = self._compared.groupby("index")["method"].size()
+                self._wanted = dict(zip(counts.index.tolist(), counts.tolist()))
+                self._take_stored(snapshot)
+                self._generation, self._complete = snapshot.generation, None
+            if self._complete is not None:  # every value known: the same answer as last time
+                return self._complete
+            missing = self._missing()
+            if missing and self._error is None and (self._worker is None or not self._worker.is_alive()):
+                todo = self._compared[self._compared["index"].isin(missing)]
+                self._worker = threading.Thread(target=self._compute, args=(snapshot, todo), daemon=True,
+                                                name="browse-map-agreement")
+                self._worker.start()
+            known = [i for i in self._wanted if self._matches(i)]
+            values = pd.Series([self._known[i][0] for i in known], index=known, dtype=float)
+            progress = Progress(values.reindex(snapshot.image_ids.index), len(self._wanted) - len(missing),
+                                len(self._wanted), self._stored, self._error, self._stored_problem)
+            if not missing:
+                self._complete = progress
+            return progress
 
-    def _summed(self, snapshot: Snapshot, indices: list[int], method: str) -> list[np.ndarray | None]:
-        """The channel-summed maps, read together; one at a time when one cannot be decoded (None: left out, as
-        show leaves an unreadable map out)."""
-        ids = [snapshot.image_id(i) for i in indices]
-        self._count_read(len(ids))
+    def wait(self, timeout: float | None = None) -> None:
+        """Until the computation running now (if any) ends."""
+        worker = self._worker
+        if worker is not None:
+            worker.join(timeout)
+
+    def _matches(self, index: int) -> bool:
+        known = self._known.get(index)
+        return known is not None and known[1] == self._wanted.get(index)
+
+    def _missing(self) -> list[int]:
+        return [i for i in self._wanted if not self._matches(i)]
+
+    def _take_stored(self, snapshot: Snapshot) -> None:
+        """The stored values of the images whose committed maps are the ones compared then (the same id and as many
+        methods: an image's ok rows only ever grow), unless known here already."""
+        self._stored_problem = None
         try:
-            return [m.sum(axis=0) for m in snapshot.results.attributions(ids, method)]
-        except OutputError:
-            pass
-        found = []
-        for image_id in ids:
-            try:
-                found.append(snapshot.results.attribution(image_id, method).sum(axis=0))
-            except OutputError:
-                found.append(None)
-        return found
+            stored = map_agreement.read(snapshot.results)
+        except OutputError as err:  # a damaged file: the values are computed here, and the page says why
+            self._stored_problem = first_line(err)
+            return
+        if stored is None:
+            return
+        stored = stored.drop_duplicates("index", keep="last").set_index("index")
+        common = stored.index.intersection(pd.Index(list(self._wanted)))
+        stored = stored.loc[common]
+        same = ((stored["n_methods"].to_numpy() == np.array([self._wanted[i] for i in common.tolist()], dtype=int))
+                & (stored["image_id"].to_numpy() == snapshot.image_ids.reindex(common).to_numpy()))
+        for index, value, n in zip(common[same].tolist(), stored["map_agreement"].to_numpy()[same].tolist(),
+                                   stored["n_methods"].to_numpy()[same].tolist()):
+            if not self._matches(index):
+                self._known[index] = (value, n)
+                self._stored += 1
+
+    def _compute(self, snapshot: Snapshot, todo: pd.DataFrame) -> None:
+        try:
+            for batch in map_agreement.agreement(snapshot.results, todo, self._count_read):
+                with self._lock:
+                    for index, value, n in zip(batch["index"].tolist(), batch["map_agreement"].tolist(),
+                                               batch["n_methods"].tolist()):
+                        self._known[int(index)] = (float(value), int(n))
+        except Exception as err:  # noqa: BLE001 - said on the page: a server thread has no one else to tell
+            with self._lock:
+                self._error = f"{type(err).__name__}: {first_line(err)}"
+

@@ -51,15 +51,20 @@ def fmt(value) -> str:
     return str(value)
 
 
-def layout(title: str, body: str, snapshot: Snapshot, has_report: bool) -> str:
+#: Seconds between reloads of a page whose values are still being computed.
+REFRESH_SECONDS = 2
+
+
+def layout(title: str, body: str, snapshot: Snapshot, has_report: bool, refresh: bool = False) -> str:
     links = [("/", "Images"), ("/disagree/maps", "Maps disagree"), ("/disagree/metrics", "Metrics disagree")]
     if has_report:
         links.append(("/report", "Report"))
     nav = "".join(f'<a href="{href}">{text}</a>' for href, text in links)
     status = (f"{snapshot.n_images} images with committed rows ({len(snapshot.rows)} rows) in "
               f"{esc(snapshot.results.out)}")
-    return (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{esc(title)} · xcv_batch browse'
-            f'</title><style>{STYLE}</style></head><body><nav>{nav}</nav><p class="note">{status}</p>'
+    reload = f'<meta http-equiv="refresh" content="{REFRESH_SECONDS}">' if refresh else ""
+    return (f'<!doctype html><html lang="en"><head><meta charset="utf-8">{reload}<title>{esc(title)} · xcv_batch '
+            f'browse</title><style>{STYLE}</style></head><body><nav>{nav}</nav><p class="note">{status}</p>'
             f'<h1>{esc(title)}</h1>{body}<script>{SCRIPT}</script></body></html>')
 
 
@@ -219,10 +224,28 @@ def disagreement_order(values: pd.Series, query: ListQuery) -> tuple[pd.Series, 
 
 
 def disagreement_page(snapshot: Snapshot, title: str, explanation: str, shown: pd.Series | None, pages: int,
-                      query: ListQuery, pictures: dict, path: str, has_report: bool) -> str:
-    """The page ``shown`` (image index → value) of the images with the lowest values first."""
+                      query: ListQuery, pictures: dict, path: str, has_report: bool, progress=None) -> str:
+    """The page ``shown`` (image index → value) of the images with the lowest values first; ``progress`` (a
+    :class:`~.map_agreement.Progress`): how far the values are known, said above the list, and the page reloads
+    itself until they all are."""
     if shown is None:
         return layout(title, f'<p id="message">{esc(explanation)}</p>', snapshot, has_report)
+    notes = []
+    if progress is not None:
+        if progress.error is not None:
+            notes.append(f'<p id="progress" class="failed">Computed for {progress.done} of {progress.total} images, '
+                         f"then stopped: {esc(progress.error)}</p>")
+        elif not progress.complete:
+            notes.append(f'<p id="progress">Computed for {progress.done} of {progress.total} images; the others are '
+                         f"being read now (this page reloads every {REFRESH_SECONDS} s). <code>python -m xcv_batch "
+                         "summarize OUT</code> stores the values beside the run, for the next time.</p>")
+        else:
+            source = (f"{progress.stored} of {progress.total} images from map_agreement.parquet (written by "
+                      f"summarize), {progress.total - progress.stored} computed by browse" if progress.stored
+                      else f"all {progress.total} images computed by browse (summarize stores them beside the run)")
+            notes.append(f'<p id="progress" class="note">Values for {source}.</p>')
+        if progress.stored_problem is not None:
+            notes.append(f'<p class="failed">Not used: {esc(progress.stored_problem)}</p>')
     head = ("<tr><th>#</th><th>image</th><th>value</th><th>input</th>"
             + "".join(f"<th>{esc(method_label(m))}</th>" for m in snapshot.methods) + "</tr>")
     body = "".join(
@@ -232,5 +255,6 @@ def disagreement_page(snapshot: Snapshot, title: str, explanation: str, shown: p
         for i, v in shown.items())
     page_query = ListQuery(page=min(query.page, pages), per=query.per)
     pager = _pager(path, page_query, pages)
-    return layout(title, f"<p>{esc(explanation)}</p>{pager}<table id=\"images\">{head}{body}</table>{pager}",
-                  snapshot, has_report)
+    return layout(title, f"<p>{esc(explanation)}</p>{''.join(notes)}{pager}<table id=\"images\">{head}{body}</table>"
+                         f"{pager}", snapshot, has_report,
+                  refresh=progress is not None and not progress.complete)

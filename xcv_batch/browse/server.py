@@ -10,6 +10,7 @@ may be fetched from another origin (Content-Security-Policy).
 
 from __future__ import annotations
 
+import html
 import re
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -35,8 +36,8 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "no-referrer",
 }
 MAPS_EXPLANATION = ("Images whose methods' maps disagree most first: per image, the mean over pairs of methods of "
-                    "Spearman's rank correlation between their channel-summed maps (1: the methods order the pixels "
-                    "alike). Computed by browse from the maps once, kept in memory, never written into OUT.")
+                    "Spearman's rank correlation between their channel-summed maps, control maps left out (1: the "
+                    "methods order the pixels alike).")
 METRICS_EXPLANATION = ("Images where the metrics disagree most about the methods first: per image, the mean over "
                        "pairs of ranked metrics of Kendall's τ-b between the orders the two metrics give the methods "
                        "(summarize averages the same τ over images).")
@@ -145,8 +146,10 @@ class BrowseApp:
 
     def _disagree(self, snapshot: Snapshot, params, which: str) -> Response:
         query = ListQuery.parse({k: params[k] for k in ("page", "per") if k in params}, [], [])
+        progress = None
         if which == "maps":
-            values, title, text = self.map_agreement.values(snapshot), "Where the maps disagree", MAPS_EXPLANATION
+            progress = self.map_agreement.progress(snapshot)
+            values, title, text = progress.values, "Where the maps disagree", MAPS_EXPLANATION
         else:
             values, title, text = snapshot.metric_taus(), "Where the metrics disagree", METRICS_EXPLANATION
             if values is None:
@@ -157,7 +160,7 @@ class BrowseApp:
             shown, pages = disagreement_order(values, query)
             pictures = self.renderer.pictures(snapshot, shown.index, snapshot.methods, "thumb")
         html = disagreement_page(snapshot, title, text, shown, pages, query, pictures, f"/disagree/{which}",
-                                 self.has_report(snapshot))
+                                 self.has_report(snapshot), progress)
         return Response(200, html.encode())
 
     def _report(self, snapshot: Snapshot, params) -> Response:
@@ -166,9 +169,21 @@ class BrowseApp:
         fs, path = self._report_fs()
         with fs.open(path, "rb") as f:
             report = f.read()
-        # served as written, with one link back into browse after <body> (the file itself stays without links)
-        return Response(200, report.replace(b"<body>", b'<body><nav id="browse-nav"><a href="/">'
-                                                       b"\xe2\x86\x90 browse every image</a></nav>", 1))
+        # served as written, with one link back into browse after <body> and the image ids it marks as links to
+        # their pages (the file itself stays without links: opened from disk, none could work)
+        report = report.replace(b"<body>", b'<body><nav id="browse-nav"><a href="/">'
+                                           b"\xe2\x86\x90 browse every image</a></nav>", 1)
+        return Response(200, _IMAGE_ID.sub(_image_link, report))
+
+
+#: An image id as report.html marks it (report.html.image_id_html).
+_IMAGE_ID = re.compile(rb'<span class="image-id" data-image-id="([^"<>]*)">([^<]*)</span>')
+
+
+def _image_link(found: re.Match) -> bytes:
+    image_id = html.unescape(found.group(1).decode("utf-8"))
+    href = html.escape(url("/find", {"id": image_id}))
+    return f'<a class="image-id" href="{href}">'.encode() + found.group(2) + b"</a>"
 
 
 def _size(which: str) -> str:

@@ -280,6 +280,37 @@ class ShardWriter:
 _EMPTY = 2**64 - 1
 
 
+def _object_chunks(fh, path: str, per_object: int, wanted: dict[int, int]) -> dict[int, bytes]:
+    """key → the stored bytes of inner chunk ``wanted[key]`` of the sharded object open in ``fh`` (left out when not
+    stored): its index (checked against its crc32c), then the chunks (:func:`_read_spans`)."""
+    fh.seek(-(per_object * 16 + 4), os.SEEK_END)
+    index = fh.read(per_object * 16 + 4)
+    if struct.pack("<I", google_crc32c.value(index[:-4])) != index[-4:]:
+        raise ValueError(f"{path}: its shard index fails its checksum")
+    entries = np.frombuffer(index[:-4], dtype="<u8").reshape(per_object, 2)
+    return _read_spans(fh, {key: (int(entries[chunk, 0]), int(entries[chunk, 1])) for key, chunk in wanted.items()
+                            if entries[chunk, 0] != _EMPTY})
+
+
+def _read_spans(fh, spans: dict[int, tuple[int, int]]) -> dict[int, bytes]:
+    """key → the bytes at (offset, length) of ``fh``, chunks that lie back to back read in one go (a page in index
+    order is one read) and no byte between them read."""
+    found: dict[int, bytes] = {}
+    ordered = sorted(spans.items(), key=lambda item: item[1][0])
+    first = 0
+    while first < len(ordered):
+        last = first
+        while last + 1 < len(ordered) and ordered[last + 1][1][0] == sum(ordered[last][1]):
+            last += 1
+        start = ordered[first][1][0]
+        fh.seek(start)
+        blob = fh.read(sum(ordered[last][1]) - start)
+        for key, (offset, length) in ordered[first:last + 1]:
+            found[key] = blob[offset - start:offset - start + length]
+        first = last + 1
+    return found
+
+
 def _encoded(image: np.ndarray, codec: Zstd) -> bytes | None:
     """One stored map's chunk bytes (raw little-endian, then zstd); None when it is all NaN, the fill value."""
     if np.isnan(image).all():
@@ -396,12 +427,22 @@ class ZarrReader:
     def __init__(self, out: str):
         self.out = out.rstrip("/")
         self.fs, self.root = fsspec.core.url_to_fs(self.out)
+        self._arrays: dict[str, zarr.Array] = {}
+        self._codecs: dict[str, Zstd | None] = {}
 
     @cached_property
     def group(self) -> zarr.Group | None:
         if not self.fs.exists(f"{self.root}/{ZARR_NAME}"):
             return None
         return zarr.open_group(store=f"{self.out}/{ZARR_NAME}", mode="r")
+
+    def _array(self, name: str) -> zarr.Array:
+        """Array ``name``, opened once (its metadata is fixed when the run lays it out; a page reads six arrays, and
+        opening one costs milliseconds). A KeyError when it is not there."""
+        array = self._arrays.get(name)
+        if array is None:
+            array = self._arrays[name] = self.group[name]
+        return array
 
     def exists(self) -> bool:
         return self.group is not None
@@ -414,13 +455,13 @@ class ZarrReader:
 
     def has_array(self, name: str) -> bool:
         try:
-            self.group[name]
+            self._array(name)
         except (KeyError, TypeError):
             return False
         return True
 
     def read(self, name: str, index: int) -> np.ndarray:
-        array = self.group[name]
+        array = self._array(name)
         try:
             return np.asarray(array[index], dtype=np.float32)  # float16 maps are returned as float32
         except Exception as err:  # noqa: BLE001 - whatever the codecs raise on damaged bytes, the chunk is unreadable
@@ -429,13 +470,20 @@ class ZarrReader:
                                 f"{type(err).__name__}: {first_line(err)}") from None
 
     def read_many(self, name: str, indices: Sequence[int]) -> np.ndarray:
-        """The maps of several images, ``(len(indices), C, H, W)`` float32, fetched together (Zarr reads the chunks
-        concurrently: a page of thumbnails costs about one read, not one per map). A damaged chunk: the
-        :class:`MapUnreadable` that :meth:`read` names it with."""
+        """The maps of several images, ``(len(indices), C, H, W)`` float32, fetched together: from a local OUT laid out
+        as this module writes it, each object's wanted chunks in one read and decoded here (:meth:`_read_direct`);
+        else through zarr, which reads the chunks concurrently. A damaged chunk: the :class:`MapUnreadable` that
+        :meth:`read` names it with."""
         wanted = np.asarray(indices, dtype=np.int64)
         unique, where = np.unique(wanted, return_inverse=True)
+        codec = self._direct_codec(name) if len(unique) else None
+        if codec is not None:
+            try:
+                return self._read_direct(name, codec, unique)[where]
+            except Exception:  # noqa: BLE001 - a damaged object: zarr reads it again, and the chunk read alone is named
+                pass
         try:
-            array = self.group[name]
+            array = self._array(name)
             contiguous = len(unique) and unique[-1] - unique[0] == len(unique) - 1  # a page in index order
             values = array[int(unique[0]):int(unique[-1]) + 1] if contiguous else \
                 array.get_orthogonal_selection((unique,))
@@ -444,6 +492,40 @@ class ZarrReader:
                 self.read(name, int(index))
             raise
         return np.asarray(values, dtype=np.float32)[where]
+
+    def _direct_codec(self, name: str) -> Zstd | None:
+        """The zstd codec of array ``name`` when its chunk files can be read here: a local OUT, laid out as
+        :func:`_chunk_compressor` describes (what this module writes itself). None: read through zarr."""
+        if name not in self._codecs:
+            self._codecs[name] = (_chunk_compressor(self._array(name)) if isinstance(self.fs, LocalFileSystem)
+                                  else None)
+        return self._codecs[name]
+
+    def _read_direct(self, name: str, codec: Zstd, indices: np.ndarray) -> np.ndarray:
+        """The maps of ``indices`` (sorted, unique), read from their files. zarr's sharding codec reads an object's
+        inner chunks one request after another, a thread hand-off each: most of the time of a page of small maps.
+        Here an object's index is one read, and its wanted chunks one more for each run of them that lies back to
+        back (no other image's bytes are read). NaN where nothing is stored (the fill value). Any damage raises (the
+        caller reads through zarr, which names it)."""
+        array = self._array(name)
+        shape, dtype = tuple(array.shape[1:]), np.dtype(array.dtype).newbyteorder("<")
+        per_object = array.shards[0] if array.shards else 1
+        found = np.full((len(indices), *shape), np.nan, dtype=np.float32)
+        objects = indices // per_object
+        for obj in np.unique(objects):
+            positions = np.flatnonzero(objects == obj)
+            path = f"{self.root}/{ZARR_NAME}/{name}/{chunk_key(int(obj) * per_object, per_object, len(shape) + 1)}"
+            try:
+                fh = open(path, "rb")
+            except FileNotFoundError:  # never written: the fill value
+                continue
+            inner = (indices[positions] - obj * per_object).tolist()  # the images' chunks within the object
+            with fh:
+                chunks = ({int(positions[0]): fh.read()} if per_object == 1 else
+                          _object_chunks(fh, path, per_object, dict(zip(positions.tolist(), inner))))
+            for position, chunk in chunks.items():
+                found[position] = np.frombuffer(codec.decode(chunk), dtype=dtype).reshape(shape)
+        return found
 
     def stored(self, name: str) -> StoredMaps:
         chunks = array_chunks(self.fs, self.root, name)

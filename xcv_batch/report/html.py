@@ -473,7 +473,7 @@ def _gallery_section(results: Results, rows: pd.DataFrame, image_ids: list, cap:
             figure = _img(panel_figure(results, image_id, columns=_PANEL_COLUMNS), f"panel of {image_id}")
         except OutputError as err:  # its input cannot be decoded: the other panels are still drawn
             figure = f"<p>{html.escape(str(err))}</p>"
-        parts.append(f"<figure><figcaption>{html.escape(str(image_id))}: {html.escape(why)}</figcaption>{figure}"
+        parts.append(f"<figure><figcaption>{image_id_html(image_id)}: {html.escape(why)}</figcaption>{figure}"
                      "</figure>")
     return "\n".join(parts)
 
@@ -490,9 +490,18 @@ def _failures_section(summary: Summary) -> str:
             f"{summary.n_failed_images} images{more}</summary>\n{table}</details>")
 
 
-#: How to look at every image; opened from browse (its Report link), this page also gets a link back to it.
+#: How to look at every image; opened from browse (its Report link), this page also gets a link back to it, and the
+#: gallery's image ids become links to their pages there.
 _BROWSE_LINE = ("<p>Every image with its maps, to sort and filter: <code>python -m xcv_batch browse OUT</code> (a local "
-                "page; its Report link opens this report).</p>")
+                "page; its Report link opens this report, where each image id of the gallery links to the image's "
+                "page).</p>")
+
+
+def image_id_html(image_id) -> str:
+    """An image id as text, marked (``class="image-id"``, ``data-image-id``) so that browse can link it to the
+    image's page; opened from disk it stays plain text, with no link that could break."""
+    text = html.escape(str(image_id))
+    return f'<span class="image-id" data-image-id="{text}">{text}</span>'
 
 
 def _controls_section(summary: Summary) -> str:
