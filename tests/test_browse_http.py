@@ -4,6 +4,7 @@ with every ``output.*`` choice (the browser tests are in test_browse.py)."""
 from __future__ import annotations
 
 import io
+import os
 import re
 import shutil
 import urllib.error
@@ -111,6 +112,23 @@ def test_summarize_stores_the_maps_agreement_of_a_run_with_every_storage_choice(
     assert stored["n_methods"].tolist() == [len(METHODS)] * 3
     np.testing.assert_allclose(stored["map_agreement"], [spearman_mean(results, i, METHODS) for i in IDS[:3]],
                                rtol=1e-6)
+
+
+def test_a_second_summarize_reads_only_the_maps_it_has_no_value_for(stored_every_way, tmp_path, capsys):
+    out = str(tmp_path / "out")
+    shutil.copytree(stored_every_way, out)
+    assert cli.main(["summarize", out, "--bootstrap", "20", "--no-report"]) == 0
+    assert f"{map_agreement.FILE} (maps of 3 images read;" in capsys.readouterr().out
+    first = pd.read_parquet(f"{out}/{map_agreement.FILE}")
+    # One image's value lost (as if it had been committed after the first summarize): only its maps are read again.
+    table = pq.read_table(f"{out}/{map_agreement.FILE}")
+    pq.write_table(table.slice(0, 2), f"{out}/{map_agreement.FILE}")
+    assert cli.main(["summarize", out, "--bootstrap", "20", "--no-report"]) == 0
+    assert f"{map_agreement.FILE} (maps of 1 images read;" in capsys.readouterr().out
+    pd.testing.assert_frame_equal(pd.read_parquet(f"{out}/{map_agreement.FILE}"), first)
+    os.remove(f"{out}/{map_agreement.FILE}")
+    assert cli.main(["summarize", out, "--bootstrap", "20", "--no-report", "--no-map-agreement"]) == 0
+    assert map_agreement.FILE not in capsys.readouterr().out and not os.path.exists(f"{out}/{map_agreement.FILE}")
 
 
 def test_the_control_maps_are_not_compared():

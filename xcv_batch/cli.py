@@ -91,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     summarize.add_argument("out", help="a run's output directory")
     summarize.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples for the CIs")
     summarize.add_argument("--no-report", action="store_true", help="skip report.html")
+    summarize.add_argument("--no-map-agreement", action="store_true",
+                           help="skip map_agreement.parquet (it reads every map not read by an earlier summarize; "
+                                "browse then computes it when its page is opened)")
     summarize.add_argument("--rank-on", metavar="METRIC[:WEIGHT],…",
                            help="the quality metrics (and weights, default 1) of the overall rank, e.g. "
                                 "sensitivity_max:1,deletion_auc:2, or reliable (the metrics the control maps do not "
@@ -218,10 +221,13 @@ def _summarize(args) -> int:
             from .report.html import write_report
 
             paths.append(write_report(results, summary))
-        paths.append(write_map_agreement(results))  # where the maps disagree, for browse: one read of every map
+        if not args.no_map_agreement:  # where the maps disagree, for browse: the maps no earlier summarize read
+            path, computed = write_map_agreement(results)
+            paths.append(f"{path} (maps of {computed:,} images read; the others' values kept from before)")
     except OutputError as err:
-        wanted = ["summary.json", "summary.md"] + ([] if args.no_report else ["report.html"]) + ["map_agreement.parquet"]
-        done = {path.rsplit("/", 1)[-1] for path in paths}
+        wanted = (["summary.json", "summary.md"] + ([] if args.no_report else ["report.html"])
+                  + ([] if args.no_map_agreement else ["map_agreement.parquet"]))
+        done = {path.split(" ")[0].rsplit("/", 1)[-1] for path in paths}
         unwritten = f"{', '.join(name for name in wanted if name not in done)} not written: {one_line(str(err))}"
     _warn_unreadable(results)
     # The terminal's width (COLUMNS, or 80 when piped): columns that do not fit are left out and named; summary.md

@@ -9,7 +9,6 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
-import numpy as np
 import pandas as pd
 
 from ..errors import OutputError, first_line
@@ -99,15 +98,9 @@ class MapAgreement:
         except OutputError as err:  # a damaged file: the values are computed here, and the page says why
             self._stored_problem = first_line(err)
             return
-        if stored is None:
-            return
-        stored = stored.drop_duplicates("index", keep="last").set_index("index")
-        common = stored.index.intersection(pd.Index(list(self._wanted)))
-        stored = stored.loc[common]
-        same = ((stored["n_methods"].to_numpy() == np.array([self._wanted[i] for i in common.tolist()], dtype=int))
-                & (stored["image_id"].to_numpy() == snapshot.image_ids.reindex(common).to_numpy()))
-        for index, value, n in zip(common[same].tolist(), stored["map_agreement"].to_numpy()[same].tolist(),
-                                   stored["n_methods"].to_numpy()[same].tolist()):
+        valid = map_agreement.still_valid(stored, self._compared)
+        for index, value, n in zip(valid["index"].tolist(), valid["map_agreement"].tolist(),
+                                   valid["n_methods"].tolist()):
             if not self._matches(index):
                 self._known[index] = (value, n)
                 self._stored += 1

@@ -120,23 +120,46 @@ def _summed(results: Results, ids: list[str], method: str) -> list[np.ndarray | 
     return found
 
 
-def compute(out: "str | Results") -> pd.DataFrame:
+def still_valid(stored: pd.DataFrame | None, compared: pd.DataFrame) -> pd.DataFrame:
+    """The stored values that still describe the run: the image has the same id and as many compared maps as when
+    they were computed (a map is written once, whole, so the same ok rows mean the same maps)."""
+    if stored is None or stored.empty or compared.empty:
+        return SCHEMA.empty_table().to_pandas()
+    now = compared.groupby("index").agg(image_id=("image_id", "first"), n_methods=("method", "size"))
+    stored = stored.drop_duplicates("index", keep="last")
+    joined = stored.merge(now.add_suffix("_now"), left_on="index", right_index=True, how="inner")
+    same = (joined["image_id"].astype(str) == joined["image_id_now"]) & (joined["n_methods"] == joined["n_methods_now"])
+    return joined.loc[same, SCHEMA.names].reset_index(drop=True)
+
+
+def compute(out: "str | Results", stored: pd.DataFrame | None = None) -> tuple[pd.DataFrame, int]:
     """The values of every image with an ok row of a method, as one frame of :data:`SCHEMA`'s columns (empty when
-    the run has no maps)."""
+    the run has no maps), and how many of them were computed now: the ``stored`` values that are
+    :func:`still_valid` are kept, so a summarize after ``--resume`` reads only the new images' maps."""
     results = open_results(out)
     if not results.maps.exists():
-        return SCHEMA.empty_table().to_pandas()
+        return SCHEMA.empty_table().to_pandas(), 0
     rows, ids = results.compact_rows(lambda columns: [])
     rows["image_id"] = np.asarray(ids, dtype=object)[rows["image_id"].to_numpy()] if len(rows) else rows["image_id"]
-    parts = list(agreement(results, compared_rows(rows)))
-    return pd.concat(parts, ignore_index=True) if parts else SCHEMA.empty_table().to_pandas()
+    compared = compared_rows(rows)
+    kept = still_valid(stored, compared)
+    todo = compared[~compared["index"].isin(kept["index"])]
+    parts = [kept] + list(agreement(results, todo))
+    values = pd.concat(parts, ignore_index=True).sort_values("index", kind="stable").reset_index(drop=True)
+    return values, int(todo["index"].nunique())
 
 
-def write(out: "str | Results") -> str:
+def write(out: "str | Results") -> tuple[str, int]:
     """Compute the values and write ``OUT/map_agreement.parquet`` whole (a temporary name, then renamed: a reader
-    never sees half a file); returns its path. OutputError when OUT cannot be written."""
+    never sees half a file); returns its path and the number of images whose maps were read. The values of an
+    earlier file of the same run are kept where still valid; one that cannot be read is computed again.
+    OutputError when OUT cannot be written."""
     results = open_results(out)
-    values = compute(results)
+    try:
+        stored = read(results)
+    except OutputError:
+        stored = None
+    values, computed = compute(results, stored)
     table = pa.Table.from_pandas(values, schema=SCHEMA, preserve_index=False).replace_schema_metadata(
         {FINGERPRINT_KEY: str(results.fingerprint or "")})
     fs, root = fsspec.core.url_to_fs(results.out)
@@ -153,7 +176,7 @@ def write(out: "str | Results") -> str:
     finally:
         if fs.exists(temporary):
             fs.rm(temporary)
-    return f"{results.out}/{FILE}"
+    return f"{results.out}/{FILE}", computed
 
 
 def read(out: "str | Results") -> pd.DataFrame | None:
