@@ -1,11 +1,13 @@
 """Wall time and peak memory of ``summarize`` on large outputs, this tree's code against an older commit's.
 
-Makes an OUT of N images from a real small one (tests/scale_helpers.py: its rows replicated and jittered, its maps
-repeated), then runs ``summarize`` on it in a child process per code version and reports the child's wall time and
-peak resident memory (``ru_maxrss`` from ``wait4``), and whether the two summary.json texts are equal.
+Makes an OUT of N images from a real small one (tests/scale_helpers.py: its rows replicated and jittered; its map
+objects laid out as the run lays them, all zeros unless ``--source-maps``: summarize reads the objects' indices, not
+their values), then runs ``summarize`` on it in a child process per code version and reports the child's wall time
+and peak resident memory (``ru_maxrss`` from ``wait4``), the load average, and whether the two summary.json texts are
+equal. The old code runs only up to ``--old-up-to`` images (it holds every row: about 13 GB at a million).
 
-    python scripts/bench_summarize.py --sizes 20000 200000           # old code: git worktree of 8e8178e
-    python scripts/bench_summarize.py --sizes 20000 --source /tmp/eq/rich-before --old /tmp/s_old
+    python scripts/bench_summarize.py --sizes 20000 200000 1000000 --source OUT_OF_A_SMALL_RUN
+    python scripts/bench_summarize.py --sizes 20000 --old /tmp/old --old-commit main
 """
 
 from __future__ import annotations
@@ -46,8 +48,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[20_000])
     parser.add_argument("--source", help="a real small OUT (default: jobs/smoke.yaml run into the work folder)")
-    parser.add_argument("--old", default="/tmp/s_old", help="a checkout of the old code (made at --old-commit)")
-    parser.add_argument("--old-commit", default="8e8178e")
+    parser.add_argument("--old", default="/tmp/bench-summarize-old",
+                        help="a copy of the old code (made from --old-commit with git archive when missing)")
+    parser.add_argument("--old-commit", default="main")
+    parser.add_argument("--old-up-to", type=int, default=200_000, help="run the old code only up to this many images")
+    parser.add_argument("--source-maps", action="store_true", help="copy the source's maps instead of zeros")
     parser.add_argument("--bootstrap", type=int, default=200)
     parser.add_argument("--work", default=None, help="folder for the OUTs (default: a temporary one)")
     args = parser.parse_args()
@@ -56,7 +61,9 @@ def main() -> None:
 
     work = args.work or tempfile.mkdtemp(prefix="bench-summarize-")
     if not os.path.exists(args.old):
-        subprocess.run(["git", "worktree", "add", args.old, args.old_commit], cwd=ROOT, check=True)
+        os.makedirs(args.old)
+        archive = subprocess.run(["git", "archive", args.old_commit], cwd=ROOT, check=True, capture_output=True)
+        subprocess.run(["tar", "-x", "-C", args.old], input=archive.stdout, check=True)
     source = args.source
     if source is None:
         source = os.path.join(work, "smoke")
@@ -64,19 +71,23 @@ def main() -> None:
             subprocess.run([sys.executable, "-m", "xcv_batch", "run", "jobs/smoke.yaml", "--out", source],
                            cwd=ROOT, check=True)
     print(f"source {source}; old code {args.old}; --bootstrap {args.bootstrap}; {os.cpu_count()} CPUs seen")
-    print(f"{'images':>8} {'version':>8} {'wall s':>8} {'peak MiB':>9}")
+    print(f"{'images':>8} {'version':>8} {'wall s':>8} {'peak MiB':>9}  load average (1, 5, 15 min) after")
     for n in args.sizes:
         out = os.path.join(work, f"out-{n}")
         if not os.path.exists(out):
-            make_large_out(source, out, n, parts=max(1, n // 2500), images_per_object=1000)
+            make_large_out(source, out, n, parts=max(1, n // 2500), images_per_object=1000,
+                           source_maps=args.source_maps)
         texts = {}
-        for name, code in (("new", ROOT), ("old", args.old)):
+        versions = [("new", ROOT)] + ([("old", args.old)] if n <= args.old_up_to else [])
+        for name, code in versions:
             json_path = os.path.join(work, f"summary-{n}-{name}.json")
             wall, peak = run_child(code, out, args.bootstrap, json_path)
             with open(json_path) as f:
                 texts[name] = f.read()
-            print(f"{n:>8} {name:>8} {wall:>8.1f} {peak:>9.0f}", flush=True)
-        print(f"{n:>8} summary.json {'EQUAL' if texts['new'] == texts['old'] else 'DIFFERENT'}")
+            load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+            print(f"{n:>8} {name:>8} {wall:>8.1f} {peak:>9.0f}  {load}", flush=True)
+        if "old" in texts:
+            print(f"{n:>8} summary.json {'EQUAL' if texts['new'] == texts['old'] else 'DIFFERENT'}", flush=True)
 
 
 if __name__ == "__main__":

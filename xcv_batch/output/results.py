@@ -21,7 +21,7 @@ The Parquet files are plain Parquet, so DuckDB reads them without xcv_batch::
 from __future__ import annotations
 
 from functools import cached_property
-from typing import Any, Callable, Sequence
+from typing import Any, Iterator, Sequence
 
 import fsspec
 import numpy as np
@@ -30,7 +30,7 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 
 from ..errors import ConfigError, OutputError, first_line
-from .formats import MapReader, MapUnreadable, format_of_job, map_reader
+from .formats import MapReader, MapUnreadable, StoredMaps, format_of_job, map_reader
 from .layout import IMAGENET_MEAN, IMAGENET_STD, JOB_FILE, METRICS_DIR, pandas_dtypes
 from .provenance import provenance_from_metadata
 from ..yaml_io import load_yaml
@@ -189,37 +189,39 @@ class Results:
                                   promote_options="permissive")
         return pads.dataset(files, schema=schema, **where)
 
-    def compact_rows(self, columns: Callable[[list[str]], list[str]]) -> tuple[pd.DataFrame, list[str]]:
-        """The rows as :meth:`rows` gives them, but only ``image_id``, ``index``, ``method``, ``status``, ``error``
-        and the columns that ``columns(every column name)`` picks, and small at any size: ``image_id`` is an integer
-        code into the sorted list of ids returned beside the frame (code order is id order), and ``error`` is kept on
-        error rows only. Arrow reads just those columns, batch by batch; the other string columns (path, note,
-        shard, target name) are never read, and no id is held once per method."""
-        import pyarrow.compute as pc
-
+    def row_schema(self) -> pa.Schema | None:
+        """The rows' columns and types over every metrics file (a column some files lack is null there); None without
+        files. Only the files' footers are read."""
         files = self.metrics_files()
         if not files:
-            return self._read_rows(), []
+            return None
         try:
-            dataset = self._dataset(files)
-            names = dataset.schema.names
-            wanted = [c for c in dict.fromkeys(["image_id", "index", "method", "status", "error", *columns(names)])
-                      if c in names]
-            table = dataset.to_table(columns=wanted)
+            return self._dataset(files).schema
         except (pa.ArrowException, OSError) as err:
             raise self._unreadable(files, err) from None
-        ids = table.column("image_id").cast(pa.string())
-        unique = pc.unique(ids)
-        sorted_ids = unique.take(pc.array_sort_indices(unique))
-        table = table.set_column(wanted.index("image_id"), "image_id", pc.index_in(ids, value_set=sorted_ids))
-        if "error" in wanted:
-            error = table.column("error").cast(pa.string())
-            table = table.set_column(wanted.index("error"), "error",
-                                     pc.if_else(pc.equal(table.column("status"), "ok"), pa.scalar(None, pa.string()),
-                                                error))
-        # Without the files' pandas metadata, which would turn the codes back into strings.
-        rows = table.replace_schema_metadata(None).to_pandas()
-        return self._without_missing_maps(rows), sorted_ids.to_pylist()
+
+    def scan_rows(self, columns: Sequence[str]) -> Iterator[pa.Table]:
+        """The rows' ``columns``, one table per metrics file, in the order of :meth:`rows` (files sorted, each file's
+        rows in order): only those columns are decoded, and only one file's at a time is held. Rows are as stored:
+        :meth:`stored_maps` says which ``ok`` rows :meth:`rows` would turn into errors."""
+        files = self.metrics_files()
+        if not files:
+            return
+        try:
+            dataset = self._dataset(files)
+            for fragment in dataset.get_fragments():
+                yield pads.Scanner.from_fragment(fragment, schema=dataset.schema, columns=list(columns)).to_table()
+        except (pa.ArrowException, OSError) as err:
+            raise self._unreadable(files, err) from None
+
+    def stored_maps(self, method: str) -> StoredMaps | None:
+        """What the maps hold of ``method`` (the images whose map can be whole, and those found broken), as
+        :meth:`rows` checks its ``ok`` rows against it; None when no maps are laid out (then no row is checked)."""
+        return self.maps.stored(method) if self.maps.exists() else None
+
+    #: The error of an ``ok`` row whose map is missing, and of one whose map file is broken (``{where}``).
+    MAP_MISSING = "map missing from {folder} (run the job again with --resume)"
+    MAP_UNREADABLE = "map unreadable: {where} (run the job again with --resume)"
 
     def _unreadable(self, files: list[str], err: Exception) -> OutputError:
         """The error naming the first metrics file that Parquet cannot read."""
@@ -247,10 +249,10 @@ class Results:
             ok = (rows["method"] == method) & (rows["status"] == "ok")
             lost = ok & ~rows["index"].isin(stored.whole)
             rows.loc[lost, "status"] = "error"
-            rows.loc[lost, "error"] = f"map missing from {self.maps.folder} (run the job again with --resume)"
+            rows.loc[lost, "error"] = self.MAP_MISSING.format(folder=self.maps.folder)
             for index, where in stored.broken.items():
                 damaged = lost & (rows["index"] == index)
-                rows.loc[damaged, "error"] = f"map unreadable: {where} (run the job again with --resume)"
+                rows.loc[damaged, "error"] = self.MAP_UNREADABLE.format(where=where)
         return rows
 
     def image_rows(self, image_id: str) -> pd.DataFrame:

@@ -22,10 +22,8 @@ from __future__ import annotations
 from typing import Mapping, Sequence
 
 import numpy as np
-import pandas as pd
 
 from . import stats
-from ..methods.registry import is_control
 from ..metrics.registry import metric_info
 from .summary_types import ControlPower, ControlShare, MetricPower
 
@@ -36,26 +34,20 @@ TIE_TOLERANCE = 1e-3
 TIED_SHARE = 0.5
 
 
-def split_controls(rows: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(the real methods' rows, the control maps' rows)."""
-    control = rows["method"].astype(str).map(is_control).to_numpy(dtype=bool)
-    return rows[~control], rows[control]
+def metric_power_of(metric: str, direction: str, values: np.ndarray, methods: Sequence[str],
+                    controls: Sequence[str], n_boot: int, seed: int, index: int) -> MetricPower:
+    """The power of the ``index``-th ranked metric (its ``direction``) to reject the ``controls``, from its values on
+    the ok rows: ``values`` is (images × [*methods, *controls]); ties are among the real methods alone."""
+    real, control = values[:, :len(methods)], values[:, len(methods):]
+    rng = np.random.default_rng([seed, 7877, index])
+    return metric_power(metric, direction, real, control, methods, controls, n_boot, rng)
 
 
-def control_power(ok: pd.DataFrame, metrics: Mapping[str, str], methods: Sequence[str], controls: Sequence[str],
-                  images: Sequence, n_boot: int, seed: int, n_control_errors: int = 0) -> ControlPower:
-    """The power of each metric (column → direction) to reject the ``controls``, compared with the real ``methods``
-    on the ``ok`` rows of both, images in the order of ``images``; ties are among the real methods alone."""
-    names = [*methods, *controls]
-    powers = {}
-    for m_index, (metric, direction) in enumerate(metrics.items()):
-        wide = ok.pivot(index="image_id", columns="method", values=metric).reindex(index=images, columns=names)
-        values = wide.astype("float64").to_numpy(dtype=float, na_value=np.nan)
-        real, control = values[:, :len(methods)], values[:, len(methods):]
-        rng = np.random.default_rng([seed, 7877, m_index])
-        powers[metric] = metric_power(metric, direction, real, control, methods, controls, n_boot, rng)
+def control_power(powers: Mapping[str, MetricPower], methods: Sequence[str], controls: Sequence[str],
+                  n_control_errors: int = 0) -> ControlPower:
+    """The :class:`ControlPower` of the ranked metrics' powers (:func:`metric_power_of`), and which are flagged."""
     flagged = [metric for metric, power in powers.items() if power.tied or power.flagged_by]
-    return ControlPower(controls=list(controls), methods=list(methods), tolerance=TIE_TOLERANCE, metrics=powers,
+    return ControlPower(controls=list(controls), methods=list(methods), tolerance=TIE_TOLERANCE, metrics=dict(powers),
                         flagged=flagged, n_control_errors=int(n_control_errors))
 
 

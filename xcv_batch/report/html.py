@@ -27,6 +27,7 @@ from . import stats
 from ..errors import OutputError
 from ..output.layout import JOB_FILE
 from .panel import panel_figure
+from .row_table import RowTable, frame_table, read_table
 from ..output.results import Results, open_results
 from .controls import control_sentences
 from .labels import method_label
@@ -84,9 +85,8 @@ pre { background: #f6f6f6; padding: 1em; overflow-x: auto; }
 # --- figures --------------------------------------------------------------------------------------------------------
 
 
-def _ok_values(rows: pd.DataFrame, metric: str, method: str) -> np.ndarray:
-    selected = rows[(rows["method"] == method) & (rows["status"] == "ok")][metric]
-    values = pd.to_numeric(selected, errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+def _ok_values(table: RowTable, metric: str, method: str) -> np.ndarray:
+    values = table.values[metric][:, [*table.methods, *table.controls].index(method)]
     return values[np.isfinite(values)]
 
 
@@ -96,12 +96,12 @@ def _log_scale_helps(values: list[np.ndarray]) -> bool:
     return len(joined) > 0 and joined.min() > 0 and joined.max() / joined.min() > 100
 
 
-def distribution_figure(rows: pd.DataFrame, summary: Summary, metric: str) -> Figure | None:
+def distribution_figure(table: RowTable, summary: Summary, metric: str) -> Figure | None:
     """One ranked metric's values: a horizontal box per method, best method on top. One small figure per metric, so
     that a page lays them out as small multiples at their own size instead of shrinking one wide strip."""
     methods = summary.best_first()
     info = summary.metrics[metric]
-    values = [_ok_values(rows, metric, m) for m in methods]
+    values = [_ok_values(table, metric, m) for m in methods]
     shown = [(v, method_label(m)) for v, m in zip(values, methods) if len(v)]
     if not shown:
         return None
@@ -230,25 +230,25 @@ def cd_figure(summary: Summary, metric: str) -> Figure | None:
     return figure
 
 
-def gallery_pool(rows: pd.DataFrame) -> pd.Series:
-    """Every image with a successful row, in the gallery's order: those with a mean Max-Sensitivity over the methods,
-    ascending (most stable first), then the others (value NaN) in row order."""
-    ok = rows[rows["status"] == "ok"]
-    ranked = _mean_sensitivity_per_image(ok)
-    others = ok["image_id"].drop_duplicates()
-    others = others[~others.isin(ranked.index)].to_numpy()
+def gallery_pool(table: RowTable) -> pd.Series:
+    """Every image with a successful row (its code), in the gallery's order: those with a mean Max-Sensitivity over
+    the methods, ascending (most stable first), then the others (value NaN) in the images' order."""
+    with_ok = table.images[table.image_ok]
+    ranked = _mean_sensitivity_per_image(table)
+    others = with_ok[~np.isin(with_ok, ranked.index.to_numpy())]
     return pd.concat([ranked.astype(float), pd.Series(np.nan, index=others, dtype=float)])
 
 
 def gallery_images(rows: pd.DataFrame, count: int) -> list[tuple[str, str]]:
-    """(image id, why) of up to ``count`` images: every image when there are no more than ``count``, else the
-    ⌈count/2⌉ most and ⌊count/2⌋ least stable by mean Max-Sensitivity over the methods; most stable first, then the
-    images without a mean sensitivity (all of them when sensitivity is off: the first images).
+    """(image id, why) of up to ``count`` images of metric ``rows``: every image when there are no more than
+    ``count``, else the ⌈count/2⌉ most and ⌊count/2⌋ least stable by mean Max-Sensitivity over the methods; most
+    stable first, then the images without a mean sensitivity (all of them when sensitivity is off: the first images).
 
     Each label gives the image's rank among all ranked images (1 = lowest mean sensitivity); only rank 1 is called
     "most stable" and only the last "least stable", so no image is called both and no two are "most stable".
     """
-    return pick_gallery(gallery_pool(rows), count)
+    table = frame_table(rows)
+    return [(table.name(code), why) for code, why in pick_gallery(gallery_pool(table), count)]
 
 
 def pick_gallery(pool: pd.Series, count: int) -> list[tuple[str, str]]:
@@ -264,19 +264,22 @@ def pick_gallery(pool: pd.Series, count: int) -> list[tuple[str, str]]:
     return [(pool.index[r], stability_label(r + 1, n, float(pool.iloc[r])) if r < n else unranked) for r in chosen]
 
 
-def _mean_sensitivity_per_image(ok: pd.DataFrame) -> pd.Series:
-    """Mean Max-Sensitivity over methods per image, ascending; over the images with a value for every method that
-    has any (a mean over fewer methods mixes scales: IG's values are ten times LIME's), else over what there is."""
-    if "sensitivity_max" not in ok:
+def _mean_sensitivity_per_image(table: RowTable) -> pd.Series:
+    """Mean Max-Sensitivity over methods per image (code), ascending, ties in the ids' order; over the images with a
+    value for every method that has any (a mean over fewer methods mixes scales: IG's values are ten times LIME's),
+    else over what there is."""
+    if "sensitivity_max" not in table.values or table.metric_skipped("sensitivity_max"):
         return pd.Series(dtype=float)
-    values = ok.assign(s=pd.to_numeric(ok["sensitivity_max"], errors="coerce"))
-    wide = values.pivot_table(index="image_id", columns="method", values="s", aggfunc="mean", dropna=False)
+    names = [*table.methods, *table.controls]
+    by_name = sorted(range(len(names)), key=lambda j: names[j])
+    wide = pd.DataFrame(table.values["sensitivity_max"][table.image_ok][:, by_name],
+                        index=table.images[table.image_ok])
     wide = wide.dropna(axis=1, how="all")
     if wide.empty:
         return pd.Series(dtype=float)
     complete = wide.dropna()
     per_image = (complete if not complete.empty else wide).mean(axis=1).dropna()
-    return per_image.sort_values(kind="stable")
+    return per_image.sort_index().sort_values(kind="stable")
 
 
 def stability_label(rank: int, n: int, value: float) -> str:
@@ -424,10 +427,10 @@ def _diagnostics_section(summary: Summary) -> str:
     return "\n".join(parts)
 
 
-def _distributions_section(rows: pd.DataFrame, summary: Summary) -> str:
+def _distributions_section(table: RowTable, summary: Summary) -> str:
     if not summary.metrics:
         return ""
-    figures = [_img(distribution_figure(rows, summary, metric), f"distribution of {metric} per method")
+    figures = [_img(distribution_figure(table, summary, metric), f"distribution of {metric} per method")
                for metric in summary.metrics]
     return ("<p>Each metric's values over the images, a box per method (median, quartiles, 1.5 IQR whiskers), the "
             "best method on top.</p>" + _grid(figures))
@@ -445,11 +448,11 @@ def _cd_section(summary: Summary) -> str:
             + _grid(figures, "grid wide"))
 
 
-def _gallery_section(results: Results, rows: pd.DataFrame, image_ids: list, cap: int) -> str:
+def _gallery_section(results: Results, table: RowTable, cap: int) -> str:
     """Up to ``cap`` panels (every image when there are no more), and how many images are not shown, so that the
     page stays bounded at any number of images."""
-    pool = gallery_pool(rows)
-    picked = [(image_ids[int(code)], why) for code, why in pick_gallery(pool, cap)]
+    pool = gallery_pool(table)
+    picked = [(table.name(code), why) for code, why in pick_gallery(pool, cap)]
     n_ranked = int(pool.notna().sum())
     order = (" (no Max-Sensitivity in this run: the first ones)." if n_ranked == 0 else
              ": the most stable first, by mean Max-Sensitivity over the methods (lower = more stable); each caption "
@@ -464,7 +467,7 @@ def _gallery_section(results: Results, rows: pd.DataFrame, image_ids: list, cap:
         parts.append(f"<p>{len(picked)} of {len(pool)} images with a map{which}{order} "
                      f"<strong>{len(pool) - len(picked)} images are not shown</strong>; draw any of them with "
                      "<code>python -m xcv_batch show OUT --image ID --output FILE</code>.</p>")
-    n_without = int(rows["image_id"].nunique()) - len(pool)
+    n_without = len(table.images) - len(pool)
     if n_without:
         parts.append(f'<p>{n_without} images failed for every method and have no map: see <a href="#failures">'
                      "Failures</a>.</p>")
@@ -517,10 +520,10 @@ def _job_section(job: dict | None) -> str:
 
 
 def render_report(results: Results, summary: Summary, gallery: int = GALLERY_CAP) -> str:
-    """The report's HTML text. Its rows are read compact (ids as codes, only the ranked metrics and Max-Sensitivity),
-    and nothing in it grows with the images: one figure per metric, at most ``gallery`` panels, capped diagnostics
-    and failures."""
-    rows, image_ids = results.compact_rows(lambda columns: [*summary.metrics, "sensitivity_max"])
+    """The report's HTML text. Its rows are the summary's arrays (report/row_table.py; read again only for another
+    open Results), and nothing in it grows with the images: one figure per metric, at most ``gallery`` panels, capped
+    diagnostics and failures."""
+    table = read_table(results, methods=results.methods)
     facts = summary.facts
     status_class = "complete" if facts.complete else "partial"
     title = html.escape(str(facts.job_name or results.out))
@@ -531,10 +534,10 @@ def render_report(results: Results, summary: Summary, gallery: int = GALLERY_CAP
         Section("cost", "Cost", _cost_section(summary)),
         Section("agreement", "Metric agreement", _agreement_section(summary)),
         Section("diagnostics", "Diagnostics", _diagnostics_section(summary)),
-        Section("distributions", "Distributions", _distributions_section(rows, summary)),
+        Section("distributions", "Distributions", _distributions_section(table, summary)),
         Section("quality-cost", "Quality vs cost", _cost_quality_section(summary)),
         Section("critical-difference", "Critical-difference diagrams", _cd_section(summary)),
-        Section("gallery", "Gallery", _gallery_section(results, rows, image_ids, gallery)),
+        Section("gallery", "Gallery", _gallery_section(results, table, gallery)),
         Section("failures", "Failures", _failures_section(summary)),
         Section("job", "Job", _job_section(results.job)),
     ]

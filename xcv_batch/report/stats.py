@@ -89,9 +89,11 @@ def bootstrap_means(tables: Sequence[np.ndarray], n_boot: int, rng: np.random.Ge
     counting = [complete_rows(t).astype(float) for t in tables]
     filled = [np.where(np.isfinite(t), t, 0.0) for t in tables]
     blocks: list[list[np.ndarray]] = [[] for _ in tables]
+    everywhere = [bool(mask.all()) for mask in counting]
     for counts in bootstrap_counts(n, n_boot, rng):
         for i, (table, mask) in enumerate(zip(filled, counting)):
-            drawn = counts @ mask
+            # A resample draws n rows: where every row counts, that is its count (exactly: the sum of whole numbers).
+            drawn = np.full(len(counts), float(n)) if everywhere[i] else counts @ mask
             with np.errstate(invalid="ignore", divide="ignore"):
                 blocks[i].append((counts @ table) / drawn[:, None])
     return [np.concatenate(b) if b else np.full((0, t.shape[1]), np.nan) for b, t in zip(blocks, tables)]
@@ -279,18 +281,27 @@ def kendalls_w_rows(ranks: np.ndarray) -> np.ndarray:
     n, m, k = ranks.shape
     sums = ranks.sum(axis=1)
     s = ((sums - m * (k + 1) / 2.0) ** 2).sum(axis=1)
-    ties = np.zeros(n)
-    for image in range(n):
-        for metric in range(m):
-            row = ranks[image, metric]
-            if np.isfinite(row).all():
-                _, counts = np.unique(row, return_counts=True)
-                ties[image] += float((counts.astype(float) ** 3 - counts).sum())
+    ties = _tie_terms(ranks).sum(axis=1)
     denominator = m * m * (k ** 3 - k) - m * ties
     with np.errstate(invalid="ignore", divide="ignore"):
         w = 12.0 * s / denominator
     complete = np.isfinite(ranks).all(axis=(1, 2))
     return np.where(complete & (denominator > 0), w, np.nan)
+
+
+def _tie_terms(ranks: np.ndarray) -> np.ndarray:
+    """Σ (t³ − t) over the groups of t equal ranks of each ``(image, metric)`` row of ``(n, m, k)`` ranks; 0 for a row
+    with a missing rank. Runs of equal values in the sorted rows, k steps over every row at once: a loop over images
+    took a minute at a million."""
+    ordered = np.sort(ranks, axis=2)
+    run = np.ones(ordered.shape[:2])
+    total = np.zeros(ordered.shape[:2])
+    for j in range(1, ordered.shape[2]):
+        same = ordered[:, :, j] == ordered[:, :, j - 1]
+        total += np.where(same, 0.0, run ** 3 - run)
+        run = np.where(same, run + 1.0, 1.0)
+    total += run ** 3 - run
+    return np.where(np.isfinite(ranks).all(axis=2), total, 0.0)
 
 
 def mean_ci(values: np.ndarray, n_boot: int, rng: np.random.Generator, level: float = 0.95):

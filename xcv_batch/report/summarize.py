@@ -39,17 +39,17 @@ from . import stats
 from ..config import SensitivityConfig
 from ..errors import ConfigError, OutputError, first_line
 from ..output.layout import JOB_FILE
-from ..methods.registry import is_control
 from ..methods.settings import METHOD_SETTINGS
-from ..metrics.registry import COST_COLUMNS, DIAGNOSTICS, metric_info, metrics_in
+from ..metrics.registry import COST_COLUMNS, DIAGNOSTICS, metric_info
 from ..plan import Passes, explanation_passes
 from ..output.results import Results, open_results
-from .controls import control_power, split_controls
-from .summary_types import ControlPower
+from .controls import control_power, metric_power_of
+from .row_table import OK, RowTable, frame_table, read_table
 from .labels import method_label
 from .summary_text import render_markdown
-from .summary_types import (Agreement, Concordance, Cost, Diagnostic, DiagnosticImage, Failure, FriedmanTest,
-                            MethodCost, MethodSummary, MetricPair, MetricRank, MetricTests, MetricValues, ModelFacts,
+from .summary_types import (Agreement, Concordance, ControlPower, Cost, Diagnostic, DiagnosticImage, Failure, FriedmanTest,
+                            MethodCost, MethodSummary, MetricPair, MetricPower, MetricRank, MetricTests, MetricValues,
+                            ModelFacts,
                             NemenyiTest, PairwiseTest, RankedMetric, RankOn, RunFacts, SeedSettings, Summary, plain)
 
 #: Mean Kendall's τ below which two metrics are said to disagree: (1 + τ) / 2 = 0.65, so about one pair of methods in
@@ -74,16 +74,16 @@ SEED_RESOLUTION = 224
 def summarize(out: "str | Results", n_boot: int = 2000, seed: int = 0,
               rank_on: Mapping[str, float] | str | None = None) -> Summary:
     """The summary of the output directory ``out`` (a path, or its open Results; finished or not): that of
-    :func:`summarize_rows` with the run's facts (model, fingerprint, completeness, the seed's settings)."""
+    :func:`summarize_rows` with the run's facts (model, fingerprint, completeness, the seed's settings). The rows are
+    read as arrays, only the columns used (report/row_table.py): memory grows by the numbers kept, not by rows."""
     check_bootstrap(n_boot)
     results = open_results(out)
-    rows, image_ids = results.compact_rows(summary_columns)
+    table = read_table(results, methods=results.methods)
     job = results.job
-    summary = summarize_rows(rows, methods=results.methods, n_boot=n_boot, seed=seed, rank_on=rank_on, job=job,
-                             image_ids=image_ids)
+    summary = summarize_table(table, n_boot=n_boot, seed=seed, rank_on=rank_on, job=job)
     model = job.get("model") or {}
     expected_ids = results.stored_image_ids
-    missing = _missing_rows(rows, expected_ids, results.methods, image_ids)
+    missing = table.missing_rows(expected_ids, results.methods) if expected_ids is not None else None
     differences = seed_setting_differences(job)
     run = RunFacts(
         out=results.out, job_name=job.get("name"), fingerprint=results.fingerprint,
@@ -115,35 +115,33 @@ def summarize_rows(rows: pd.DataFrame, methods: Sequence[str] | None = None, n_b
     and win rate with CIs, its status counts, its ranks and values per metric, per metric its tests (Friedman,
     pairwise Wilcoxon + Holm, Nemenyi), the agreement (see :func:`metric_agreement`), the cost (see
     :func:`cost_summary`), the diagnostics and the failures (the error rows' image, method and message).
-    ``image_ids``: when given, the ``image_id`` column holds integer codes into it, in the ids' order
-    (:meth:`~xcv_batch.output.results.Results.compact_rows`).
+    ``image_ids``: when given, the ``image_id`` column holds integer codes into it, in the ids' order.
     """
     check_bootstrap(n_boot)
-    name_of = (lambda code: str(image_ids[int(code)])) if image_ids is not None else str
-    rows, control_rows = split_controls(_deduplicate(rows))
-    control_names = list(dict.fromkeys([*(m for m in methods or [] if is_control(m)),
-                                        *control_rows["method"].astype(str)]))
-    method_names = list(dict.fromkeys([*(m for m in methods or [] if not is_control(m)), *rows["method"].astype(str)]))
-    images = _images_in_order(rows)
-    ok = rows[rows["status"] == "ok"]
-    counts = {}
-    for name in method_names:
-        status = rows.loc[rows["method"] == name, "status"]
-        counts[name] = (int((status == "ok").sum()), int((status == "error").sum()))
+    return summarize_table(frame_table(rows, methods, image_ids), n_boot=n_boot, seed=seed, alpha=alpha,
+                           rank_on=rank_on, job=job)
+
+
+def summarize_table(table: RowTable, n_boot: int = 2000, seed: int = 0, alpha: float = stats.ALPHA,
+                    rank_on: Mapping[str, float] | str | None = None, job: Mapping | None = None) -> Summary:
+    """:func:`summarize_rows` of rows already kept one per image × method, as arrays (report/row_table.py)."""
+    check_bootstrap(n_boot)
+    method_names, control_names = table.methods, table.controls
+    counts = table.counts
 
     metrics: dict[str, RankedMetric] = {}
     skipped: dict[str, str] = {}
     tests: dict[str, MetricTests] = {}
+    powers: dict[str, MetricPower] = {}
     values_of: dict[str, dict[str, MetricValues]] = {name: {} for name in method_names}
-    rank_tables: dict[str, tuple[list[str], np.ndarray, np.ndarray, int]] = {}  # metric → ranked, ranks, wins, n
+    rank_tables: dict[str, tuple[list[str], np.ndarray, list, int]] = {}  # metric → ranked, ranks, win rates, n
     value_tables: dict[str, np.ndarray] = {}  # metric → (images, all methods) values, for the agreement
-    for m_index, metric in enumerate(metrics_in(rows.columns)):
+    for m_index, metric in enumerate(table.values):
         info = metric_info(metric)
-        if not pd.api.types.is_numeric_dtype(rows[metric]) and rows[metric].notna().any():
-            skipped[metric] = f"column has non-numeric values ({rows[metric].dtype})"
+        if metric in table.skipped:
+            skipped[metric] = table.skipped[metric]
             continue
-        wide = ok.pivot(index="image_id", columns="method", values=metric).reindex(index=images, columns=method_names)
-        values = wide.astype("float64").to_numpy(dtype=float, na_value=np.nan)
+        values = table.real_values(metric)
         has_value = np.isfinite(values)
         ranked = [name for j, name in enumerate(method_names) if has_value[:, j].any()]
         if not ranked:
@@ -158,24 +156,26 @@ def summarize_rows(rows: pd.DataFrame, methods: Sequence[str] | None = None, n_b
                 median=median, ci95=list(ci), mean=float(np.nanmean(values[:, j])) if n else None, n=n,
                 n_missing=counts[name][0] - n, direction=info.direction)
 
-        table = values[:, [method_names.index(name) for name in ranked]]
-        ranks = stats.rank_rows(table, info.direction)
-        n_ranked = int(stats.complete_rows(table).sum())
-        rank_tables[metric] = (ranked, ranks, stats.win_shares(ranks), n_ranked)
+        table_ranked = values[:, [method_names.index(name) for name in ranked]]
+        ranks = stats.rank_rows(table_ranked, info.direction)
+        n_ranked = int(stats.complete_rows(table_ranked).sum())
+        wins = stats.win_shares(ranks)
+        rank_tables[metric] = (ranked, ranks, [_nanmean(wins[:, j]) for j in range(len(ranked))], n_ranked)
+        del wins
         cd = stats.nemenyi_cd(len(ranked), n_ranked, alpha)
         metrics[metric] = RankedMetric(label=info.label, unit=info.unit, direction=info.direction, family=info.family,
                                        n_images=n_ranked, methods=ranked, nemenyi_cd=cd, weight=0.0)
         tests[metric] = MetricTests(
             n_images=n_ranked,
-            friedman=FriedmanTest(**stats.friedman(table, alpha)),
-            pairwise=[PairwiseTest(**pair) for pair in stats.pairwise_wilcoxon(table, ranked, info.direction, alpha)],
+            friedman=FriedmanTest(**stats.friedman(table_ranked, alpha)),
+            pairwise=[PairwiseTest(**pair)
+                      for pair in stats.pairwise_wilcoxon(table_ranked, ranked, info.direction, alpha)],
             nemenyi=NemenyiTest(alpha=alpha, q_alpha=stats.NEMENYI_Q_005.get(len(ranked)), cd=cd),
         )
+        powers[metric] = metric_power_of(metric, info.direction, table.values[metric], method_names, control_names,
+                                         n_boot, seed, len(powers))
 
-    control_ok = control_rows[control_rows["status"] == "ok"]
-    power = control_power(pd.concat([ok, control_ok]) if len(control_ok) else ok,
-                          {metric: info.direction for metric, info in metrics.items()}, method_names, control_names,
-                          images, n_boot, seed, int((control_rows["status"] == "error").sum()))
+    power = control_power(powers, method_names, control_names, table.n_control_errors)
     weights = rank_weights(metrics, rank_on, skipped, power)
     metrics = {metric: replace(info, weight=weights.get(metric, info.weight)) for metric, info in metrics.items()}
     metric_cis, overall_cis = _rank_cis(rank_tables, weights, n_boot, np.random.default_rng(seed))
@@ -183,8 +183,8 @@ def summarize_rows(rows: pd.DataFrame, methods: Sequence[str] | None = None, n_b
     for name in method_names:
         ranks_of = {metric: MetricRank(mean_rank=_nanmean(ranks[:, ranked.index(name)]),
                                        mean_rank_ci95=metric_cis.get((metric, name), [None, None]),
-                                       win_rate=_nanmean(wins[:, ranked.index(name)]), n_images=n_ranked)
-                    for metric, (ranked, ranks, wins, n_ranked) in rank_tables.items() if name in ranked}
+                                       win_rate=win_rates[ranked.index(name)], n_images=n_ranked)
+                    for metric, (ranked, ranks, win_rates, n_ranked) in rank_tables.items() if name in ranked}
         per_metric = [(weights[m], r) for m, r in ranks_of.items() if m in weights and r.mean_rank is not None]
         mean_rank = win_rate = None
         if per_metric:
@@ -195,17 +195,16 @@ def summarize_rows(rows: pd.DataFrame, methods: Sequence[str] | None = None, n_b
             label=method_label(name), mean_rank=mean_rank, mean_rank_ci95=overall_cis.get(name, [None, None]),
             win_rate=win_rate, n_ok=counts[name][0], n_error=counts[name][1], ranks=ranks_of, values=values_of[name])
 
-    errors = rows[rows["status"] == "error"]
-    failures = [Failure(image_id=name_of(r.image_id), method=str(r.method),
-                        error=None if pd.isna(r.error) else str(r.error))
-                for r in errors.sort_values(["image_id", "method"]).itertuples()]
+    error_rows = sorted(table.errors, key=lambda r: (int(table.row_image[r]), method_names[table.row_method[r]]))
+    failures = [Failure(image_id=table.name(table.row_image[r]), method=method_names[table.row_method[r]],
+                        error=table.errors[r]) for r in error_rows]
     return plain(Summary(
-        n_images=len(images), n_boot=int(n_boot), seed=int(seed), alpha=alpha, metrics=metrics,
+        n_images=len(table.images), n_boot=int(n_boot), seed=int(seed), alpha=alpha, metrics=metrics,
         metrics_skipped=skipped, methods=summaries, tests=tests,
         rank_on=RankOn(weights=weights, chosen=rank_on is not None, reliable=rank_on == RELIABLE),
         agreement=metric_agreement(metrics, value_tables, method_names, weights, n_boot, seed),
-        cost=cost_summary(rows, method_names, job), diagnostics=diagnostics_summary(ok, name_of), failures=failures,
-        n_failed_images=int(errors["image_id"].nunique()), controls=power,
+        cost=cost_summary(table, job), diagnostics=diagnostics_summary(_diagnostic_rows(table), table.name),
+        failures=failures, n_failed_images=len({int(table.row_image[r]) for r in error_rows}), controls=power,
     ))
 
 
@@ -362,7 +361,7 @@ def _concordance(metrics: Mapping[str, RankedMetric], values: Mapping[str, np.nd
 # --- cost: beside the rank, never in it -----------------------------------------------------------------------------
 
 
-def cost_summary(rows: pd.DataFrame, method_names: Sequence[str], job: Mapping | None) -> Cost:
+def cost_summary(table: RowTable, job: Mapping | None) -> Cost:
     """Per method: seconds per image and images per second (attribution only, summed over workers), model passes per
     image from the method's settings (rows through the model, and forward-equivalents: a backward weighs two
     forwards) and forward-equivalents per second, and the share of the run's summed seconds (attribution, sensitivity
@@ -370,14 +369,18 @@ def cost_summary(rows: pd.DataFrame, method_names: Sequence[str], job: Mapping |
     """
     job = job or {}
     compute = job.get("compute") or {}
-    seconds_columns = [c for c in rows.columns if c.endswith("_seconds")]
-    seconds = rows[seconds_columns].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+    # (rows, columns), laid out column by column as pandas hands a frame's columns over: the sums below add the same
+    # numbers in the same order as they always did, so the figures stay the same to the last digit.
+    seconds = table.seconds.T
     run_total = float(np.nansum(seconds)) if seconds.size else 0.0
+    ok = table.row_status == OK
+    attr_column = (table.seconds[table.seconds_columns.index("attr_seconds")]
+                   if "attr_seconds" in table.seconds_columns else np.full(len(ok), np.nan))
     per_method = {}
-    for name in method_names:
-        mine = (rows["method"] == name).to_numpy()
-        attr = pd.to_numeric(rows.loc[mine & (rows["status"] == "ok").to_numpy(), "attr_seconds"],
-                             errors="coerce").dropna()
+    for j, name in enumerate(table.methods):
+        mine = table.row_method == j
+        attr = attr_column[mine & ok]
+        attr = pd.Series(attr[~np.isnan(attr)], dtype=float)
         total = float(attr.sum())
         images_per_second = len(attr) / total if total > 0 else None
         passes = _passes(name, job)
@@ -434,44 +437,14 @@ def diagnostics_summary(ok: pd.DataFrame, name_of=str) -> dict[str, Diagnostic]:
     return found
 
 
-def _deduplicate(rows: pd.DataFrame) -> pd.DataFrame:
-    """One row per image × method: a retried shard may have left an older row; an ``ok`` row wins over an error."""
-    if rows.empty:
-        return rows
-    order = rows.assign(_ok=(rows["status"] == "ok")).reset_index(drop=True)
-    order = order.sort_values("_ok", kind="stable")
-    return order.drop_duplicates(["image_id", "method"], keep="last").drop(columns="_ok").sort_index()
-
-
-def _images_in_order(rows: pd.DataFrame) -> list[str]:
-    if rows.empty:
-        return []
-    key = "index" if "index" in rows.columns else "image_id"
-    return rows.sort_values([key, "image_id"], kind="stable")["image_id"].drop_duplicates().tolist()
-
-
-def _missing_rows(rows: pd.DataFrame, expected_ids: Sequence[str] | None, methods: Sequence[str],
-                  image_ids: Sequence[str]) -> int | None:
-    """Expected image × method pairs without a row (``image_id`` holds codes into ``image_ids``): one flag per id
-    and method rather than a set of every pair."""
-    if expected_ids is None:
-        return None
-    code_of = {image_id: code for code, image_id in enumerate(image_ids)}
-    expected = np.array([code_of.get(str(i), -1) for i in expected_ids], dtype=np.int64)
-    codes = rows["image_id"].to_numpy(dtype=np.int64)
-    method = rows["method"].astype(str).to_numpy()
-    missing = 0
-    for name in methods:
-        have = np.zeros(len(image_ids) + 1, dtype=bool)  # the last flag, for ids with no row at all, stays False
-        have[codes[method == name]] = True
-        missing += int((~have[expected]).sum())
-    return missing
-
-
-def summary_columns(columns: Sequence[str]) -> list[str]:
-    """The row columns a summary reads beside the keys: the metrics, the seconds and the diagnostics."""
-    return [*metrics_in(columns), *(c for c in columns if c.endswith("_seconds")),
-            *(c for c in DIAGNOSTICS if c in columns)]
+def _diagnostic_rows(table: RowTable) -> pd.DataFrame:
+    """The ok rows of the methods that have a diagnostic, in file order, with their diagnostic columns."""
+    ok = table.row_status == OK
+    mine = ok & np.isin(table.row_method, [j for j, name in enumerate(table.methods)
+                                           if any(info.method == name for info in DIAGNOSTICS.values())])
+    return pd.DataFrame({"image_id": table.row_image[mine],
+                         "method": np.asarray(table.methods, dtype=object)[table.row_method[mine]],
+                         **{column: values[mine] for column, values in table.diagnostics.items()}})
 
 
 def _nanmean(column: np.ndarray) -> float | None:
