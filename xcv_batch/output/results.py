@@ -214,6 +214,18 @@ class Results:
         except (pa.ArrowException, OSError) as err:
             raise self._unreadable(files, err) from None
 
+    def key_rows(self) -> pd.DataFrame:
+        """``image_id``, ``index``, ``method``, ``status`` of every row as :meth:`rows` gives them (an ``ok`` row whose
+        map is not stored whole is an error), no other column read; the ids are pandas categories (each held once)."""
+        parts = list(self.scan_rows(["image_id", "index", "method", "status"]))
+        if not parts:
+            return self._read_rows()
+        table = pa.concat_tables(parts)
+        table = table.set_column(table.schema.get_field_index("image_id"), "image_id",
+                                 table.column("image_id").cast(pa.string()).dictionary_encode())
+        # Without the files' pandas metadata, which would turn the categories back into strings.
+        return self._without_missing_maps(table.replace_schema_metadata(None).to_pandas())
+
     def stored_maps(self, method: str) -> StoredMaps | None:
         """What the maps hold of ``method`` (the images whose map can be whole, and those found broken), as
         :meth:`rows` checks its ``ok`` rows against it; None when no maps are laid out (then no row is checked)."""

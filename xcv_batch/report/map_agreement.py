@@ -139,9 +139,7 @@ def compute(out: "str | Results", stored: pd.DataFrame | None = None) -> tuple[p
     results = open_results(out)
     if not results.maps.exists():
         return SCHEMA.empty_table().to_pandas(), 0
-    rows, ids = results.compact_rows(lambda columns: [])
-    rows["image_id"] = np.asarray(ids, dtype=object)[rows["image_id"].to_numpy()] if len(rows) else rows["image_id"]
-    compared = compared_rows(rows)
+    compared = compared_rows(results.key_rows())
     kept = still_valid(stored, compared)
     todo = compared[~compared["index"].isin(kept["index"])]
     parts = [kept] + list(agreement(results, todo))
