@@ -11,7 +11,7 @@ For each N (default 1,000 and 10,000; ``--sizes 1000 10000 100000`` for the full
   shard reports count them (``ShardReport.stage_seconds``: each stage on the thread that ran it; "method" is the
   calling thread's, without the threads torch starts inside an operator), and the fixed cost (all but method);
 * the driver's peak RSS (the child's ``ru_maxrss``: in-process, the worker's too);
-* the files written in OUT, and the seconds ``--resume`` of the finished OUT takes to say there is nothing left.
+* the files written in OUT, the images per stored object, and the seconds ``--resume`` of the finished OUT takes to say there is nothing left.
 
     PYTHONPATH=. python scripts/bench_scale.py                           # N = 1,000 and 10,000, in-process
     PYTHONPATH=. python scripts/bench_scale.py --sizes 1000 10000 100000 --ray
@@ -52,7 +52,7 @@ def make_images(folder: str, n: int, px: int, seed: int = 0) -> None:
 
 
 def job_mapping(source: str, out: str, px: int, workers: int, batch_size: int, shard_size: int,
-                images_per_object: int) -> dict:
+                images_per_object: int | None) -> dict:
     return {
         "name": "bench-scale", "seed": 0,
         "data": {"source": source},
@@ -61,7 +61,8 @@ def job_mapping(source: str, out: str, px: int, workers: int, batch_size: int, s
         "methods": {"guided_gradcam": {"layer": "auto"}},
         "sensitivity": None,
         "compute": {"workers": workers, "device": "cpu", "batch_size": batch_size, "shard_size": shard_size},
-        "output": {"path": out, "images_per_object": images_per_object},
+        # None: the job's default (auto in this tree; older code's own default with --old)
+        "output": {"path": out, **({} if images_per_object is None else {"images_per_object": images_per_object})},
     }
 
 
@@ -92,10 +93,13 @@ def child(args: argparse.Namespace) -> None:
         raise SystemExit(f"--resume of a finished run did work: {log.getvalue()}")
 
     files = sum(len(names) for _, _, names in os.walk(job.output.path))
+    import zarr
+
+    shards = zarr.open_group(os.path.join(job.output.path, "attributions.zarr"), mode="r")["inputs"].shards
     print(json.dumps({"n": n_listed, "failed": report.n_failed, "listing_cpu": listing_cpu,
                       "shard_s": sum(s.seconds for s in report.shards), "shards": len(report.shards),
                       "listing_wall": listing_wall, "run_cpu": run_cpu, "run_wall": run_wall, "stages": stages,
-                      "files": files, "resume_wall": resume_wall}))
+                      "files": files, "per_object": shards[0] if shards else 1, "resume_wall": resume_wall}))
 
 
 def run_one(work: str, n: int, px: int, workers: int, args: argparse.Namespace, code: str = ROOT) -> dict:
@@ -169,7 +173,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=[1], help="workers per run (more than 1: Ray)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--shard-size", type=int, default=1000)
-    parser.add_argument("--images-per-object", type=int, default=1)
+    parser.add_argument("--images-per-object", type=int, default=None,
+                        help="output.images_per_object (default: the job's default, auto)")
     parser.add_argument("--work", default=None, help="folder for images and OUTs (default: a temporary one)")
     parser.add_argument("--keep", action="store_true", help="keep the OUTs")
     parser.add_argument("--old", help="a checkout of older code, run on the same images after this tree's (its "
@@ -186,10 +191,10 @@ def main() -> None:
         bench_writes(args.writes, args.px, work)
         return
     print(f"{os.cpu_count()} CPUs seen; {args.px} px, tiny CNN, guided_gradcam, batch {args.batch_size}, "
-          f"shard {args.shard_size}, {args.images_per_object} image(s) an object; work {work}")
+          f"shard {args.shard_size}, {args.images_per_object or 'default'} image(s) an object; work {work}")
     header = (f"{'code':>5} {'images':>7} {'workers':>7} {'img/s':>7} {'shard':>7} {'cpu ms':>7} | "
               + " ".join(f"{s:>8}" for s in ("listing", *STAGES, "fixed"))
-              + f" | {'peak MiB':>8} {'files':>7} {'resume s':>8}")
+              + f" | {'peak MiB':>8} {'files':>7} {'per obj':>7} {'resume s':>8}")
     print(header)
     versions = [("this", ROOT)] + ([("old", os.path.abspath(args.old))] if args.old else [])
     for workers in sorted({*args.workers, *((1, 2) if args.ray else ())}):
@@ -205,7 +210,8 @@ def report(r: dict, workers: int, version: str) -> None:
     print(f"{version:>5} {r['n']:>7} {workers:>7} {r['n'] / r['run_wall']:>7.1f} {steady:>7.1f} "
           f"{1e3 * r['run_cpu'] / r['n']:>7.2f} | "
           f"{1e3 * r['listing_cpu'] / r['n']:>8.3f} " + " ".join(f"{per[s]:>8.3f}" for s in STAGES)
-          + f" {fixed:>8.3f} | {r['peak_rss_mib']:>8.0f} {r['files']:>7} {r['resume_wall']:>8.2f}", flush=True)
+          + f" {fixed:>8.3f} | {r['peak_rss_mib']:>8.0f} {r['files']:>7} {r['per_object']:>7} "
+          f"{r['resume_wall']:>8.2f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ def finished_run(tmp, folder, out: str, **changes) -> tuple[str, str]:
 def plain(tmp_path_factory, photo_folder):
     """One image a chunk file: (job file, OUT), never changed."""
     tmp = tmp_path_factory.mktemp("plain")
-    return finished_run(tmp, photo_folder, str(tmp / "out"))
+    return finished_run(tmp, photo_folder, str(tmp / "out"), output__images_per_object=1)
 
 
 @pytest.fixture(scope="module")

@@ -430,6 +430,22 @@ def test_preprocess_takes_crop_and_resize_from_the_preprocessing():
     torch.testing.assert_close(out, expected, rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("size", [(32, 32), (37, 37), (20, 20), (50, 30), (30, 71), (300, 200)])
+@pytest.mark.parametrize("resize, crop, interpolation", [(37, 32, "bilinear"), (40, 32, "bicubic"),
+                                                         (32, 32, "nearest"), (30, 32, "bilinear")])
+def test_preprocess_is_torchvisions_functional_transform_to_the_bit(size, resize, crop, interpolation):
+    """preprocess calls PIL and numpy itself: the values of TF.resize, TF.center_crop (padding a resize smaller than
+    the crop), pil_to_tensor and convert_image_dtype, exactly."""
+    import torchvision.transforms.functional as TF
+
+    image = noise_rgb(*size, seed=size[0])
+    mode = InterpolationMode(interpolation)
+    reference = TF.center_crop(TF.resize(image, [resize], interpolation=mode, antialias=True), [crop])
+    expected = TF.convert_image_dtype(TF.pil_to_tensor(reference), torch.float32)
+    out = preprocess(image, Preprocessing(resize, crop, MEAN, STD, interpolation))
+    assert out.dtype == torch.float32 and out.is_contiguous() and torch.equal(out, expected)
+
+
 # --------------------------------------------------------------------------------------------- bad files
 
 

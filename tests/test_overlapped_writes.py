@@ -82,7 +82,7 @@ def test_chunk_files_written_directly_are_the_bytes_zarr_writes(tmp_path, dtype,
             shard.write("m", index, maps[index])
             shard.write("inputs", index, maps[index])
         shard.flush()
-        assert (shard._codecs["m"] is not None) == (way == "direct")
+        assert (shard._array("m").codec is not None) == (way == "direct")
         again = ShardWriter(writer._open_group("r+")) if way == "zarr" else writer.open_shard()
         again.write("m", 1 if per_object == 1 else 5, np.full((3, 8, 8), np.nan, np.float32))  # overwritten by NaN
         again.flush()
@@ -279,9 +279,10 @@ def test_results_are_the_same_with_and_without_the_writer_thread(tmp_path, tiny_
     run_job(_job(tmp_path, tiny_folder, tmp_path / "synchronous"))
     assert _rows(tmp_path / "overlapped").equals(_rows(tmp_path / "synchronous"))
     assert _files(tmp_path / "overlapped") == _files(tmp_path / "synchronous")
-    # 9 readable images, 3 arrays each (inputs and two methods): one chunk file each, besides the metadata
+    # 10 images, 4 an object (output.images_per_object auto: shards of 4), 3 arrays (inputs and two methods): three
+    # objects each, besides the metadata (the object of the image that is not one is merged by zarr)
     assert sum(name.startswith(("inputs/c/", "guided_gradcam/c/", "integrated_gradients/c/"))
-               for name in _files(tmp_path / "overlapped")) == 27
+               for name in _files(tmp_path / "overlapped")) == 9
     # every stage of the shards' pipeline took CPU, and the report carries it per shard
     stages = {stage: sum(s.stage_seconds[stage] for s in overlapped.shards) for stage in STAGES}
     assert set(stages) == set(STAGES) and all(seconds > 0 for seconds in stages.values()), stages

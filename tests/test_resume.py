@@ -19,9 +19,10 @@ from xcv_batch.report.summarize import summarize
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory, photo_folder):
-    """ray_helpers.JOB over the photo folder (5 images, shards of 2, notes.jpg unusable), run once, never changed."""
+    """ray_helpers.JOB over the photo folder (5 images, shards of 2, notes.jpg unusable), one image an object (so a
+    map's chunk file is one image's), run once, never changed."""
     tmp = tmp_path_factory.mktemp("resume")
-    job_file = write_job(tmp / "job.yaml", photo_folder)
+    job_file = write_job(tmp / "job.yaml", photo_folder, output__images_per_object=1)
     out = str(tmp / "out")
     run_job(load_job(job_file, output=out))
     return job_file, out

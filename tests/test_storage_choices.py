@@ -130,7 +130,8 @@ def test_show_draws_the_maps_alone_when_the_source_file_is_gone(runs, tmp_path):
 def test_resume_keeps_the_outs_storage_and_recomputes_only_the_deleted_shard(runs, tmp_path, photo_folder):
     out = str(tmp_path / "out")
     shutil.copytree(runs["all_three"], out)
-    shutil.rmtree(os.path.join(out, "attributions.zarr", "occlusion", "c", "2"))  # image 2: the second shard
+    # image 2, the second shard: object 1 (output.images_per_object auto: the shard size, 2)
+    shutil.rmtree(os.path.join(out, "attributions.zarr", "occlusion", "c", "1"))
     # the job file names the defaults: the storage OUT was laid out with decides
     report = run_job(job_of(tmp_path, photo_folder, out), resume=True)
     assert list(report.recomputed) == ["part-00000002-00000002.parquet"]

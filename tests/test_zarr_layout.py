@@ -36,9 +36,9 @@ def run(tmp_path, folder, out: str, resume: bool = False, **changes):
 
 @pytest.fixture(scope="module")
 def plain_run(tmp_path_factory, photo_folder):
-    """One image an object (the default): OUT at TMP/results/demo, so the lines of docs/output.md run as they are written."""
+    """One image an object: OUT at TMP/results/demo, so the lines of docs/output.md run as they are written."""
     tmp = tmp_path_factory.mktemp("plain")
-    run(tmp, photo_folder, str(tmp / "results" / "demo"))
+    run(tmp, photo_folder, str(tmp / "results" / "demo"), output__images_per_object=1)
     return tmp
 
 
@@ -123,8 +123,8 @@ def test_resume_recomputes_a_shard_whose_object_was_deleted(sharded_run, tmp_pat
     out = str(tmp_path / "out")
     shutil.copytree(sharded_run, out)
     shutil.rmtree(os.path.join(out, "attributions.zarr", "occlusion", "c", "1"))  # images 2 and 3
-    # the job file no longer says 2: the layout in OUT decides
-    report = run(tmp_path, photo_folder, out, resume=True)
+    # the job file says 1 now: the layout in OUT decides
+    report = run(tmp_path, photo_folder, out, resume=True, output__images_per_object=1)
     assert list(report.recomputed) == ["part-00000002-00000003.parquet"]
     assert "occlusion of image 2" in report.recomputed["part-00000002-00000003.parquet"]
     assert (report.n_skipped, report.n_processed) == (3, 2)
@@ -144,13 +144,49 @@ def test_resume_refuses_shards_that_would_split_the_outs_objects(sharded_run, tm
 
 
 def test_images_per_object_must_be_positive_and_divide_the_shard_size():
-    with pytest.raises(ConfigError, match=r"^output.images_per_object: must be ≥ 1, got 0$"):
+    with pytest.raises(ConfigError, match=r"^output.images_per_object: must be 'auto' or ≥ 1, got 0$"):
         job_from_mapping({"methods": {"lime": {}}, "output": {"images_per_object": 0}})
     with pytest.raises(ConfigError, match=r"^output.images_per_object: must divide compute.shard_size \(32\)"):
         job_from_mapping({"methods": {"lime": {}}, "output": {"images_per_object": 5}})
     job = job_from_mapping({"methods": {"lime": {}}, "output": {"images_per_object": 8}})
     assert job.output.images_per_object == 8
     assert job.fingerprint() == job_from_mapping({"methods": {"lime": {}}}).fingerprint()  # same maps either way
+
+
+def test_auto_stores_the_most_images_an_object_that_divides_the_shard_size_within_its_limits():
+    def auto(**output_and_compute) -> int:
+        compute = {key: output_and_compute.pop(key) for key in ("shard_size",) if key in output_and_compute}
+        resolution = output_and_compute.pop("resolution", 32)
+        return job_from_mapping({"methods": {"lime": {}}, "model": {"resolution": resolution}, "compute": compute,
+                                 "output": output_and_compute}).images_per_object()
+
+    assert job_from_mapping({"methods": {"lime": {}}}).output.images_per_object == "auto"
+    assert auto() == 32  # the default shard: one object a shard and array
+    assert auto(shard_size=1000) == 250  # at most 256 images
+    assert auto(shard_size=97) == 97 and auto(shard_size=257) == 1  # a prime above 256: one image an object
+    # 224 px: an input is 602,112 bytes, so 16 MiB holds 27 of them; the most that divides the shard within that
+    assert auto(resolution=224) == 16 and auto(resolution=224, shard_size=1000) == 25
+    # without the inputs, float16 sums: 100,352 bytes an image, 167 in 16 MiB
+    assert auto(resolution=224, shard_size=1000, inputs=False, dtype="float16", channels="sum") == 125
+    assert auto(images_per_object=1, shard_size=1000) == 1  # a number is kept
+
+
+def test_a_default_run_stores_a_shard_an_object_and_resumes_an_out_of_one_image_an_object_as_it_is(
+        plain_run, tmp_path, photo_folder):
+    out = str(tmp_path / "auto")
+    run(tmp_path, photo_folder, out)  # shards of 2 images (ray_helpers.JOB): 2 images an object
+    assert zarr.open_group(os.path.join(out, "attributions.zarr"), mode="r")["occlusion"].shards[0] == 2
+    names = ["inputs", "occlusion", "guided_gradcam"]
+    plain = os.path.join(plain_run, "results", "demo")
+    a, b = maps_of_arrays(plain, names), maps_of_arrays(out, names)
+    for name in names:
+        np.testing.assert_array_equal(a[name], b[name])
+    resumed = str(tmp_path / "resumed")
+    shutil.copytree(plain, resumed)
+    shutil.rmtree(os.path.join(resumed, "attributions.zarr", "occlusion", "c", "1"))  # image 1, one image an object
+    report = run(tmp_path, photo_folder, resumed, resume=True)
+    assert report.n_processed == 2 and objects(resumed, "occlusion") == ["0", "1", "2", "3"]
+    assert zarr.open_group(os.path.join(resumed, "attributions.zarr"), mode="r")["occlusion"].shards is None
 
 
 def shard_indices(n: int, shard_size: int, done: set[int], per_object: int) -> list[list[int]]:

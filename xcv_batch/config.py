@@ -26,6 +26,7 @@ from .methods.registry import control_names, is_control, method_spec, method_spe
 from .methods.settings import METHOD_SETTINGS
 from .metrics.registry import metric_specs
 from .output.formats import format_names
+from .output.layout import auto_images_per_object
 from .metrics.settings import (  # noqa: F401 - the settings of the metrics, importable from here as before
     CausalCurveConfig, ComplexityConfig, InfidelityConfig, InsertionConfig, RandomisationConfig, SensitivityConfig,
 )
@@ -230,9 +231,10 @@ class ComputeConfig:
 class OutputConfig:
     path: str = "results/run"  # the run's OUT: a folder or an s3:// prefix (--out overrides it); never overwritten
     #: Images stored together in one Zarr object (the sharding codec), per array: 1 is one object per image; more
-    #: means N/K objects, which object stores list, copy and bill far more cheaply. Not in the fingerprint: the maps
-    #: are the same either way.
-    images_per_object: int = 1
+    #: means N/K objects, which disks create and object stores list, copy and bill far more cheaply (a reader still
+    #: reads one image). auto: the most that divides compute.shard_size, up to 256 images and 16 MiB of an array's
+    #: maps. Not in the fingerprint: the maps are the same either way; a resume keeps what OUT was laid out with.
+    images_per_object: Union[Literal["auto"], int] = "auto"
     #: The map format (a registered one; ``zarr``: OUT/attributions.zarr). Not in the fingerprint: the maps are the
     #: same values in any; a resume keeps the format OUT was laid out with.
     format: str = "zarr"
@@ -250,8 +252,8 @@ class OutputConfig:
     inputs: bool = True
 
     def check(self) -> None:
-        if self.images_per_object < 1:
-            raise ConfigError("images_per_object", f"must be ≥ 1, got {self.images_per_object}")
+        if self.images_per_object != "auto" and self.images_per_object < 1:
+            raise ConfigError("images_per_object", f"must be 'auto' or ≥ 1, got {self.images_per_object}")
         if self.format not in format_names():
             raise ConfigError("format", f"must be a registered map format ({', '.join(format_names())}), "
                                         f"got {self.format!r}")
@@ -279,10 +281,20 @@ class Job:
         if not 0 <= self.seed <= MAX_SEED:
             raise ConfigError("seed", f"must be 0 … 2**63 − 1, got {self.seed}")
         per_object, shard_size = self.output.images_per_object, self.compute.shard_size
-        if shard_size % per_object:
+        if per_object != "auto" and shard_size % per_object:
             # Shards run concurrently; two shards writing parts of one object would overwrite each other's images.
             raise ConfigError("output.images_per_object", f"must divide compute.shard_size ({shard_size}) so that "
                                                           f"every shard writes whole objects, got {per_object}")
+
+    def images_per_object(self) -> int:
+        """``output.images_per_object``, with ``auto`` resolved for this job's shard size and map size."""
+        per_object = self.output.images_per_object
+        if per_object != "auto":
+            return per_object
+        pixels = self.model.resolution ** 2
+        maps = pixels * (1 if self.output.channels == "sum" else 3) * (2 if self.output.dtype == "float16" else 4)
+        largest = max(maps, 3 * pixels * 4) if self.output.inputs else maps  # the inputs are float32, 3 channels
+        return auto_images_per_object(self.compute.shard_size, largest)
 
     def to_dict(self) -> dict:
         return {

@@ -248,9 +248,12 @@ def with_storage_of(job: Job, out_job: dict | None) -> Job:
 
 def with_layout_of(job: Job, store: OutputSink, resume: bool) -> Job:
     """``job`` with the images per object of the arrays already in OUT, when resuming onto them: the layout was
-    fixed when OUT was made (the setting is not in the fingerprint, so a resume may name another)."""
+    fixed when OUT was made (the setting is not in the fingerprint, so a resume may name another); otherwise with
+    ``auto`` resolved (:meth:`Job.images_per_object`). Everything after this sees a number."""
     stored = store.layout_images_per_object() if resume else None
-    if stored is None or stored == job.output.images_per_object:
+    if stored is None:
+        stored = job.images_per_object()
+    if stored == job.output.images_per_object:
         return job
     if job.compute.shard_size % stored:
         raise OutputError(f"{store.out} stores {stored} images per object, which does not divide compute.shard_size "

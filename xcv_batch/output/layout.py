@@ -16,6 +16,21 @@ JOB_FILE = "job.yaml"
 #: Committed shards that ``--resume`` found broken are moved here: kept for inspection, no longer committed.
 REJECTED_DIR = "_rejected"
 
+#: ``output.images_per_object: auto`` stores at most this many images an object, and at most this many bytes of one
+#: array's maps (uncompressed): an object is gathered in the worker's memory before it is written, and a shard split
+#: into one-image tasks rewrites its objects one image at a time.
+AUTO_OBJECT_IMAGES = 256
+AUTO_OBJECT_BYTES = 16 * 2**20
+
+
+def auto_images_per_object(shard_size: int, image_bytes: int) -> int:
+    """The images an object that ``output.images_per_object: auto`` stores: the most that divides ``shard_size`` (so
+    that shards write whole objects) within :data:`AUTO_OBJECT_IMAGES` and :data:`AUTO_OBJECT_BYTES` (``image_bytes``:
+    one image of the largest array). Each object is one file (in four folders) per array, so a local disk creates one
+    file a shard or so per array instead of one file and three folders per image."""
+    limit = max(1, min(AUTO_OBJECT_IMAGES, AUTO_OBJECT_BYTES // max(1, image_bytes), shard_size))
+    return max(k for k in range(1, limit + 1) if shard_size % k == 0)
+
 
 #: The kinds of a row column: a (nullable) string, an integer, an integer that may be missing (pandas ``Int64``
 #: when a table is empty), a float.

@@ -24,7 +24,7 @@ import struct
 import uuid
 import warnings
 from functools import cached_property
-from typing import Iterable, Sequence
+from typing import Iterable, NamedTuple, Sequence
 
 import fsspec
 import google_crc32c  # zarr's crc32c codec's own dependency
@@ -198,25 +198,22 @@ class ShardWriter:
     def __init__(self, group: zarr.Group, files: "_ChunkFiles | None" = None):
         self.group = group
         self.files = files
-        self._arrays: dict[str, zarr.Array] = {}
-        self._codecs: dict[str, Zstd | None] = {}  # array → its chunks' compressor when written as files
+        self._arrays: dict[str, _Array] = {}
         self._gathered: dict[tuple[str, int], dict[int, np.ndarray]] = {}  # (array, object) → image index → map
 
     def write(self, name: str, index: int, values: np.ndarray) -> None:
         array = self._array(name)
-        image = _stored(values, array)
-        per_object = array.shards[0] if array.shards else 1
-        if per_object == 1:
-            codec = self._codecs[name]
-            if codec is None:
+        image = _stored(values, array.channels, array.dtype)
+        if array.per_object == 1:
+            if array.codec is None:
                 self._store(name, index, image[None])
             else:
-                self._write_chunk(name, index, image, codec)
+                self._write_chunk(name, index, image, array.codec)
             return
-        obj = index // per_object
+        obj = index // array.per_object
         images = self._gathered.setdefault((name, obj), {})
         images[index] = image
-        if len(images) == min(per_object, array.shape[0] - obj * per_object):
+        if len(images) == min(array.per_object, array.n_images - obj * array.per_object):
             self._write_gathered(name, obj)
 
     def flush(self) -> None:
@@ -224,25 +221,28 @@ class ShardWriter:
         for name, obj in list(self._gathered):
             self._write_gathered(name, obj)
 
-    def _array(self, name: str) -> zarr.Array:
+    def _array(self, name: str) -> "_Array":
+        """What the writes need of array ``name``, read from zarr once (its properties are recomputed on each use)."""
         array = self._arrays.get(name)
         if array is None:
-            array = self._arrays[name] = self.group[name]
-            self._codecs[name] = _chunk_compressor(array) if self.files is not None else None
+            opened = self.group[name]
+            array = self._arrays[name] = _Array(
+                opened, opened.shards[0] if opened.shards else 1, opened.shape[0], opened.shape[1],
+                np.dtype(opened.dtype), _chunk_compressor(opened) if self.files is not None else None)
         return array
 
     def _write_gathered(self, name: str, obj: int) -> None:
         images = self._gathered.pop((name, obj))
-        codec, per_object = self._codecs[name], self._array(name).shards[0]
-        if codec is not None and len(images) == per_object:  # every image of the object: written whole
-            self._write_object(name, obj, [images[index] for index in sorted(images)], codec)
+        array = self._array(name)
+        if array.codec is not None and len(images) == array.per_object:  # every image of the object: written whole
+            self._write_object(name, obj, [images[index] for index in sorted(images)], array.codec)
             return
         for first, block in _consecutive_blocks(images):
             self._store(name, first, block)
 
     def _store(self, name: str, first: int, block: np.ndarray) -> None:
         try:
-            self._array(name)[first: first + len(block)] = block
+            self._array(name).zarr[first: first + len(block)] = block
         except OSError as err:
             raise OutputError(f"cannot write {name} of image {first} to {ZARR_NAME}: {first_line(err)}") from None
 
@@ -388,14 +388,25 @@ def _chunk_compressor(array: zarr.Array) -> Zstd | None:
     return Zstd(level=config.get("level", 0), checksum=config.get("checksum", False))
 
 
-def _stored(values: np.ndarray, array: zarr.Array) -> np.ndarray:
-    """One image's float32 ``(3, H, W)`` map as ``array`` stores it: summed over the channels when it has one
-    (``output.channels: sum``; summed in float32, as the metrics see the map), then in its dtype (``output.dtype``).
-    Only here: the metrics are computed on the maps as computed, before they are stored."""
+class _Array(NamedTuple):
+    """One array as :class:`ShardWriter` writes it."""
+
+    zarr: zarr.Array
+    per_object: int  # images per stored object
+    n_images: int
+    channels: int
+    dtype: np.dtype
+    codec: Zstd | None  # its chunks' compressor when written as files; None: through zarr
+
+
+def _stored(values: np.ndarray, channels: int, dtype: np.dtype) -> np.ndarray:
+    """One image's float32 ``(3, H, W)`` map as an array of ``channels`` and ``dtype`` stores it: summed over the
+    channels when it has one (``output.channels: sum``; summed in float32, as the metrics see the map), then in its
+    dtype (``output.dtype``). Only here: the metrics are computed on the maps as computed, before they are stored."""
     image = np.asarray(values, dtype=np.float32)
-    if array.shape[1] == 1 and image.shape[0] != 1:
+    if channels == 1 and image.shape[0] != 1:
         image = image.sum(axis=0, keepdims=True, dtype=np.float32)
-    return np.ascontiguousarray(image, dtype=array.dtype)
+    return np.ascontiguousarray(image, dtype=dtype)
 
 
 def _consecutive_blocks(images: dict[int, np.ndarray]) -> list[tuple[int, np.ndarray]]:
