@@ -314,7 +314,7 @@ class RayExecutor:
         Planned shards own whole objects, but the one-image tasks of a split shard share them when an object holds
         K > 1 images: each writes its object (read, merge, write), so two at once would lose one's image.
         """
-        per_object = self.job.output.images_per_object
+        per_object = self.job.images_per_object()  # auto resolved, as open_store resolves it for the run
         if per_object == 1 or not self._pending:
             return self._pending.popleft() if self._pending else None
         busy = {obj for slot in self.slots for _, task, _ in slot.calls for obj in _objects(task.shard, per_object)}

@@ -194,7 +194,7 @@ def prepare_store(job: Job, store: OutputSink, records: list, resume: bool) -> N
         store_attributes(job),
         resume=resume,
         image_paths=[r.path for r in records],
-        images_per_object=job.output.images_per_object,
+        images_per_object=job.images_per_object(),  # a number even for a job not opened by open_store
         storage=storage_of(job),
     )
 
