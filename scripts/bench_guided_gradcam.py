@@ -34,6 +34,7 @@ import tempfile
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "scripts", "bench"))  # the benchmark's helpers (idle.py)
 VARIANTS = ("baseline", "separate", "merged")
 
 
@@ -41,18 +42,12 @@ def top_level_operators(call) -> int:
     """The ``aten::`` operators ``call()`` dispatches that no other operator called."""
     from torch.profiler import ProfilerActivity, profile
 
+    from idle import inside_operator
+
     with profile(activities=[ProfilerActivity.CPU]) as profiler:
         call()
 
-    def inside(event) -> bool:
-        parent = event.cpu_parent
-        while parent is not None:
-            if parent.name.startswith("aten::"):
-                return True
-            parent = parent.cpu_parent
-        return False
-
-    return sum(1 for event in profiler.events() if event.name.startswith("aten::") and not inside(event))
+    return sum(1 for event in profiler.events() if event.name.startswith("aten::") and not inside_operator(event))
 
 
 def worker(res: int, images: int, merge: bool | None, threads: int) -> None:

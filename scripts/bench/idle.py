@@ -34,12 +34,12 @@ def _work_intervals(events, device_type: str) -> list[tuple[float, float]]:
         if device_type == "cuda":
             if kind == "CUDA":
                 intervals.append((start, end))
-        elif kind == "CPU" and event.name.startswith("aten::") and not _inside_operator(event):
+        elif kind == "CPU" and event.name.startswith("aten::") and not inside_operator(event):
             intervals.append((start, end))
     return intervals
 
 
-def _inside_operator(event) -> bool:
+def inside_operator(event) -> bool:
     """Whether a torch operator encloses ``event`` (its time is then counted with the outer one)."""
     parent = event.cpu_parent
     while parent is not None:

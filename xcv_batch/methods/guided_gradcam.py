@@ -25,7 +25,7 @@ from torch import nn
 
 from ..errors import ConfigError, MethodUnavailable, ModelError
 from ..models.classifier import check_forward
-from ..models.layers import auto_target_layer, layer_candidates
+from ..models.layers import auto_target_layer, blank_forward, layer_candidates
 from .base import AttributionMethod, chunk_slices, target_outputs
 from .guided_backprop import guided_backprop_obstacle, install_guided_switch
 from .settings import GuidedGradCamSettings
@@ -85,15 +85,7 @@ def relus_after(net: nn.Module, layer: nn.Module, resolution: int) -> bool:
     handles = [module.register_forward_hook(lambda *_: order.append("relu"))
                for module in net.modules() if isinstance(module, nn.ReLU) and module is not layer]
     handles.append(layer.register_forward_hook(lambda *_: order.append("layer")))
-    parameter = next(net.parameters(), None)
-    device = parameter.device if parameter is not None else torch.device("cpu")
-    dtype = parameter.dtype if parameter is not None else torch.float32
-    try:
-        with torch.no_grad():
-            net(torch.zeros((1, 3, resolution, resolution), device=device, dtype=dtype))
-    finally:
-        for handle in handles:
-            handle.remove()
+    blank_forward(net, resolution, handles)
     if "layer" not in order:
         return True  # never seen: keep the two backwards, whose first one says what is wrong with the layer
     return "relu" in order[len(order) - order[::-1].index("layer"):]

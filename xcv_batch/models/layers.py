@@ -83,6 +83,13 @@ def output_shapes(net: nn.Module, resolution: int) -> dict[str, tuple[int, ...]]
             if isinstance(output, torch.Tensor):
                 shapes[name] = tuple(output.shape)
         handles.append(module.register_forward_hook(keep))
+    blank_forward(net, resolution, handles)
+    return shapes
+
+
+def blank_forward(net: nn.Module, resolution: int, handles: list) -> None:
+    """One forward of a blank image on the net's device and dtype, without gradients; the hooks ``handles`` were
+    registered for are removed afterwards, whatever happens."""
     parameter = next(net.parameters(), None)
     device = parameter.device if parameter is not None else torch.device("cpu")
     dtype = parameter.dtype if parameter is not None else torch.float32
@@ -92,4 +99,3 @@ def output_shapes(net: nn.Module, resolution: int) -> dict[str, tuple[int, ...]]
     finally:
         for handle in handles:
             handle.remove()
-    return shapes
