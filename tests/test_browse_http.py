@@ -105,21 +105,17 @@ def test_summarize_stores_the_maps_agreement_of_a_run_with_every_storage_choice(
     out = str(tmp_path / "out")
     shutil.copytree(stored_every_way, out)
     assert cli.main(["summarize", out, "--bootstrap", "20", "--no-report"]) == 0
-    assert f"wrote {out}/{map_agreement.FILE}" in capsys.readouterr().out
+    assert f"wrote {out}/{map_agreement.FILE} (maps of 3 images read;" in capsys.readouterr().out
     stored = pd.read_parquet(f"{out}/{map_agreement.FILE}")
     results = open_results(out)
     assert stored["index"].tolist() == [0, 1, 2] and stored["image_id"].tolist() == IDS[:3]
     assert stored["n_methods"].tolist() == [len(METHODS)] * 3
     np.testing.assert_allclose(stored["map_agreement"], [spearman_mean(results, i, METHODS) for i in IDS[:3]],
                                rtol=1e-6)
+    assert_a_second_summarize_reads_only_the_maps_it_has_no_value_for(out, stored, capsys)
 
 
-def test_a_second_summarize_reads_only_the_maps_it_has_no_value_for(stored_every_way, tmp_path, capsys):
-    out = str(tmp_path / "out")
-    shutil.copytree(stored_every_way, out)
-    assert cli.main(["summarize", out, "--bootstrap", "20", "--no-report"]) == 0
-    assert f"{map_agreement.FILE} (maps of 3 images read;" in capsys.readouterr().out
-    first = pd.read_parquet(f"{out}/{map_agreement.FILE}")
+def assert_a_second_summarize_reads_only_the_maps_it_has_no_value_for(out: str, first: pd.DataFrame, capsys):
     # One image's value lost (as if it had been committed after the first summarize): only its maps are read again.
     table = pq.read_table(f"{out}/{map_agreement.FILE}")
     pq.write_table(table.slice(0, 2), f"{out}/{map_agreement.FILE}")
