@@ -214,6 +214,7 @@ def _summarize(args) -> int:
     results = open_results(args.out)  # shared by the summary and the report: every file is read once
     summary = summarize(results, n_boot=args.bootstrap, rank_on=rank_on)
     paths: list[str] = []
+    said: dict[str, str] = {}  # path → what its "wrote" line adds
     unwritten = None
     try:  # a read-only OUT (a shared or archived run) still gets its table; the files are what is lost
         paths = write_summary(args.out, summary)
@@ -223,11 +224,12 @@ def _summarize(args) -> int:
             paths.append(write_report(results, summary))
         if not args.no_map_agreement:  # where the maps disagree, for browse: the maps no earlier summarize read
             path, computed = write_map_agreement(results)
-            paths.append(f"{path} (maps of {computed:,} images read; the others' values kept from before)")
+            paths.append(path)
+            said[path] = f" (maps of {computed:,} images read; the others' values kept from before)"
     except OutputError as err:
         wanted = (["summary.json", "summary.md"] + ([] if args.no_report else ["report.html"])
                   + ([] if args.no_map_agreement else ["map_agreement.parquet"]))
-        done = {path.split(" ")[0].rsplit("/", 1)[-1] for path in paths}
+        done = {path.rsplit("/", 1)[-1] for path in paths}
         unwritten = f"{', '.join(name for name in wanted if name not in done)} not written: {one_line(str(err))}"
     _warn_unreadable(results)
     # The terminal's width (COLUMNS, or 80 when piped): columns that do not fit are left out and named; summary.md
@@ -242,7 +244,7 @@ def _summarize(args) -> int:
     for note in summary_notes(summary):
         console.print(note, highlight=False, markup=False, soft_wrap=True)
     for path in paths:
-        print(f"wrote {path}")
+        print(f"wrote {path}{said.get(path, '')}")
     if unwritten is not None:
         print(f"warning: {unwritten}", file=sys.stderr)
     return 0
