@@ -50,6 +50,62 @@ def test_bootstrap_means_match_a_hand_resample_and_skip_non_counting_rows():
     np.testing.assert_allclose(one[0], (kept @ np.nan_to_num(table)) / kept.sum())
 
 
+def _skewed_tables(n: int, seed: int = 0) -> list[np.ndarray]:
+    """A log-normal table with 30 % of its rows not counting, and a rank table every row counts for."""
+    rng = np.random.default_rng(seed)
+    values = rng.lognormal(0.0, 1.0, (n, 3))
+    values[rng.random(n) < 0.3] = np.nan
+    return [values, stats.rank_rows(rng.normal(size=(n, 4)) + np.arange(4) * 0.05, "lower")]
+
+
+def test_normal_scheme_gives_the_percentile_cis_of_resampling_images():
+    tables = _skewed_tables(20_000)
+    resampled = stats.bootstrap_means(tables, 4000, np.random.default_rng(0), stats.RESAMPLE)
+    normal = stats.bootstrap_means(tables, 4000, np.random.default_rng(1), stats.NORMAL)
+    for exact, drawn in zip(resampled, normal):
+        assert drawn.shape == exact.shape
+        for j in range(exact.shape[1]):
+            lo, hi = stats.percentile_ci(exact[:, j])
+            # Each 95 % bound from 4,000 resamples has a Monte Carlo error of about 1 % of the interval's width;
+            # a variance off by a factor of 2 would move the bounds by 20 % of it.
+            assert stats.percentile_ci(drawn[:, j]) == pytest.approx((lo, hi), abs=0.06 * (hi - lo))
+            assert drawn[:, j].std() == pytest.approx(exact[:, j].std(), rel=0.06)
+    # The tables stay paired: a resample's means of different tables are as correlated as when resampling.
+    for a, b in ((0, 1), (0, 2)):
+        assert np.corrcoef(normal[0][:, a], normal[0][:, b])[0, 1] == pytest.approx(
+            np.corrcoef(resampled[0][:, a], resampled[0][:, b])[0, 1], abs=0.05)
+
+
+def test_normal_scheme_draws_means_with_the_variance_of_resampled_means():
+    values = np.random.default_rng(4).exponential(size=(5_000, 1))
+    (drawn,) = stats.bootstrap_means([values], 40_000, np.random.default_rng(0), stats.NORMAL)
+    # A mean of n draws with replacement has the population variance / n; 40,000 draws: standard error 0.4 %.
+    assert drawn.mean() == pytest.approx(values.mean(), rel=1e-3)
+    assert drawn.std() == pytest.approx(values.std() / np.sqrt(len(values)), rel=0.015)
+
+
+def test_auto_scheme_resamples_below_the_large_sample_size_and_draws_from_the_normal_law_from_it(monkeypatch):
+    tables = _skewed_tables(150, seed=2)
+    counting = int(stats.complete_rows(tables[0]).sum())
+    assert counting < 150
+
+    def means(scheme, tables):
+        return stats.bootstrap_means(tables, 50, np.random.default_rng(9), scheme)
+
+    for size, scheme in ((counting + 1, stats.RESAMPLE), (counting, stats.NORMAL)):
+        monkeypatch.setattr(stats, "LARGE_SAMPLE_IMAGES", size)  # the fewest counting images of any table decides
+        for auto, chosen in zip(means(stats.AUTO, tables), means(scheme, tables)):
+            np.testing.assert_array_equal(auto, chosen)
+    # A table no image counts for (NaN means either way) does not hold the others to resampling.
+    monkeypatch.setattr(stats, "LARGE_SAMPLE_IMAGES", counting)
+    nothing = np.full((150, 2), np.nan)
+    for auto, chosen in zip(means(stats.AUTO, [*tables, nothing]), means(stats.NORMAL, [*tables, nothing])):
+        np.testing.assert_array_equal(auto, chosen)
+    assert np.isnan(means(stats.NORMAL, [*tables, nothing])[2]).all()
+    with pytest.raises(ValueError, match="bootstrap scheme"):
+        means("jackknife", tables)
+
+
 def test_median_ci_contains_true_median_on_synthetic_data():
     rng = np.random.default_rng(0)
     values = rng.normal(5.0, 1.0, size=400)
@@ -95,6 +151,30 @@ def test_bootstrap_cis_cover_the_truth_about_95_percent_of_the_time():
     # Binomial(200, 0.95) lies in [0.90, 0.99] with probability > 0.99; percentile intervals run a bit narrow.
     assert 0.88 <= median_hits / draws <= 0.99
     assert 0.88 <= rank_hits / draws <= 0.99
+
+
+@pytest.mark.parametrize("k", [2, 3, 5, 12, 14])
+def test_row_ranks_and_friedman_are_scipys_to_the_last_digit(k):
+    # Rounded values tie often; 14 methods take scipy's rankdata, fewer the pairwise comparisons.
+    values = np.round(np.random.default_rng(k).normal(size=(3000, k)), 1)
+    np.testing.assert_array_equal(stats.row_ranks(values), scipy_stats.rankdata(values, method="average", axis=1))
+    if k >= 3:
+        expected = scipy_stats.friedmanchisquare(*values.T)
+        assert stats._friedman_chi_square(values) == (expected.statistic, expected.pvalue)
+
+
+@pytest.mark.parametrize("n", [20, 50, 51, 400, 30_000])
+def test_wilcoxon_pair_is_scipys_to_the_last_digit_with_ties_and_zeros(n):
+    rng = np.random.default_rng(n)
+    a, b = np.round(rng.normal(0.0, 3.0, size=n)), np.round(rng.normal(0.2, 3.0, size=n))
+    assert (a == b).any() and len(np.unique(np.abs(a - b))) < n  # zero differences and ties
+    expected = scipy_stats.wilcoxon(a, b, zero_method="wilcox", alternative="two-sided")
+    result = stats.wilcoxon_pair(np.r_[a, np.nan], np.r_[b, 1.0])
+    assert (result["n"], result["statistic"], result["p"]) == (n, expected.statistic, expected.pvalue)
+    d = (a - b)[a != b]
+    ranks = scipy_stats.rankdata(np.abs(d))
+    assert result["effect_size"] == (ranks[d > 0].sum() - ranks[d < 0].sum()) / ranks.sum()
+    np.testing.assert_array_equal(stats.average_ranks(np.abs(d))[0], ranks)
 
 
 def test_friedman_rejects_when_one_method_is_clearly_better():

@@ -233,6 +233,35 @@ def test_cis_contain_the_truth_on_synthetic_data():
     assert not any(p.reject for p in summary.tests["sensitivity_max"].pairwise)
 
 
+def test_the_normal_bootstrap_scheme_gives_the_cis_of_resampling_and_says_how_they_were_drawn():
+    rng = np.random.default_rng(5)
+    n = 3000
+    values = {"a": list(rng.lognormal(0.0, 0.5, n)), "b": list(rng.lognormal(0.1, 0.5, n)),
+              "c": list(rng.lognormal(0.2, 0.5, n))}
+    rows = table(values)
+    rows["deletion_auc"] = rng.uniform(size=len(rows))
+    resampled = summarize_rows(rows, n_boot=2000, seed=3, scheme="resample")
+    normal = summarize_rows(rows, n_boot=2000, seed=3, scheme="normal")
+    assert (resampled.bootstrap_scheme, normal.bootstrap_scheme) == ("resample", "normal")
+    # Only the CIs of means (ranks, agreement) are drawn differently; medians, tests and the rank itself are not.
+    for m in values:
+        assert normal.methods[m].values == resampled.methods[m].values
+        assert normal.methods[m].mean_rank == resampled.methods[m].mean_rank
+        lo, hi = resampled.methods[m].mean_rank_ci95
+        assert normal.methods[m].mean_rank_ci95 == pytest.approx([lo, hi], abs=0.08 * (hi - lo))
+        for metric in ("sensitivity_max", "deletion_auc"):
+            lo, hi = resampled.methods[m].ranks[metric].mean_rank_ci95
+            assert normal.methods[m].ranks[metric].mean_rank_ci95 == pytest.approx([lo, hi], abs=0.08 * (hi - lo))
+    assert normal.tests == resampled.tests
+    (pair,), (exact,) = normal.agreement.pairs, resampled.agreement.pairs
+    assert pair.tau == exact.tau
+    assert pair.ci95 == pytest.approx(exact.ci95, abs=0.08 * (exact.ci95[1] - exact.ci95[0]))
+    assert "large-sample normal law" in render_markdown(normal)
+    assert "from 50,000 images on" in render_markdown(summarize_rows(rows, n_boot=20))
+    with pytest.raises(ConfigError, match="--bootstrap-scheme"):
+        summarize_rows(rows, scheme="jackknife")
+
+
 def test_same_seed_same_summary_and_holm_over_the_pairs():
     rows = seed_like_rows()
     first, second = summarize_rows(rows, n_boot=200, seed=1), summarize_rows(rows, n_boot=200, seed=1)
@@ -413,6 +442,12 @@ def test_cli_summarize_takes_rank_on_and_says_what_entered_the_rank(tmp_path, ca
     assert cli.main(["summarize", str(out), "--no-report", "--rank-on", "attr_seconds"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "attr_seconds is a cost" in err
+    assert cli.main(["summarize", str(out), "--no-report", "--bootstrap-scheme", "normal"]) == 0
+    capsys.readouterr()
+    assert json.loads((out / "summary.json").read_text())["bootstrap_scheme"] == "normal"
+    assert cli.main(["summarize", str(out), "--no-report", "--bootstrap-scheme", "jackknife"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--bootstrap-scheme" in err and "auto, resample, normal" in err
 
 
 # --- the reading API ------------------------------------------------------------------------------------------------
@@ -552,8 +587,8 @@ def test_summary_json_keeps_its_keys_in_order_and_reads_back_as_the_summary(tmp_
     assert text == summary.to_json()
     plain = json.loads(text)
     # summary.json is what users read: its layout is the contract the typed summary keeps.
-    assert list(plain) == ["schema", "n_images", "n_boot", "seed", "alpha", "metrics", "metrics_skipped", "methods",
-                           "tests", "rank_on", "agreement", "cost", "diagnostics", "failures", "n_failed_images",
+    assert list(plain) == ["schema", "n_images", "n_boot", "bootstrap_scheme", "seed", "alpha", "metrics",
+                           "metrics_skipped", "methods", "tests", "rank_on", "agreement", "cost", "diagnostics", "failures", "n_failed_images",
                            "controls", "out", "job_name", "fingerprint", "model", "target", "n_expected", "complete",
                            "n_missing_rows", "seed_settings"]
     lime = plain["methods"]["lime"]

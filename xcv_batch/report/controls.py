@@ -35,12 +35,13 @@ TIED_SHARE = 0.5
 
 
 def metric_power_of(metric: str, direction: str, values: np.ndarray, methods: Sequence[str],
-                    controls: Sequence[str], n_boot: int, seed: int, index: int) -> MetricPower:
+                    controls: Sequence[str], n_boot: int, seed: int, index: int,
+                    scheme: str = stats.AUTO) -> MetricPower:
     """The power of the ``index``-th ranked metric (its ``direction``) to reject the ``controls``, from its values on
     the ok rows: ``values`` is (images × [*methods, *controls]); ties are among the real methods alone."""
     real, control = values[:, :len(methods)], values[:, len(methods):]
     rng = np.random.default_rng([seed, 7877, index])
-    return metric_power(metric, direction, real, control, methods, controls, n_boot, rng)
+    return metric_power(metric, direction, real, control, methods, controls, n_boot, rng, scheme)
 
 
 def control_power(powers: Mapping[str, MetricPower], methods: Sequence[str], controls: Sequence[str],
@@ -60,27 +61,52 @@ def better(a: np.ndarray, b: np.ndarray, direction: str, tolerance: float = TIE_
     return np.where(np.isfinite(a) & np.isfinite(b), wins.astype(float), np.nan)
 
 
+def wins_and_losses(a: np.ndarray, b: np.ndarray, direction: str,
+                    tolerance: float = TIE_TOLERANCE) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Booleans: where ``a`` is better than ``b``, where ``b`` is better than ``a`` (as :func:`better` says, both from
+    one margin) and where both have a value; neither wins where either is missing."""
+    valid = np.isfinite(a) & np.isfinite(b)
+    with np.errstate(invalid="ignore"):
+        margin = (a - b) if direction == "higher" else (b - a)
+        threshold = tolerance * np.maximum(np.abs(a), np.abs(b))
+        return (margin > threshold) & valid, (-margin > threshold) & valid, valid
+
+
 def metric_power(metric: str, direction: str, real: np.ndarray, control: np.ndarray, methods: Sequence[str],
-                 controls: Sequence[str], n_boot: int, rng: np.random.Generator) -> MetricPower:
+                 controls: Sequence[str], n_boot: int, rng: np.random.Generator,
+                 scheme: str = stats.AUTO) -> MetricPower:
     """One metric's :class:`MetricPower` from its (images × methods) and (images × controls) values."""
-    pairs = [(j, c) for c in range(len(controls)) for j in range(len(methods))]
-    method_wins = [better(real[:, j], control[:, c], direction) for j, c in pairs]
-    control_wins = [better(control[:, c], real[:, j], direction) for j, c in pairs]
+    k = len(methods)
+    pairs = [(j, c) for c in range(len(controls)) for j in range(k)]
+    # Booleans (images, pairs), pair (j, c) in column c·k + j as ``pairs`` orders them, one control against every
+    # method at a time: a million images × 15 pairs take 15 MB each instead of 120 MB of floats.
+    shape = (len(real), len(pairs))
+    method_wins, control_wins, valid = np.zeros(shape, bool), np.zeros(shape, bool), np.zeros(shape, bool)
+    for c in range(len(controls)):
+        columns = slice(c * k, (c + 1) * k)
+        method_wins[:, columns], control_wins[:, columns], valid[:, columns] = wins_and_losses(
+            real, control[:, [c]], direction)
+
+    def with_gaps(wins: np.ndarray, index) -> np.ndarray:
+        """1.0 / 0.0 where both have a value, NaN where not (as :func:`better` gives them)."""
+        return np.where(valid[:, index], wins[:, index], np.nan)
+
     # Shared resamples over the images where every method and control has a value; a pair's own images otherwise.
-    complete = stats.complete_rows(np.column_stack([real, control])) if pairs else np.zeros(len(real), bool)
-    boot = (stats.bootstrap_means([np.column_stack(method_wins)[complete]], n_boot, rng)[0]
-            if pairs and complete.any() else None)
+    complete = valid.all(axis=1) if pairs else np.zeros(len(real), bool)
+    n_complete = int(complete.sum())
+    boot = (stats.bootstrap_means([method_wins[complete].astype(float)], n_boot, rng, scheme)[0]
+            if n_complete else None)
+    counts, method_counts, control_counts = valid.sum(axis=0), method_wins.sum(axis=0), control_wins.sum(axis=0)
     shares: dict[str, dict[str, ControlShare]] = {name: {} for name in controls}
     beaten: dict[str, list[str]] = {name: [] for name in controls}
     for index, (j, c) in enumerate(pairs):
-        wins, losses = method_wins[index], control_wins[index]
-        n = int(np.isfinite(wins).sum())
-        share = float(np.nanmean(wins)) if n else None
-        control_share = float(np.nanmean(losses)) if n else None
-        if boot is not None and int(complete.sum()) == n:
+        n = int(counts[index])
+        share = float(method_counts[index]) / n if n else None
+        control_share = float(control_counts[index]) / n if n else None
+        if boot is not None and n_complete == n:
             ci = list(stats.percentile_ci(boot[:, index]))
         else:
-            _, ci, _ = stats.mean_ci(wins, n_boot, rng)
+            _, ci, _ = stats.mean_ci(with_gaps(method_wins, index), n_boot, rng, scheme=scheme)
         shares[controls[c]][methods[j]] = ControlShare(share=share, ci95=list(ci), control_share=control_share,
                                                        n_images=n)
         if n and control_share > share:
@@ -92,11 +118,11 @@ def metric_power(metric: str, direction: str, real: np.ndarray, control: np.ndar
     if flagged_by:
         c = list(controls).index(flagged_by[0])
         columns = [list(methods).index(m) for m in beaten[flagged_by[0]]]
-        wins = np.column_stack([control_wins[pairs.index((j, c))] for j in columns])
-        counted = np.isfinite(wins).sum(axis=1)
+        chosen = [pairs.index((j, c)) for j in columns]
+        counted = valid[:, chosen].sum(axis=1)
         with np.errstate(invalid="ignore", divide="ignore"):  # NaN where no beaten method has a value
-            per_image = np.where(counted > 0, np.nansum(wins, axis=1) / counted, np.nan)
-        beaten_share, beaten_ci, _ = stats.mean_ci(per_image, n_boot, rng)
+            per_image = np.where(counted > 0, control_wins[:, chosen].sum(axis=1) / counted, np.nan)
+        beaten_share, beaten_ci, _ = stats.mean_ci(per_image, n_boot, rng, scheme=scheme)
         beaten_ci = list(beaten_ci)
     tied_share, n_tie_images = tie_share(real)
     info = metric_info(metric)

@@ -32,8 +32,9 @@ from ..output.results import Results, open_results
 from .controls import control_sentences
 from .labels import method_label
 from .summary_text import (COST, COUNTS, METHOD, RANK, agreement_matrix_table, agreement_pairs_table,
-                           agreement_sentence, cost_sentence, cost_table, diagnostic_sentences, fmt, friedman_sentence,
-                           metric_ranks_table, metric_table, pairwise_table, rank_sentence, ranking_table)
+                           agreement_sentence, bootstrap_sentence, cost_sentence, cost_table, diagnostic_sentences, fmt,
+                           friedman_sentence, metric_ranks_table, metric_table, pairwise_table, rank_sentence,
+                           ranking_table)
 from .summarize import write_text
 from .summary_types import Summary
 from .tables import Table, to_html
@@ -551,7 +552,7 @@ def render_report(results: Results, summary: Summary, gallery: int = GALLERY_CAP
         _header(summary),
         f"<p>Output: <code>{html.escape(results.out)}</code>. Fingerprint: "
         f"<code>{html.escape(str(facts.fingerprint or results.fingerprint))}</code>. "
-        f"CIs: percentile bootstrap over images, {summary.n_boot} resamples, seed {summary.seed}.</p>",
+        f"CIs: {html.escape(bootstrap_sentence(summary))}.</p>",
         _BROWSE_LINE,
         _contents(sections),
         *(_section_html(s) for s in sections),

@@ -72,15 +72,15 @@ SEED_RESOLUTION = 224
 
 
 def summarize(out: "str | Results", n_boot: int = 2000, seed: int = 0,
-              rank_on: Mapping[str, float] | str | None = None) -> Summary:
+              rank_on: Mapping[str, float] | str | None = None, scheme: str = stats.AUTO) -> Summary:
     """The summary of the output directory ``out`` (a path, or its open Results; finished or not): that of
     :func:`summarize_rows` with the run's facts (model, fingerprint, completeness, the seed's settings). The rows are
     read as arrays, only the columns used (report/row_table.py): memory grows by the numbers kept, not by rows."""
-    check_bootstrap(n_boot)
+    check_bootstrap(n_boot, scheme)
     results = open_results(out)
     table = read_table(results, methods=results.methods)
     job = results.job
-    summary = summarize_table(table, n_boot=n_boot, seed=seed, rank_on=rank_on, job=job)
+    summary = summarize_table(table, n_boot=n_boot, seed=seed, rank_on=rank_on, job=job, scheme=scheme)
     model = job.get("model") or {}
     expected_ids = results.stored_image_ids
     missing = table.missing_rows(expected_ids, results.methods) if expected_ids is not None else None
@@ -102,7 +102,8 @@ def summarize(out: "str | Results", n_boot: int = 2000, seed: int = 0,
 
 def summarize_rows(rows: pd.DataFrame, methods: Sequence[str] | None = None, n_boot: int = 2000, seed: int = 0,
                    alpha: float = stats.ALPHA, rank_on: Mapping[str, float] | str | None = None,
-                   job: Mapping | None = None, image_ids: Sequence[str] | None = None) -> Summary:
+                   job: Mapping | None = None, image_ids: Sequence[str] | None = None,
+                   scheme: str = stats.AUTO) -> Summary:
     """Rankings, CIs, tests, agreement and cost of a table of metric rows (the Parquet schema); the part of
     :func:`summarize` that needs no files. ``rank_on``: metric → weight for the overall rank (default: every family
     of quality metrics present weighs 1, a metric that ties the methods on most images left out; :data:`RELIABLE`:
@@ -116,16 +117,20 @@ def summarize_rows(rows: pd.DataFrame, methods: Sequence[str] | None = None, n_b
     pairwise Wilcoxon + Holm, Nemenyi), the agreement (see :func:`metric_agreement`), the cost (see
     :func:`cost_summary`), the diagnostics and the failures (the error rows' image, method and message).
     ``image_ids``: when given, the ``image_id`` column holds integer codes into it, in the ids' order.
+    ``scheme``: how the bootstrap draws its resamples (:data:`~xcv_batch.report.stats.SCHEMES`; by default images
+    are resampled below :data:`~xcv_batch.report.stats.LARGE_SAMPLE_IMAGES` counting images, and the resample means
+    drawn from their large-sample normal law from there on).
     """
-    check_bootstrap(n_boot)
+    check_bootstrap(n_boot, scheme)
     return summarize_table(frame_table(rows, methods, image_ids), n_boot=n_boot, seed=seed, alpha=alpha,
-                           rank_on=rank_on, job=job)
+                           rank_on=rank_on, job=job, scheme=scheme)
 
 
 def summarize_table(table: RowTable, n_boot: int = 2000, seed: int = 0, alpha: float = stats.ALPHA,
-                    rank_on: Mapping[str, float] | str | None = None, job: Mapping | None = None) -> Summary:
+                    rank_on: Mapping[str, float] | str | None = None, job: Mapping | None = None,
+                    scheme: str = stats.AUTO) -> Summary:
     """:func:`summarize_rows` of rows already kept one per image × method, as arrays (report/row_table.py)."""
-    check_bootstrap(n_boot)
+    check_bootstrap(n_boot, scheme)
     method_names, control_names = table.methods, table.controls
     counts = table.counts
 
@@ -173,12 +178,12 @@ def summarize_table(table: RowTable, n_boot: int = 2000, seed: int = 0, alpha: f
             nemenyi=NemenyiTest(alpha=alpha, q_alpha=stats.NEMENYI_Q_005.get(len(ranked)), cd=cd),
         )
         powers[metric] = metric_power_of(metric, info.direction, table.values[metric], method_names, control_names,
-                                         n_boot, seed, len(powers))
+                                         n_boot, seed, len(powers), scheme)
 
     power = control_power(powers, method_names, control_names, table.n_control_errors)
     weights = rank_weights(metrics, rank_on, skipped, power)
     metrics = {metric: replace(info, weight=weights.get(metric, info.weight)) for metric, info in metrics.items()}
-    metric_cis, overall_cis = _rank_cis(rank_tables, weights, n_boot, np.random.default_rng(seed))
+    metric_cis, overall_cis = _rank_cis(rank_tables, weights, n_boot, np.random.default_rng(seed), scheme)
     summaries = {}
     for name in method_names:
         ranks_of = {metric: MetricRank(mean_rank=_nanmean(ranks[:, ranked.index(name)]),
@@ -199,10 +204,11 @@ def summarize_table(table: RowTable, n_boot: int = 2000, seed: int = 0, alpha: f
     failures = [Failure(image_id=table.name(table.row_image[r]), method=method_names[table.row_method[r]],
                         error=table.errors[r]) for r in error_rows]
     return plain(Summary(
-        n_images=len(table.images), n_boot=int(n_boot), seed=int(seed), alpha=alpha, metrics=metrics,
+        n_images=len(table.images), n_boot=int(n_boot), bootstrap_scheme=scheme, seed=int(seed), alpha=alpha,
+        metrics=metrics,
         metrics_skipped=skipped, methods=summaries, tests=tests,
         rank_on=RankOn(weights=weights, chosen=rank_on is not None, reliable=rank_on == RELIABLE),
-        agreement=metric_agreement(metrics, value_tables, method_names, weights, n_boot, seed),
+        agreement=metric_agreement(metrics, value_tables, method_names, weights, n_boot, seed, scheme),
         cost=cost_summary(table, job), diagnostics=diagnostics_summary(_diagnostic_rows(table), table.name),
         failures=failures, n_failed_images=len({int(table.row_image[r]) for r in error_rows}), controls=power,
     ))
@@ -211,10 +217,13 @@ def summarize_table(table: RowTable, n_boot: int = 2000, seed: int = 0, alpha: f
 # --- which metrics enter the rank -----------------------------------------------------------------------------------
 
 
-def check_bootstrap(n_boot: int) -> None:
-    """``n_boot`` is a whole number of resamples, 1 … :data:`MAX_BOOTSTRAP` (ConfigError naming ``--bootstrap``)."""
+def check_bootstrap(n_boot: int, scheme: str = stats.AUTO) -> None:
+    """``n_boot`` is a whole number of resamples, 1 … :data:`MAX_BOOTSTRAP`, and ``scheme`` one of
+    :data:`~xcv_batch.report.stats.SCHEMES` (ConfigError naming ``--bootstrap`` or ``--bootstrap-scheme``)."""
     if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or not 1 <= n_boot <= MAX_BOOTSTRAP:
         raise ConfigError("--bootstrap", f"must be 1 … {MAX_BOOTSTRAP:,} resamples (default 2,000), got {n_boot!r}")
+    if scheme not in stats.SCHEMES:
+        raise ConfigError("--bootstrap-scheme", f"must be one of {', '.join(stats.SCHEMES)}, got {scheme!r}")
 
 
 def parse_rank_on(text: str) -> dict[str, float] | str:
@@ -277,14 +286,14 @@ def rank_weights(ranked: Mapping[str, RankedMetric], chosen: Mapping[str, float]
 
 
 def _rank_cis(rank_tables: Mapping[str, tuple], weights: Mapping[str, float], n_boot: int,
-              rng: np.random.Generator) -> tuple[dict[tuple[str, str], list], dict[str, list]]:
+              rng: np.random.Generator, scheme: str) -> tuple[dict[tuple[str, str], list], dict[str, list]]:
     """Bootstrap CIs of every per-metric mean rank ({(metric, method): CI}) and of each method's overall (weighted)
     mean rank ({method: CI}), from shared resamples."""
     per_metric: dict[tuple[str, str], list] = {}
     if not rank_tables:
         return per_metric, {}
     metrics = list(rank_tables)
-    samples = stats.bootstrap_means([rank_tables[m][1] for m in metrics], n_boot, rng)
+    samples = stats.bootstrap_means([rank_tables[m][1] for m in metrics], n_boot, rng, scheme)
     overall: dict[str, list[tuple[float, np.ndarray]]] = {}
     for metric, boot in zip(metrics, samples):
         ranked, ranks = rank_tables[metric][:2]
@@ -309,7 +318,8 @@ def _rank_cis(rank_tables: Mapping[str, tuple], weights: Mapping[str, float], n_
 
 
 def metric_agreement(metrics: Mapping[str, RankedMetric], values: Mapping[str, np.ndarray],
-                     method_names: Sequence[str], weights: Mapping[str, float], n_boot: int, seed: int) -> Agreement:
+                     method_names: Sequence[str], weights: Mapping[str, float], n_boot: int, seed: int,
+                     scheme: str = stats.AUTO) -> Agreement:
     """How well the ranked metrics agree on the order of the methods, image by image.
 
     ``pairs``: for every pair of ranked metrics, the mean over images of Kendall's τ-b between the two metrics'
@@ -322,22 +332,29 @@ def metric_agreement(metrics: Mapping[str, RankedMetric], values: Mapping[str, n
     names = list(metrics)
     pairs = []
     matrix = [[1.0 if a == b else None for b in names] for a in names]
+    orders: dict[tuple[str, tuple[int, ...]], tuple] = {}  # (metric, columns) → its pair orders, shared by its pairs
+
+    def orders_of(metric: str, columns: list[int]) -> tuple:
+        key = (metric, tuple(columns))
+        if key not in orders:
+            orders[key] = stats.pair_orders(_oriented(values[metric][:, columns], metrics[metric].direction))
+        return orders[key]
+
     for index, (i, j) in enumerate(combinations(range(len(names)), 2)):
         a, b = names[i], names[j]
         common = [m for m in metrics[a].methods if m in metrics[b].methods]
         if len(common) < 2:
             continue
         columns = [list(method_names).index(m) for m in common]
-        taus = stats.kendall_tau_rows(_oriented(values[a][:, columns], metrics[a].direction),
-                                      _oriented(values[b][:, columns], metrics[b].direction))
-        mean, ci, n = stats.mean_ci(taus, n_boot, np.random.default_rng([seed, 7919, index]))
+        taus = stats.kendall_tau_of_orders(orders_of(a, columns), orders_of(b, columns))
+        mean, ci, n = stats.mean_ci(taus, n_boot, np.random.default_rng([seed, 7919, index]), scheme=scheme)
         pairs.append(MetricPair(a=a, b=b, tau=mean, ci95=list(ci), n_images=n, methods=common,
                                 in_rank=a in weights and b in weights))
         matrix[i][j] = matrix[j][i] = mean if n else None
     in_rank = [m for m in names if m in weights]
     disagreeing = [p for p in pairs if p.in_rank and p.n_images and p.tau < AGREEMENT_THRESHOLD]
     return Agreement(threshold=AGREEMENT_THRESHOLD, metrics=names, matrix=matrix, pairs=pairs,
-                     kendalls_w=_concordance(metrics, values, method_names, in_rank, n_boot, seed),
+                     kendalls_w=_concordance(metrics, values, method_names, in_rank, n_boot, seed, scheme),
                      disagreeing=[[p.a, p.b] for p in disagreeing])
 
 
@@ -347,14 +364,15 @@ def _oriented(values: np.ndarray, direction: str) -> np.ndarray:
 
 
 def _concordance(metrics: Mapping[str, RankedMetric], values: Mapping[str, np.ndarray], method_names: Sequence[str],
-                 in_rank: Sequence[str], n_boot: int, seed: int) -> Concordance:
+                 in_rank: Sequence[str], n_boot: int, seed: int, scheme: str) -> Concordance:
     """Kendall's W of the metrics in the rank over the methods they all rank: per image, then the mean and its CI."""
     common = [m for m in method_names if all(m in metrics[name].methods for name in in_rank)]
     if len(in_rank) < 2 or len(common) < 2:
         return Concordance(value=None, ci95=[None, None], n_images=0, metrics=list(in_rank), methods=common)
     columns = [list(method_names).index(m) for m in common]
     ranks = np.stack([stats.rank_rows(values[name][:, columns], metrics[name].direction) for name in in_rank], axis=1)
-    mean, ci, n = stats.mean_ci(stats.kendalls_w_rows(ranks), n_boot, np.random.default_rng([seed, 7907]))
+    mean, ci, n = stats.mean_ci(stats.kendalls_w_rows(ranks), n_boot, np.random.default_rng([seed, 7907]),
+                                scheme=scheme)
     return Concordance(value=mean, ci95=list(ci), n_images=n, metrics=list(in_rank), methods=common)
 
 

@@ -13,6 +13,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .controls import control_sentences
+from .stats import AUTO, LARGE_SAMPLE_IMAGES, NORMAL
 from .labels import method_label
 from .summary_types import FriedmanTest, MetricTests, Summary
 from .tables import HTML, MARKDOWN, TERMINAL, Column, Table, to_markdown, to_rich
@@ -141,6 +142,18 @@ def summary_notes(summary: Summary) -> list[str]:
     if agreement:
         notes.append(agreement)
     return notes + control_sentences(summary.controls) + diagnostic_sentences(summary)
+
+
+def bootstrap_sentence(summary: Summary) -> str:
+    """How the CIs were made: ``percentile bootstrap over images, 2000 resamples, seed 0`` and the scheme."""
+    text = f"percentile bootstrap over images, {summary.n_boot} resamples, seed {summary.seed}"
+    if summary.bootstrap_scheme == NORMAL:
+        return text + "; each resample's means drawn from their large-sample normal law (the mean and covariance of " \
+                      "resampling images)"
+    if summary.bootstrap_scheme == AUTO:
+        return text + f"; from {LARGE_SAMPLE_IMAGES:,} images on, each resample's means drawn from their " \
+                      "large-sample normal law (the mean and covariance of resampling images)"
+    return text
 
 
 def cost_sentence(summary: Summary) -> str:
@@ -331,7 +344,7 @@ def render_markdown(summary: Summary) -> str:
     if facts.fingerprint:
         lines.append(f"- Job fingerprint: `{facts.fingerprint}`")
     lines.append(f"- Images: {summary.status_line()}")
-    lines.append(f"- 95% CIs: percentile bootstrap over images, {summary.n_boot} resamples, seed {summary.seed}")
+    lines.append(f"- 95% CIs: {bootstrap_sentence(summary)}")
     if facts.seed_settings.differences:
         lines.append("- Settings differ from the seed report's, so its Table I is not shown: "
                      + "; ".join(facts.seed_settings.differences))

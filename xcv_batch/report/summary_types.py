@@ -341,6 +341,9 @@ class Summary:
 
     n_images: int
     n_boot: int
+    #: how the resamples were drawn (report/stats.py's SCHEMES): ``auto`` resamples images below 50,000 counting
+    #: images and draws each resample's means from their large-sample normal law from there on
+    bootstrap_scheme: str
     seed: int
     alpha: float
     #: ranked quality metrics, in column order
