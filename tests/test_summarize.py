@@ -588,8 +588,8 @@ def test_summary_json_keeps_its_keys_in_order_and_reads_back_as_the_summary(tmp_
     plain = json.loads(text)
     # summary.json is what users read: its layout is the contract the typed summary keeps.
     assert list(plain) == ["schema", "n_images", "n_boot", "bootstrap_scheme", "seed", "alpha", "metrics",
-                           "metrics_skipped", "methods", "tests", "rank_on", "agreement", "cost", "diagnostics", "failures", "n_failed_images",
-                           "controls", "out", "job_name", "fingerprint", "model", "target", "n_expected", "complete",
+                           "metrics_skipped", "methods", "tests", "rank_on", "agreement", "cost", "diagnostics",
+                           "failures", "n_failed_images", "controls", "out", "job_name", "fingerprint", "model", "target", "n_expected", "complete",
                            "n_missing_rows", "seed_settings"]
     lime = plain["methods"]["lime"]
     assert list(lime) == ["label", "mean_rank", "mean_rank_ci95", "win_rate", "n_ok", "n_error", "ranks",

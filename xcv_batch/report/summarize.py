@@ -27,7 +27,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import asdict, replace
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, replace
 from itertools import combinations
 from typing import Mapping, Sequence
 
@@ -37,6 +38,7 @@ import pandas as pd
 
 from . import stats
 from ..config import SensitivityConfig
+from ..cores import usable_cores
 from ..errors import ConfigError, OutputError, first_line
 from ..output.layout import JOB_FILE
 from ..methods.settings import METHOD_SETTINGS
@@ -141,44 +143,28 @@ def summarize_table(table: RowTable, n_boot: int = 2000, seed: int = 0, alpha: f
     values_of: dict[str, dict[str, MetricValues]] = {name: {} for name in method_names}
     rank_tables: dict[str, tuple[list[str], np.ndarray, list, int]] = {}  # metric → ranked, ranks, win rates, n
     value_tables: dict[str, np.ndarray] = {}  # metric → (images, all methods) values, for the agreement
-    for m_index, metric in enumerate(table.values):
-        info = metric_info(metric)
+    for metric in table.values:
         if metric in table.skipped:
             skipped[metric] = table.skipped[metric]
-            continue
-        values = table.real_values(metric)
-        has_value = np.isfinite(values)
-        ranked = [name for j, name in enumerate(method_names) if has_value[:, j].any()]
-        if not ranked:
+        elif not np.isfinite(table.values[metric][:, :len(method_names)]).any():
             skipped[metric] = "no method has a value"
-            continue
-        value_tables[metric] = values
-        for j, name in enumerate(method_names):
-            rng = np.random.default_rng([seed, m_index + 1, j])
-            median, ci = stats.median_ci(values[:, j], n_boot, rng)
-            n = int(has_value[:, j].sum())
-            values_of[name][metric] = MetricValues(
-                median=median, ci95=list(ci), mean=float(np.nanmean(values[:, j])) if n else None, n=n,
-                n_missing=counts[name][0] - n, direction=info.direction)
+    ranked_metrics = [metric for metric in table.values if metric not in skipped]
 
-        table_ranked = values[:, [method_names.index(name) for name in ranked]]
-        ranks = stats.rank_rows(table_ranked, info.direction)
-        n_ranked = int(stats.complete_rows(table_ranked).sum())
-        wins = stats.win_shares(ranks)
-        rank_tables[metric] = (ranked, ranks, [_nanmean(wins[:, j]) for j in range(len(ranked))], n_ranked)
-        del wins
-        cd = stats.nemenyi_cd(len(ranked), n_ranked, alpha)
-        metrics[metric] = RankedMetric(label=info.label, unit=info.unit, direction=info.direction, family=info.family,
-                                       n_images=n_ranked, methods=ranked, nemenyi_cd=cd, weight=0.0)
-        tests[metric] = MetricTests(
-            n_images=n_ranked,
-            friedman=FriedmanTest(**stats.friedman(table_ranked, alpha)),
-            pairwise=[PairwiseTest(**pair)
-                      for pair in stats.pairwise_wilcoxon(table_ranked, ranked, info.direction, alpha)],
-            nemenyi=NemenyiTest(alpha=alpha, q_alpha=stats.NEMENYI_Q_005.get(len(ranked)), cd=cd),
-        )
-        powers[metric] = metric_power_of(metric, info.direction, table.values[metric], method_names, control_names,
-                                         n_boot, seed, len(powers), scheme)
+    def one_metric(metric: str) -> _MetricPart:
+        return _metric_part(table, metric, list(table.values).index(metric), ranked_metrics.index(metric), n_boot,
+                            seed, alpha, scheme)
+
+    # Each metric's values, ranks, tests and control power depend on that metric alone, with its own seeds; two at a
+    # time keep both cores busy (numpy and sorting release the GIL) while a million images' temporaries of two
+    # metrics, a few hundred MB each, fit beside the table.
+    with ThreadPoolExecutor(max_workers=max(1, min(2, usable_cores(), len(ranked_metrics)))) as pool:
+        for part in pool.map(one_metric, ranked_metrics):
+            metric = part.metric
+            for name, values in part.values.items():
+                values_of[name][metric] = values
+            value_tables[metric] = table.real_values(metric)
+            rank_tables[metric] = part.rank_table
+            metrics[metric], tests[metric], powers[metric] = part.info, part.tests, part.power
 
     power = control_power(powers, method_names, control_names, table.n_control_errors)
     weights = rank_weights(metrics, rank_on, skipped, power)
@@ -212,6 +198,57 @@ def summarize_table(table: RowTable, n_boot: int = 2000, seed: int = 0, alpha: f
         cost=cost_summary(table, job), diagnostics=diagnostics_summary(_diagnostic_rows(table), table.name),
         failures=failures, n_failed_images=len({int(table.row_image[r]) for r in error_rows}), controls=power,
     ))
+
+
+@dataclass(frozen=True)
+class _MetricPart:
+    """What one ranked metric adds to the summary (see :func:`_metric_part`)."""
+
+    metric: str
+    values: dict[str, MetricValues]  # method → its values of the metric
+    rank_table: tuple  # ranked methods, (images, ranked) ranks, win rates, images ranked
+    info: RankedMetric
+    tests: MetricTests
+    power: MetricPower
+
+
+def _metric_part(table: RowTable, metric: str, m_index: int, power_index: int, n_boot: int, seed: int, alpha: float,
+                 scheme: str) -> _MetricPart:
+    """The ``m_index``-th metric column's values per method, ranks, tests and control power (the ``power_index``-th
+    ranked metric's), each CI with its own seed."""
+    info = metric_info(metric)
+    method_names = table.methods
+    values = table.real_values(metric)
+    has_value = np.isfinite(values)
+    ranked = [name for j, name in enumerate(method_names) if has_value[:, j].any()]
+    values_of = {}
+    for j, name in enumerate(method_names):
+        rng = np.random.default_rng([seed, m_index + 1, j])
+        median, ci = stats.median_ci(values[:, j], n_boot, rng)
+        n = int(has_value[:, j].sum())
+        values_of[name] = MetricValues(
+            median=median, ci95=list(ci), mean=float(np.nanmean(values[:, j])) if n else None, n=n,
+            n_missing=table.counts[name][0] - n, direction=info.direction)
+    table_ranked = values[:, [method_names.index(name) for name in ranked]]
+    ranks = stats.rank_rows(table_ranked, info.direction)
+    n_ranked = int(stats.complete_rows(table_ranked).sum())
+    wins = stats.win_shares(ranks)
+    rank_table = (ranked, ranks, [_nanmean(wins[:, j]) for j in range(len(ranked))], n_ranked)
+    cd = stats.nemenyi_cd(len(ranked), n_ranked, alpha)
+    tests = MetricTests(
+        n_images=n_ranked,
+        friedman=FriedmanTest(**stats.friedman(table_ranked, alpha)),
+        pairwise=[PairwiseTest(**pair)
+                  for pair in stats.pairwise_wilcoxon(table_ranked, ranked, info.direction, alpha)],
+        nemenyi=NemenyiTest(alpha=alpha, q_alpha=stats.NEMENYI_Q_005.get(len(ranked)), cd=cd),
+    )
+    power = metric_power_of(metric, info.direction, table.values[metric], method_names, table.controls, n_boot, seed,
+                            power_index, scheme)
+    return _MetricPart(
+        metric=metric, values=values_of, rank_table=rank_table,
+        info=RankedMetric(label=info.label, unit=info.unit, direction=info.direction, family=info.family,
+                          n_images=n_ranked, methods=ranked, nemenyi_cd=cd, weight=0.0),
+        tests=tests, power=power)
 
 
 # --- which metrics enter the rank -----------------------------------------------------------------------------------
