@@ -13,6 +13,9 @@ For each N (default 1,000 and 10,000; ``--sizes 1000 10000 100000`` for the full
 * the driver's peak RSS (the child's ``ru_maxrss``: in-process, the worker's too);
 * the files written in OUT, the images per stored object, and the seconds ``--resume`` of the finished OUT takes to say there is nothing left.
 
+A warm-up run of ``--warm-up`` images (200) comes first and is not reported: a fresh install's first run compiles the
+bytecode of the modules imported lazily inside the shards and reads the libraries from disk, which no later run pays.
+
     PYTHONPATH=. python scripts/bench_scale.py                           # N = 1,000 and 10,000, in-process
     PYTHONPATH=. python scripts/bench_scale.py --sizes 1000 10000 100000 --ray
     PYTHONPATH=. python scripts/bench_scale.py --sizes 1000 --images-per-object 100 --old /tmp/old   # against old code
@@ -180,6 +183,10 @@ def main() -> None:
     parser.add_argument("--old", help="a checkout of older code, run on the same images after this tree's (its "
                                       "stage times show as 0 when it does not count them)")
     parser.add_argument("--writes", type=int, metavar="N", help="only time the Zarr writer on N maps")
+    parser.add_argument("--warm-up", type=int, default=200, metavar="N",
+                        help="first run N images unreported (default 200; 0: none), so that what a machine pays once "
+                             "(compiling the lazily imported modules' bytecode, reading the libraries from disk) is "
+                             "not charged to the first timed size")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -197,6 +204,9 @@ def main() -> None:
               + f" | {'peak MiB':>8} {'files':>7} {'per obj':>7} {'resume s':>8}")
     print(header)
     versions = [("this", ROOT)] + ([("old", os.path.abspath(args.old))] if args.old else [])
+    for version, code in versions if args.warm_up else ():
+        warm = run_one(work, args.warm_up, args.px, 1, args, code)
+        print(f"warm-up ({version}): {args.warm_up} images in {warm['run_wall']:.1f} s, not reported", flush=True)
     for workers in sorted({*args.workers, *((1, 2) if args.ray else ())}):
         for n in args.sizes:
             for version, code in versions:
