@@ -371,6 +371,16 @@ def test_agreement_is_the_mean_per_image_kendall_tau_and_w_by_hand():
     assert "Max-Sensitivity vs Insertion AUC τ = 0.11" in sentence and "0.3" in sentence and "65%" in sentence
 
 
+def test_kendalls_w_is_the_same_computed_a_block_of_images_at_a_time(monkeypatch):
+    from xcv_batch.report import summarize as summarize_module
+
+    rows = agreement_rows()
+    whole = summarize_rows(rows, n_boot=50).agreement.kendalls_w
+    monkeypatch.setattr(summarize_module, "_CONCORDANCE_BLOCK_ROWS", 2)  # blocks of 2 and 1 image
+    assert summarize_rows(rows, n_boot=50).agreement.kendalls_w == whole
+    assert whole.value == pytest.approx((1 + 0 + 0.75) / 3)
+
+
 def test_agreement_on_random_tables_equals_scipy_kendalltau_per_image():
     rng = np.random.default_rng(4)
     n, methods = 8, ["a", "b", "c", "d"]  # few images: scipy's Wilcoxon with ties permutes all 2^n signs
