@@ -291,6 +291,7 @@ def _read_index(index: bytes, size: int, sharding: _Sharding) -> tuple[str | Non
     total = int(length[used].sum(dtype=np.uint64)) if used.any() else 0
     if total != data_end - data_start:  # zarr writes an object's chunks back to back, then the index
         return f"has {size} bytes, but its shard index accounts for {total + sharding.index_bytes}", nothing
-    rows = np.unique(np.flatnonzero(used) // per_row)
+    rows = np.flatnonzero(used) // per_row  # ascending: a row's entries are adjacent (C order)
+    rows = rows[np.concatenate(([True], rows[1:] != rows[:-1]))] if per_row > 1 and len(rows) else rows
     held = rows[:, None] * sharding.inner_images + np.arange(sharding.inner_images, dtype=np.int64)
     return None, held.ravel()

@@ -180,13 +180,19 @@ class Results:
             raise self._unreadable(files, err) from None
         return self._without_missing_maps(rows)
 
-    def _dataset(self, files: list[str]) -> pads.Dataset:
-        where = dict(filesystem=self._fs, format="parquet", partitioning="hive",
+    def _dataset(self, files: list[str], schema: pa.Schema | None = None,
+                 dictionary: Sequence[str] = ()) -> pads.Dataset:
+        """The dataset of ``files`` with every file's columns (``schema``: as already unified; ``dictionary``: string
+        columns read dictionary-encoded, as ``schema`` says)."""
+        read_options = pads.ParquetReadOptions(dictionary_columns=set(dictionary)) if dictionary else None
+        where = dict(filesystem=self._fs, format=pads.ParquetFileFormat(read_options=read_options)
+                     if read_options else "parquet", partitioning="hive",
                      partition_base_dir=f"{self._root}/{METRICS_DIR}")
-        dataset = pads.dataset(files, **where)
-        # Shards written before a metric existed lack its column; unify so every row has every column (null there).
-        schema = pa.unify_schemas([dataset.schema] + [frag.physical_schema for frag in dataset.get_fragments()],
-                                  promote_options="permissive")
+        if schema is None:
+            dataset = pads.dataset(files, **where)
+            # Shards written before a metric existed lack its column; unify so every row has every column (null there).
+            schema = pa.unify_schemas([dataset.schema] + [frag.physical_schema for frag in dataset.get_fragments()],
+                                      promote_options="permissive")
         return pads.dataset(files, schema=schema, **where)
 
     def row_schema(self) -> pa.Schema | None:
@@ -200,17 +206,43 @@ class Results:
         except (pa.ArrowException, OSError) as err:
             raise self._unreadable(files, err) from None
 
-    def scan_rows(self, columns: Sequence[str]) -> Iterator[pa.Table]:
+    def scan_rows(self, columns: Sequence[str], dictionary: Sequence[str] = ()) -> Iterator[pa.Table]:
         """The rows' ``columns``, one table per metrics file, in the order of :meth:`rows` (files sorted, each file's
-        rows in order): only those columns are decoded, and only one file's at a time is held. Rows are as stored:
-        :meth:`stored_maps` says which ``ok`` rows :meth:`rows` would turn into errors."""
+        rows in order): only those columns are decoded, and at most two files' are held (the next file is decoded
+        while the caller works on this one). Rows are as stored: :meth:`stored_maps` says which ``ok`` rows
+        :meth:`rows` would turn into errors. The string columns named in ``dictionary`` come dictionary-encoded (each
+        file's distinct values once, its rows as indices into them), which is faster to decode and to compare than a
+        string per row."""
+        from concurrent.futures import ThreadPoolExecutor
+
         files = self.metrics_files()
         if not files:
             return
         try:
             dataset = self._dataset(files)
-            for fragment in dataset.get_fragments():
-                yield pads.Scanner.from_fragment(fragment, schema=dataset.schema, columns=list(columns)).to_table()
+            encoded = [name for name in dictionary
+                       if name in columns and name in dataset.schema.names
+                       and dataset.schema.field(name).type == pa.string()]
+            if encoded:
+                schema = dataset.schema
+                for name in encoded:
+                    schema = schema.set(schema.get_field_index(name), pa.field(name, pa.dictionary(pa.int32(),
+                                                                                                   pa.string())))
+                dataset = self._dataset(files, schema, encoded)
+
+            def read(fragment) -> pa.Table:
+                return pads.Scanner.from_fragment(fragment, schema=dataset.schema, columns=list(columns)).to_table()
+
+            # Arrow decodes without the GIL: reading the next file in a thread overlaps the caller's work on this one.
+            with ThreadPoolExecutor(1) as pool:
+                ahead = None
+                for fragment in dataset.get_fragments():
+                    following = pool.submit(read, fragment)
+                    if ahead is not None:
+                        yield ahead.result()
+                    ahead = following
+                if ahead is not None:
+                    yield ahead.result()
         except (pa.ArrowException, OSError) as err:
             raise self._unreadable(files, err) from None
 

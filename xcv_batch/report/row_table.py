@@ -296,6 +296,30 @@ def _errors_of(column, status: np.ndarray) -> np.ndarray:
     return messages
 
 
+def _distinct(chunks: list) -> tuple:
+    """(the distinct values of a string column given as its chunks, as one array; each row's code into it). Chunks
+    read dictionary-encoded are coded through their dictionaries (each file's distinct values, not every row's)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if not chunks or not all(pa.types.is_dictionary(c.type) for c in chunks):
+        column = pa.chunked_array(chunks, pa.string()) if not chunks else pa.chunked_array(chunks).cast(pa.string())
+        values = pc.unique(column)
+        return values, pc.index_in(column, value_set=values).to_numpy().astype(np.int64)
+    offsets = np.cumsum([0, *(len(c.dictionary) for c in chunks)])
+    null_at = int(offsets[-1])  # a null row points past the dictionaries, at a null appended to them
+    has_null = any(c.null_count for c in chunks)
+    codes = np.concatenate([c.indices.fill_null(null_at - int(start)).to_numpy().astype(np.int64) + start
+                            for c, start in zip(chunks, offsets[:-1].tolist())])
+    dictionaries = pa.concat_arrays([*(c.dictionary.cast(pa.string()) for c in chunks),
+                                     *([pa.nulls(1, pa.string())] if has_null else [])])
+    # A file's dictionary may hold a value none of its rows has; such a value is no row's.
+    used = np.bincount(codes, minlength=len(dictionaries)) > 0
+    values = pc.unique(dictionaries.filter(pa.array(used)))
+    to_value = pc.index_in(dictionaries, value_set=values).fill_null(0).to_numpy().astype(np.int64)
+    return values, to_value[codes]
+
+
 def _read_keys(results: Results, schema) -> _Keys:
     """Pass one: every row's keys; the ids are coded into their sorted list, and ``ok`` rows whose map is not stored
     whole become errors."""
@@ -303,36 +327,49 @@ def _read_keys(results: Results, schema) -> _Keys:
     import pyarrow.compute as pc
 
     names = [k for k in KEYS if k in schema.names]
-    parts = list(results.scan_rows(names))
-    ids = pa.chunked_array([p.column("image_id").cast(pa.string()) for p in parts], pa.string())
-    unique = pc.unique(ids)
-    sorted_ids = unique.take(pc.array_sort_indices(unique))
-    code = pc.index_in(ids, value_set=sorted_ids).to_numpy().astype(np.int64)
-    del ids, unique
-    methods = pa.chunked_array([p.column("method").cast(pa.string()) for p in parts], pa.string())
-    method_names = [str(m) for m in pc.unique(methods).to_pylist()]
-    method = pc.index_in(methods, value_set=pa.array(method_names, pa.string())).to_numpy().astype(np.int64)
-    status_text = pa.chunked_array([p.column("status").cast(pa.string()) for p in parts], pa.string())
-    status = np.where(pc.equal(status_text, "ok").to_numpy(zero_copy_only=False), OK,
-                      np.where(pc.equal(status_text, "error").to_numpy(zero_copy_only=False), ERROR, OTHER))
-    status = status.astype(np.int8)
-    if "index" in names:
-        index = pa.chunked_array([p.column("index") for p in parts]).to_numpy().astype(np.int64)
-    else:
-        index = np.zeros(len(code), dtype=np.int64)
-    del parts, methods, status_text
+    parts = list(results.scan_rows(names, dictionary=["image_id", "method", "status"]))
+
+    def chunks(name: str) -> list:
+        return [chunk for part in parts for chunk in part.column(name).chunks]
+
+    unique, code = _distinct(chunks("image_id"))
+    order = pc.array_sort_indices(unique).to_numpy()
+    sorted_ids = unique.take(pa.array(order))
+    rank = np.empty(len(order), dtype=np.int64)
+    rank[order] = np.arange(len(order))
+    code = rank[code]
+    del unique, order, rank
+    # The methods in the order they first come in the rows.
+    method_values, method = _distinct(chunks("method"))
+    first = np.full(len(method_values), len(method), dtype=np.int64)
+    np.minimum.at(first, method, np.arange(len(method)))
+    by_first = np.argsort(first, kind="stable")
+    method_names = [str(m) for m in method_values.take(pa.array(by_first)).to_pylist()]
+    renumber = np.empty(len(by_first), dtype=np.int64)
+    renumber[by_first] = np.arange(len(by_first))
+    method = renumber[method]
+    status_values, status = _distinct(chunks("status"))
+    status_of = np.where(pc.equal(status_values, "ok").fill_null(False).to_numpy(zero_copy_only=False), OK,
+                         np.where(pc.equal(status_values, "error").fill_null(False).to_numpy(zero_copy_only=False),
+                                  ERROR, OTHER)).astype(np.int8)
+    status = status_of[status]
+    index = (pa.chunked_array(chunks("index"), schema.field("index").type).to_numpy().astype(np.int64)
+             if "index" in names else np.zeros(len(code), dtype=np.int64))
+    del parts
     replaced: dict[int, str] = {}
     for m, name in enumerate(method_names):
         stored = results.stored_maps(name)
         if stored is None:
             continue
-        ok = np.flatnonzero((method == m) & (status == OK))
-        whole = np.fromiter(stored.whole, dtype=np.int64, count=len(stored.whole))
-        lost = ok[~np.isin(index[ok], whole)]
-        status[lost] = ERROR
         missing = Results.MAP_MISSING.format(folder=results.maps.folder)
-        for r in lost:
-            where = stored.broken.get(int(index[r]))
-            replaced[int(r)] = missing if where is None else Results.MAP_UNREADABLE.format(where=where)
+        ok = np.flatnonzero((method == m) & (status == OK))
+        whole = np.sort(np.fromiter(stored.whole, dtype=np.int64, count=len(stored.whole)))
+        # index[ok] in whole, by a search in the sorted images (np.isin would sort the rows' indices too)
+        at = np.searchsorted(whole, index[ok]).clip(max=max(len(whole) - 1, 0))
+        lost = ok[whole[at] != index[ok]] if len(whole) else ok
+        status[lost] = ERROR
+        for r, image in zip(lost.tolist(), index[lost].tolist()):
+            where = stored.broken.get(image)
+            replaced[r] = missing if where is None else Results.MAP_UNREADABLE.format(where=where)
     return _Keys(ids=sorted_ids.to_pylist(), code=code, index=index, method=method, names=method_names,
                  status=status, replaced=replaced)
