@@ -277,7 +277,7 @@ def read_table(results: Results, methods: Sequence[str] | None = None) -> RowTab
 
     def batches():
         start = 0
-        for part in results.scan_rows(wanted):
+        for part in results.scan_rows(wanted, schema=schema):
             batch = {}
             for name in wanted:
                 column = part.column(name)
@@ -359,7 +359,7 @@ def _read_keys(results: Results, schema) -> _Keys:
     import pyarrow.compute as pc
 
     names = [k for k in KEYS if k in schema.names]
-    parts = list(results.scan_rows(names, dictionary=["image_id", "method", "status"]))
+    parts = list(results.scan_rows(names, dictionary=["image_id", "method", "status"], schema=schema))
 
     def chunks(name: str) -> list:
         return [chunk for part in parts for chunk in part.column(name).chunks]
