@@ -25,6 +25,7 @@ import stat
 import struct
 from dataclasses import dataclass, field
 
+import numpy as np
 from fsspec.implementations.local import LocalFileSystem
 
 #: An inner chunk that was never written: offset and length both 2**64 − 1 (the sharding codec's spec).
@@ -208,24 +209,33 @@ def _images_of(obj: int, per_object: int, n_images: int | None) -> range:
 
 def _check_chunks(files: dict[int, tuple[str, int]], rule: _SizeRule, per_object: int, ndim: int,
                   n_images: int | None) -> ArrayChunks:
-    written: set[int] = set()
+    whole: list[int] = []
     broken: dict[str, str] = {}
     broken_images: dict[int, str] = {}
     for obj, (_, size) in files.items():
-        images = _images_of(obj, per_object, n_images)
         problem = rule.problem(size)
         if problem is None:
-            written.update(images)
+            whole.append(obj)
             continue
         key = chunk_key(obj * per_object, per_object, ndim)
         broken[key] = problem
-        broken_images.update(dict.fromkeys(images, key))
-    return ArrayChunks(per_object, ndim, frozenset(written), broken, broken_images)
+        broken_images.update(dict.fromkeys(_images_of(obj, per_object, n_images), key))
+    images = np.asarray(whole, dtype=np.int64)[:, None] * per_object + np.arange(per_object, dtype=np.int64)
+    return ArrayChunks(per_object, ndim, _image_set([images.ravel()], n_images), broken, broken_images)
+
+
+def _image_set(images: list[np.ndarray], n_images: int | None) -> frozenset[int]:
+    """The images of ``images`` (arrays of image numbers) below ``n_images``, as one set: built from one array, not
+    updated image by image (a 1,000,000-image array holds as many)."""
+    found = np.concatenate(images) if images else np.zeros(0, dtype=np.int64)
+    if n_images is not None:
+        found = found[found < n_images]
+    return frozenset(found.tolist())
 
 
 def _check_shards(fs, files: dict[int, tuple[str, int]], sharding: _Sharding, per_object: int, ndim: int,
                   n_images: int | None) -> ArrayChunks:
-    written: set[int] = set()
+    written: list[np.ndarray] = []
     broken: dict[str, str] = {}
     broken_images: dict[int, str] = {}
     readable = {obj: (path, size) for obj, (path, size) in files.items() if size >= sharding.index_bytes}
@@ -247,34 +257,41 @@ def _check_shards(fs, files: dict[int, tuple[str, int]], sharding: _Sharding, pe
             broken[key] = problem
             broken_images.update(dict.fromkeys(_images_of(obj, per_object, n_images), key))
             continue
-        first = obj * per_object
-        written.update(i for i in (first + h for h in held) if n_images is None or i < n_images)
-    return ArrayChunks(per_object, ndim, frozenset(written), broken, broken_images)
+        written.append(obj * per_object + held)
+    return ArrayChunks(per_object, ndim, _image_set(written, n_images), broken, broken_images)
 
 
-def _read_index(index: bytes, size: int, sharding: _Sharding) -> tuple[str | None, set[int]]:
-    """(why the object cannot be whole, or None; the images — relative to the object's first — it holds)."""
+def _read_index(index: bytes, size: int, sharding: _Sharding) -> tuple[str | None, np.ndarray]:
+    """(why the object cannot be whole, or None; the images — relative to the object's first, sorted — it holds).
+    The entries are checked as arrays; the first failing one, in entry order, is named as a loop over them would."""
+    nothing = np.zeros(0, dtype=np.int64)
     entries = index[:-4] if sharding.crc else index
     if sharding.crc:
         import google_crc32c  # zarr's crc32c codec's own dependency
 
         if struct.pack("<I", google_crc32c.value(entries)) != index[-4:]:
-            return "fails its shard index checksum (truncated or overwritten)", set()
+            return "fails its shard index checksum (truncated or overwritten)", nothing
     data_start, data_end = (0, size - sharding.index_bytes) if sharding.at_end else (sharding.index_bytes, size)
     per_row = math.prod(sharding.entries_per_image_axis[1:])
-    held: set[int] = set()
-    total = 0
-    for number, (offset, length) in enumerate(struct.iter_unpack("<QQ", entries)):
-        if (offset, length) == (_EMPTY, _EMPTY):
-            continue
-        if offset < data_start or offset + length > data_end:
-            return f"has {size} bytes, but its shard index points past them", set()
-        problem = sharding.inner.problem(length)
-        if problem is not None:
-            return f"holds an inner chunk that {problem}", set()
-        total += length
-        first = (number // per_row) * sharding.inner_images
-        held.update(range(first, first + sharding.inner_images))
+    table = np.frombuffer(entries, dtype="<u8").reshape(-1, 2)
+    offset, length = table[:, 0], table[:, 1]
+    used = ~((offset == _EMPTY) & (length == _EMPTY))
+    # offset + length > data_end without the uint64 sum (it can wrap): where offset > data_end the first term holds
+    past = (offset < data_start) | (offset > data_end) | (length > np.uint64(data_end) - np.minimum(offset, data_end))
+    rule = sharding.inner
+    bad_size = length < max(rule.minimum, 1)
+    if rule.exact is not None:
+        bad_size |= length != rule.exact
+    failing = np.flatnonzero(used & (past | bad_size))
+    if len(failing):
+        first = int(failing[0])
+        if past[first]:
+            return f"has {size} bytes, but its shard index points past them", nothing
+        return f"holds an inner chunk that {rule.problem(int(length[first]))}", nothing
+    total = int(length[used].sum(dtype=np.uint64)) if used.any() else 0
     if total != data_end - data_start:  # zarr writes an object's chunks back to back, then the index
-        return f"has {size} bytes, but its shard index accounts for {total + sharding.index_bytes}", set()
-    return None, held
+        return f"has {size} bytes, but its shard index accounts for {total + sharding.index_bytes}", nothing
+    rows = np.flatnonzero(used) // per_row  # ascending: a row's entries are adjacent (C order)
+    rows = rows[np.concatenate(([True], rows[1:] != rows[:-1]))] if per_row > 1 and len(rows) else rows
+    held = rows[:, None] * sharding.inner_images + np.arange(sharding.inner_images, dtype=np.int64)
+    return None, held.ravel()

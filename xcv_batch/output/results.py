@@ -20,6 +20,8 @@ The Parquet files are plain Parquet, so DuckDB reads them without xcv_batch::
 
 from __future__ import annotations
 
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from functools import cached_property
 from typing import Any, Iterator, Sequence
 
@@ -38,6 +40,9 @@ from ..yaml_io import load_yaml
 #: The Parquet columns of the contract (:data:`xcv_batch.output.layout.ROW_COLUMNS`), with the dtypes an empty table
 #: gets.
 ROW_COLUMNS = pandas_dtypes()
+
+#: Metrics files :meth:`Results.scan_rows` decodes ahead of the one it gives, each in a thread.
+_READ_AHEAD = 2
 
 # Used only when an output directory predates the ``preprocessing`` attribute.
 _IMAGENET_PREPROCESSING = {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
@@ -180,13 +185,19 @@ class Results:
             raise self._unreadable(files, err) from None
         return self._without_missing_maps(rows)
 
-    def _dataset(self, files: list[str]) -> pads.Dataset:
-        where = dict(filesystem=self._fs, format="parquet", partitioning="hive",
+    def _dataset(self, files: list[str], schema: pa.Schema | None = None,
+                 dictionary: Sequence[str] = ()) -> pads.Dataset:
+        """The dataset of ``files`` with every file's columns (``schema``: as already unified; ``dictionary``: string
+        columns read dictionary-encoded, as ``schema`` says)."""
+        read_options = pads.ParquetReadOptions(dictionary_columns=set(dictionary)) if dictionary else None
+        where = dict(filesystem=self._fs, format=pads.ParquetFileFormat(read_options=read_options)
+                     if read_options else "parquet", partitioning="hive",
                      partition_base_dir=f"{self._root}/{METRICS_DIR}")
-        dataset = pads.dataset(files, **where)
-        # Shards written before a metric existed lack its column; unify so every row has every column (null there).
-        schema = pa.unify_schemas([dataset.schema] + [frag.physical_schema for frag in dataset.get_fragments()],
-                                  promote_options="permissive")
+        if schema is None:
+            dataset = pads.dataset(files, **where)
+            # Shards written before a metric existed lack its column; unify so every row has every column (null there).
+            schema = pa.unify_schemas([dataset.schema] + [frag.physical_schema for frag in dataset.get_fragments()],
+                                      promote_options="permissive")
         return pads.dataset(files, schema=schema, **where)
 
     def row_schema(self) -> pa.Schema | None:
@@ -200,17 +211,42 @@ class Results:
         except (pa.ArrowException, OSError) as err:
             raise self._unreadable(files, err) from None
 
-    def scan_rows(self, columns: Sequence[str]) -> Iterator[pa.Table]:
+    def scan_rows(self, columns: Sequence[str], dictionary: Sequence[str] = (),
+                  schema: pa.Schema | None = None) -> Iterator[pa.Table]:
         """The rows' ``columns``, one table per metrics file, in the order of :meth:`rows` (files sorted, each file's
-        rows in order): only those columns are decoded, and only one file's at a time is held. Rows are as stored:
-        :meth:`stored_maps` says which ``ok`` rows :meth:`rows` would turn into errors."""
+        rows in order): only those columns are decoded, and at most three files' are held (the next two are decoded
+        while the caller works on this one). Rows are as stored: :meth:`stored_maps` says which ``ok`` rows
+        :meth:`rows` would turn into errors. The string columns named in ``dictionary`` come dictionary-encoded (each
+        file's distinct values once, its rows as indices into them), which is faster to decode and to compare than a
+        string per row. ``schema``: the rows' schema as :meth:`row_schema` gave it, so that every file's footer is not
+        read again."""
         files = self.metrics_files()
         if not files:
             return
         try:
-            dataset = self._dataset(files)
-            for fragment in dataset.get_fragments():
-                yield pads.Scanner.from_fragment(fragment, schema=dataset.schema, columns=list(columns)).to_table()
+            dataset = self._dataset(files, schema)
+            encoded = [name for name in dictionary
+                       if name in columns and name in dataset.schema.names
+                       and dataset.schema.field(name).type == pa.string()]
+            if encoded:
+                schema = dataset.schema
+                for name in encoded:
+                    schema = schema.set(schema.get_field_index(name), pa.field(name, pa.dictionary(pa.int32(),
+                                                                                                   pa.string())))
+                dataset = self._dataset(files, schema, encoded)
+
+            def read(fragment) -> pa.Table:
+                return pads.Scanner.from_fragment(fragment, schema=dataset.schema, columns=list(columns)).to_table()
+
+            # Arrow decodes without the GIL: the next files are read in threads while the caller works on this one.
+            with ThreadPoolExecutor(_READ_AHEAD) as pool:
+                ahead: deque = deque()
+                for fragment in dataset.get_fragments():
+                    ahead.append(pool.submit(read, fragment))
+                    if len(ahead) > _READ_AHEAD:
+                        yield ahead.popleft().result()
+                while ahead:
+                    yield ahead.popleft().result()
         except (pa.ArrowException, OSError) as err:
             raise self._unreadable(files, err) from None
 

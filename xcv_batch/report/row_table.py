@@ -107,11 +107,15 @@ def _build(keys: _Keys, given_methods: Sequence[str] | None, metric_columns: Seq
     n = len(keys.code)
     n_ids, n_names = len(keys.ids), len(keys.names)
     control_of = np.array([is_control(name) for name in keys.names], dtype=bool)
-    # The kept row of each image × method: the last ok row, else the last row.
-    row = np.arange(n, dtype=np.int64)
-    score = np.where(keys.status == OK, n + row, row)
-    key = keys.code * n_names + keys.method
-    best = np.full(n_ids * n_names, -1, dtype=np.int64)
+    # The kept row of each image × method: the last ok row, else the last row. (32-bit where it fits: 8,000,000
+    # rows make each such array 32 MB instead of 64.)
+    small = np.int32 if max(2 * n, n_ids * n_names) < 2**31 else np.int64
+    score = np.arange(n, dtype=small)
+    score[keys.status == OK] += n
+    key = keys.code.astype(small)
+    key *= n_names
+    key += keys.method
+    best = np.full(n_ids * n_names, -1, dtype=small)
     np.maximum.at(best, key, score)
     kept = score == best[key]
     has_row = (best >= 0).reshape(n_ids, n_names)
@@ -120,8 +124,10 @@ def _build(keys: _Keys, given_methods: Sequence[str] | None, metric_columns: Seq
     control = kept & control_of[keys.method]
 
     def in_order(where: np.ndarray, given: Iterable[str]) -> list[str]:
-        codes, first = np.unique(keys.method[where], return_index=True)
-        return list(dict.fromkeys([*given, *(keys.names[c] for c in codes[np.argsort(first)])]))
+        rows = keys.method[where]
+        first = _first_rows(rows, n_names)
+        codes = [c for c in np.argsort(first, kind="stable").tolist() if first[c] < len(rows)]
+        return list(dict.fromkeys([*given, *(keys.names[c] for c in codes)]))
 
     methods = in_order(real, (m for m in given_methods or [] if not is_control(m)))
     controls = in_order(control, (m for m in given_methods or [] if is_control(m)))
@@ -147,10 +153,13 @@ def _build(keys: _Keys, given_methods: Sequence[str] | None, metric_columns: Seq
     # among the real methods' rows.
     cell = np.full(n, -1, dtype=np.int64)
     into_tables = kept & (keys.status == OK) & (position[keys.code] >= 0)
-    cell[into_tables] = position[keys.code[into_tables]] * len(columns) + column_of[keys.method[into_tables]]
+    table_row = position[keys.code[into_tables]]
+    cell[into_tables] = table_row * len(columns) + column_of[keys.method[into_tables]]
     image_ok = np.zeros(len(images), dtype=bool)
-    image_ok[position[keys.code[into_tables]]] = True
-    real_place = np.cumsum(real) - 1
+    image_ok[table_row] = True
+    del table_row
+    real_place = np.cumsum(real, dtype=np.int64)
+    real_place -= 1
     n_real = int(real.sum())
 
     values = {m: np.full((len(images), len(columns)), np.nan) for m in metric_columns}
@@ -268,7 +277,7 @@ def read_table(results: Results, methods: Sequence[str] | None = None) -> RowTab
 
     def batches():
         start = 0
-        for part in results.scan_rows(wanted):
+        for part in results.scan_rows(wanted, schema=schema):
             batch = {}
             for name in wanted:
                 column = part.column(name)
@@ -296,6 +305,53 @@ def _errors_of(column, status: np.ndarray) -> np.ndarray:
     return messages
 
 
+def _distinct(chunks: list) -> tuple:
+    """(the distinct values of a string column given as its chunks, as one array; a code per row; each code's value,
+    an index into the values): row ``r`` holds ``values[value_of[codes[r]]]``. Chunks read dictionary-encoded are
+    coded through their dictionaries, so only each file's distinct values are hashed, not every row's."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if not chunks or not all(pa.types.is_dictionary(c.type) for c in chunks):
+        column = pa.chunked_array(chunks, pa.string()) if not chunks else pa.chunked_array(chunks).cast(pa.string())
+        values = pc.unique(column)
+        codes = pc.index_in(column, value_set=values).to_numpy()
+        return values, codes, np.arange(len(values))
+    offsets = np.cumsum([0, *(len(c.dictionary) for c in chunks)]).tolist()
+    null_at = offsets[-1]  # a null row points past the dictionaries, at a null appended to them
+    code_type = np.int32 if null_at < 2**31 - 1 else np.int64
+    codes = np.concatenate([c.indices.fill_null(null_at - start).to_numpy().astype(code_type, copy=False) + start
+                            for c, start in zip(chunks, offsets[:-1])]).astype(code_type, copy=False)
+    dictionaries = pa.concat_arrays([*(c.dictionary.cast(pa.string()) for c in chunks),
+                                     *([pa.nulls(1, pa.string())] if any(c.null_count for c in chunks) else [])])
+    encoded = pc.dictionary_encode(dictionaries, null_encoding="encode")  # one hash of the dictionaries' values
+    values, value_of = encoded.dictionary, encoded.indices.to_numpy()
+    # A file's dictionary may hold a value none of its rows has; such a value is no row's.
+    used = np.zeros(len(dictionaries), dtype=bool)
+    used[codes] = True
+    kept = np.zeros(len(values), dtype=bool)
+    kept[value_of[used]] = True
+    if not kept.all():
+        values = values.filter(pa.array(kept))
+        value_of = (np.cumsum(kept) - 1)[value_of]
+    return values, codes, value_of
+
+
+def _first_rows(codes: np.ndarray, n_codes: int) -> np.ndarray:
+    """The first row holding each of ``n_codes`` codes (``len(codes)`` for one no row holds)."""
+    if n_codes > 64:  # a pass per code would cost more than a sort
+        found, first = np.unique(codes, return_index=True)
+        rows = np.full(n_codes, len(codes), dtype=np.int64)
+        rows[found] = first
+        return rows
+    rows = np.full(n_codes, len(codes), dtype=np.int64)
+    for c in range(n_codes):
+        here = codes == c
+        if here.any():
+            rows[c] = int(here.argmax())
+    return rows
+
+
 def _read_keys(results: Results, schema) -> _Keys:
     """Pass one: every row's keys; the ids are coded into their sorted list, and ``ok`` rows whose map is not stored
     whole become errors."""
@@ -303,36 +359,50 @@ def _read_keys(results: Results, schema) -> _Keys:
     import pyarrow.compute as pc
 
     names = [k for k in KEYS if k in schema.names]
-    parts = list(results.scan_rows(names))
-    ids = pa.chunked_array([p.column("image_id").cast(pa.string()) for p in parts], pa.string())
-    unique = pc.unique(ids)
-    sorted_ids = unique.take(pc.array_sort_indices(unique))
-    code = pc.index_in(ids, value_set=sorted_ids).to_numpy().astype(np.int64)
-    del ids, unique
-    methods = pa.chunked_array([p.column("method").cast(pa.string()) for p in parts], pa.string())
-    method_names = [str(m) for m in pc.unique(methods).to_pylist()]
-    method = pc.index_in(methods, value_set=pa.array(method_names, pa.string())).to_numpy().astype(np.int64)
-    status_text = pa.chunked_array([p.column("status").cast(pa.string()) for p in parts], pa.string())
-    status = np.where(pc.equal(status_text, "ok").to_numpy(zero_copy_only=False), OK,
-                      np.where(pc.equal(status_text, "error").to_numpy(zero_copy_only=False), ERROR, OTHER))
-    status = status.astype(np.int8)
-    if "index" in names:
-        index = pa.chunked_array([p.column("index") for p in parts]).to_numpy().astype(np.int64)
-    else:
-        index = np.zeros(len(code), dtype=np.int64)
-    del parts, methods, status_text
+    parts = list(results.scan_rows(names, dictionary=["image_id", "method", "status"], schema=schema))
+
+    def chunks(name: str) -> list:
+        return [chunk for part in parts for chunk in part.column(name).chunks]
+
+    # Each code goes through the small tables (a value per dictionary entry) first, so each row is looked up once.
+    unique, codes, value_of = _distinct(chunks("image_id"))
+    order = pc.array_sort_indices(unique).to_numpy()
+    sorted_ids = unique.take(pa.array(order))
+    rank = np.empty(len(order), dtype=np.int64)
+    rank[order] = np.arange(len(order))
+    code = rank[value_of][codes]
+    del unique, codes, order, rank
+    # The methods in the order they first come in the rows.
+    method_values, codes, value_of = _distinct(chunks("method"))
+    method = value_of[codes].astype(np.int32, copy=False)
+    by_first = np.argsort(_first_rows(method, len(method_values)), kind="stable")
+    method_names = [str(m) for m in method_values.take(pa.array(by_first)).to_pylist()]
+    renumber = np.empty(len(by_first), dtype=np.int32)
+    renumber[by_first] = np.arange(len(by_first))
+    method = renumber[method]
+    status_values, codes, value_of = _distinct(chunks("status"))
+    status_of = np.where(pc.equal(status_values, "ok").fill_null(False).to_numpy(zero_copy_only=False), OK,
+                         np.where(pc.equal(status_values, "error").fill_null(False).to_numpy(zero_copy_only=False),
+                                  ERROR, OTHER)).astype(np.int8)
+    status = status_of[value_of][codes]
+    del codes, value_of
+    index = (pa.chunked_array(chunks("index"), schema.field("index").type).to_numpy().astype(np.int64, copy=False)
+             if "index" in names else np.zeros(len(code), dtype=np.int64))
+    del parts
     replaced: dict[int, str] = {}
     for m, name in enumerate(method_names):
         stored = results.stored_maps(name)
         if stored is None:
             continue
-        ok = np.flatnonzero((method == m) & (status == OK))
-        whole = np.fromiter(stored.whole, dtype=np.int64, count=len(stored.whole))
-        lost = ok[~np.isin(index[ok], whole)]
-        status[lost] = ERROR
         missing = Results.MAP_MISSING.format(folder=results.maps.folder)
-        for r in lost:
-            where = stored.broken.get(int(index[r]))
-            replaced[int(r)] = missing if where is None else Results.MAP_UNREADABLE.format(where=where)
+        ok = np.flatnonzero((method == m) & (status == OK))
+        whole = np.sort(np.fromiter(stored.whole, dtype=np.int64, count=len(stored.whole)))
+        # index[ok] in whole, by a search in the sorted images (np.isin would sort the rows' indices too)
+        at = np.searchsorted(whole, index[ok]).clip(max=max(len(whole) - 1, 0))
+        lost = ok[whole[at] != index[ok]] if len(whole) else ok
+        status[lost] = ERROR
+        for r, image in zip(lost.tolist(), index[lost].tolist()):
+            where = stored.broken.get(image)
+            replaced[r] = missing if where is None else Results.MAP_UNREADABLE.format(where=where)
     return _Keys(ids=sorted_ids.to_pylist(), code=code, index=index, method=method, names=method_names,
                  status=status, replaced=replaced)
