@@ -63,6 +63,10 @@ _DIAGNOSTIC_IMAGES_LISTED = 20
 #: of √(0.025 · 0.975 / B), 0.0005 at 100,000, finer than any digit the summary prints; beyond that only the time
 #: grows (50× the default's, per metric and pair of metrics), and a typo such as 1e9 would run for days.
 MAX_BOOTSTRAP = 100_000
+#: Threads for the work of separate metrics (and pairs of metrics), each with its own seeds, so the summary does not
+#: depend on them: two keep two cores busy (numpy's loops and sorts release the GIL) while a million images'
+#: temporaries of two metrics, a few hundred MB each, fit beside the table.
+_THREADS = max(1, min(2, usable_cores()))
 #: Images per block of Kendall's W: a million images' ranks by 11 metrics of 5 methods would take 440 MB at once.
 _CONCORDANCE_BLOCK_ROWS = 65_536
 #: ``--rank-on reliable``: rank on the metrics that are not flagged (see report/controls.py).
@@ -156,10 +160,8 @@ def summarize_table(table: RowTable, n_boot: int = 2000, seed: int = 0, alpha: f
         return _metric_part(table, metric, list(table.values).index(metric), ranked_metrics.index(metric), n_boot,
                             seed, alpha, scheme)
 
-    # Each metric's values, ranks, tests and control power depend on that metric alone, with its own seeds; two at a
-    # time keep both cores busy (numpy and sorting release the GIL) while a million images' temporaries of two
-    # metrics, a few hundred MB each, fit beside the table.
-    with ThreadPoolExecutor(max_workers=max(1, min(2, usable_cores(), len(ranked_metrics)))) as pool:
+    # Each metric's values, ranks, tests and control power depend on that metric alone, with its own seeds.
+    with ThreadPoolExecutor(max_workers=_THREADS) as pool:
         for part in pool.map(one_metric, ranked_metrics):
             metric = part.metric
             for name, values in part.values.items():
@@ -369,32 +371,39 @@ def metric_agreement(metrics: Mapping[str, RankedMetric], values: Mapping[str, n
     with a mean τ below ``threshold``.
     """
     names = list(metrics)
-    pairs = []
     matrix = [[1.0 if a == b else None for b in names] for a in names]
-    orders: dict[tuple[str, tuple[int, ...]], tuple] = {}  # (metric, columns) → its pair orders, shared by its pairs
-
-    def orders_of(metric: str, columns: list[int]) -> tuple:
-        key = (metric, tuple(columns))
-        if key not in orders:
-            orders[key] = stats.pair_orders(_oriented(values[metric][:, columns], metrics[metric].direction))
-        return orders[key]
-
+    compared = []  # (index, i, j, methods both rank, their columns): the pairs of metrics with a τ
     for index, (i, j) in enumerate(combinations(range(len(names)), 2)):
-        a, b = names[i], names[j]
-        common = [m for m in metrics[a].methods if m in metrics[b].methods]
-        if len(common) < 2:
-            continue
-        columns = [list(method_names).index(m) for m in common]
-        taus = stats.kendall_tau_of_orders(orders_of(a, columns), orders_of(b, columns))
-        mean, ci, n = stats.mean_ci(taus, n_boot, np.random.default_rng([seed, 7919, index]), scheme=scheme)
-        pairs.append(MetricPair(a=a, b=b, tau=mean, ci95=list(ci), n_images=n, methods=common,
-                                in_rank=a in weights and b in weights))
-        matrix[i][j] = matrix[j][i] = mean if n else None
+        common = [m for m in metrics[names[i]].methods if m in metrics[names[j]].methods]
+        if len(common) >= 2:
+            compared.append((index, i, j, common, tuple(list(method_names).index(m) for m in common)))
     in_rank = [m for m in names if m in weights]
+
+    def orders_of(key: tuple[str, tuple[int, ...]]) -> tuple:
+        metric, columns = key
+        return stats.pair_orders(_oriented(values[metric][:, list(columns)], metrics[metric].direction))
+
+    def pair_of(item: tuple) -> MetricPair:
+        index, i, j, common, columns = item
+        a, b = names[i], names[j]
+        taus = stats.kendall_tau_of_orders(orders[(a, columns)], orders[(b, columns)])
+        mean, ci, n = stats.mean_ci(taus, n_boot, np.random.default_rng([seed, 7919, index]), scheme=scheme)
+        return MetricPair(a=a, b=b, tau=mean, ci95=list(ci), n_images=n, methods=common,
+                          in_rank=a in weights and b in weights)
+
+    # Each metric's pair orders once (shared by its pairs), then every pair with its own seed, two at a time.
+    keys = list(dict.fromkeys(key for _, i, j, _, columns in compared for key in ((names[i], columns),
+                                                                                   (names[j], columns))))
+    with ThreadPoolExecutor(max_workers=_THREADS) as pool:
+        kendalls_w = pool.submit(_concordance, metrics, values, method_names, in_rank, n_boot, seed, scheme)
+        orders = dict(zip(keys, pool.map(orders_of, keys)))
+        pairs = list(pool.map(pair_of, compared))
+        kendalls_w = kendalls_w.result()
+    for (_, i, j, _, _), pair in zip(compared, pairs):
+        matrix[i][j] = matrix[j][i] = pair.tau if pair.n_images else None
     disagreeing = [p for p in pairs if p.in_rank and p.n_images and p.tau < AGREEMENT_THRESHOLD]
     return Agreement(threshold=AGREEMENT_THRESHOLD, metrics=names, matrix=matrix, pairs=pairs,
-                     kendalls_w=_concordance(metrics, values, method_names, in_rank, n_boot, seed, scheme),
-                     disagreeing=[[p.a, p.b] for p in disagreeing])
+                     kendalls_w=kendalls_w, disagreeing=[[p.a, p.b] for p in disagreeing])
 
 
 def _oriented(values: np.ndarray, direction: str) -> np.ndarray:
