@@ -100,12 +100,17 @@ def test_explainer_on_an_nn_module_and_tensors_gives_the_runs_numbers(tmp_path):
     explained = Explainer(net, methods=job["methods"], sensitivity=SENSITIVITY,
                           metrics={"complexity": {}, "deletion": {"n_steps": 4}}, seed=4).explain(inputs, image_ids=ids)
 
+    # Equal to float32 rounding, not bit for bit: on some CPUs (seen on an AVX-512 machine) the user's module and
+    # the run's model, rebuilt from its state_dict, reach Occlusion's maps (and their Max-Sensitivity) through
+    # convolutions that round apart (3e-5 relative, the size of Captum's own agreement); a wrong map is off by far more.
     for method in job["methods"]:
         for i, image_id in enumerate(ids):
-            np.testing.assert_array_equal(explained.maps[method][i].numpy(), results.attribution(image_id, method))
+            np.testing.assert_allclose(explained.maps[method][i].numpy(), results.attribution(image_id, method),
+                                       rtol=1e-4, atol=1e-6)
     mine, theirs = _comparable(explained.rows), _comparable(results.rows())
     assert mine.target.tolist() == theirs.target.tolist()
-    pd.testing.assert_frame_equal(mine.drop(columns="image_path"), theirs.drop(columns="image_path"), check_dtype=False)
+    pd.testing.assert_frame_equal(mine.drop(columns="image_path"), theirs.drop(columns="image_path"), check_dtype=False,
+                                  rtol=1e-4)
 
 
 def test_explainer_ig_equals_per_image_captum_on_a_custom_module():

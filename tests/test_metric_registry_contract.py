@@ -127,8 +127,9 @@ def test_values_do_not_depend_on_forward_batch_or_batch_mates(name, method):
     for indices in ([1], [3, 0]):
         apart = evaluate(spec, method, indices, forward_batch=3)
         for column, values in together.items():
-            # abs: below 1e-9 is float32 rounding (the evidence map's infidelity is ~1e-11, the noise map's ~1e-6)
-            assert apart[column] == pytest.approx([values[i] for i in indices], rel=1e-5, abs=1e-9), column
+            # abs: below 5e-9 is float32 rounding of the forwards (the evidence map's infidelity is ~1e-11, the noise
+            # map's ~2e-6; an AVX-512 machine, whose convolutions round by batch size, moved the latter by 1.1e-9)
+            assert apart[column] == pytest.approx([values[i] for i in indices], rel=1e-5, abs=5e-9), column
 
 
 @pytest.mark.parametrize("name", [spec.name for spec in metric_specs()])
