@@ -23,6 +23,10 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 import pyarrow as pa
 import pyarrow.parquet as pq
+# pyarrow imports pandas the first time it builds a table (0.4 s on a 2-core machine). Imported with the store, when a
+# worker opens its OUT, that cost falls in the worker's start-up with torch and the model, not inside its first shard,
+# whose time (and the progress line's rate) is then its images' own, as every later shard's is.
+import pandas  # noqa: F401
 
 from ..errors import OutputError, first_line
 from .formats import DEFAULT_FORMAT, MapLayout, map_writer
