@@ -16,7 +16,7 @@ from test_summarize import FIVE, row, write_out
 from xcv_batch import cli
 from xcv_batch.errors import ConfigError
 from xcv_batch.output.results import open_results
-from xcv_batch.report.controls import TIE_TOLERANCE, control_sentences
+from xcv_batch.report.controls import TIE_TOLERANCE, better, control_sentences, wins_and_losses
 from xcv_batch.report.summarize import RELIABLE, parse_rank_on, summarize_rows
 from xcv_batch.report.summary_text import render_markdown, summary_notes
 
@@ -229,3 +229,17 @@ def test_a_real_runs_method_summary_is_the_same_without_its_control_rows(tiny_ru
     without = summarize_rows(rows[~rows.method.isin(CONTROLS)], n_boot=50).to_dict()
     with_controls.pop("controls"), without.pop("controls")
     assert with_controls == without
+
+
+@pytest.mark.parametrize("direction", ["higher", "lower"])
+def test_wins_and_losses_are_better_both_ways_from_one_margin(direction):
+    rng = np.random.default_rng(0)
+    methods, control = rng.normal(size=(400, 5)), rng.normal(size=(400, 1))
+    methods[::7, 2], control[::11] = np.nan, np.nan
+    methods[5, 1] = control[5, 0] * (1 + TIE_TOLERANCE / 2)  # within the tolerance: a tie, neither wins
+    methods[6, 1], control[6] = -0.0, 0.0
+    wins, losses, valid = wins_and_losses(methods, control, direction)
+    np.testing.assert_array_equal(np.where(valid, wins, np.nan), better(methods, control, direction))
+    np.testing.assert_array_equal(np.where(valid, losses, np.nan), better(control, methods, direction))
+    assert not (wins[5, 1] or losses[5, 1]) and not (wins & losses).any()
+    np.testing.assert_array_equal(valid, np.isfinite(methods) & np.isfinite(control))
