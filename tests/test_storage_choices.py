@@ -8,9 +8,11 @@ import os
 import shutil
 
 import numpy as np
+import pandas as pd
 import pytest
 import zarr
 
+from map_checks import ROUNDING, assert_same_map
 from ray_helpers import rows_of, write_job
 from xcv_batch.config import load_job
 from xcv_batch.driver import run_job
@@ -68,12 +70,15 @@ def test_stored_maps_are_the_float32_maps_converted_and_metrics_unchanged(runs, 
         for method in METHODS:
             got = res.attribution(image_id, method)
             assert got.dtype == np.float32
-            np.testing.assert_array_equal(got, converted(base.attribution(image_id, method), changes))
-    # metrics are computed before storing: the same values whatever is stored
+            # the two runs' float32 maps agree to rounding, which may round a float16 the other way: one step
+            step = 2.0 ** -10 if changes.get("output__dtype") == "float16" else ROUNDING
+            assert_same_map(got, converted(base.attribution(image_id, method), changes), f"{image_id} {method}",
+                            rtol=step)
+    # metrics are computed before storing: the same values whatever is stored (to the runs' rounding)
     columns = ["image_id", "method", "status", "target", "target_prob", "sensitivity_max"]
     a = rows_of(runs["base"])[columns].reset_index(drop=True)
     b = rows_of(runs[name])[columns].reset_index(drop=True)
-    assert a.equals(b)
+    pd.testing.assert_frame_equal(a, b, check_exact=False, rtol=1e-4)
     group = zarr.open_group(os.path.join(runs[name], "attributions.zarr"), mode="r")
     channels = 1 if changes.get("output__channels") == "sum" else 3
     assert group["occlusion"].shape == (3, channels, 32, 32)
