@@ -484,6 +484,20 @@ def test_results_reads_rows_maps_and_images(tmp_path):
         open_results(str(tmp_path / "missing"))
 
 
+def test_image_rows_reads_only_that_images_rows_and_says_the_same_as_rows(tmp_path):
+    rows = seed_like_rows(4)
+    rows.loc[(rows.image_id == "img2") & (rows.method == FIVE[0]), ["status", "error"]] = ["error", "RuntimeError: x"]
+    out = write_out(tmp_path / "out", rows, n_images=4)
+    fresh = open_results(out)
+    one = fresh.image_rows("img2")
+    assert fresh._rows is None  # a filter on the files, not every row read
+    everything = open_results(out).rows()
+    expected = everything[everything.image_id == "img2"]
+    assert len(one) == len(FIVE) and one.status.tolist().count("error") == 1
+    pd.testing.assert_frame_equal(one.reset_index(drop=True), expected.reset_index(drop=True), check_dtype=False)
+    assert fresh.image_rows("nobody").empty
+
+
 def test_results_unifies_shards_written_before_a_metric_existed(tmp_path):
     out = tmp_path / "out"
     (out / "metrics").mkdir(parents=True)
