@@ -339,12 +339,11 @@ def _distinct(chunks: list) -> tuple:
 
 def _first_rows(codes: np.ndarray, n_codes: int) -> np.ndarray:
     """The first row holding each of ``n_codes`` codes (``len(codes)`` for one no row holds)."""
+    rows = np.full(n_codes, len(codes), dtype=np.int64)
     if n_codes > 64:  # a pass per code would cost more than a sort
         found, first = np.unique(codes, return_index=True)
-        rows = np.full(n_codes, len(codes), dtype=np.int64)
         rows[found] = first
         return rows
-    rows = np.full(n_codes, len(codes), dtype=np.int64)
     for c in range(n_codes):
         here = codes == c
         if here.any():

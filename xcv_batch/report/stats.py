@@ -309,16 +309,16 @@ def wilcoxon_pair(a: np.ndarray, b: np.ndarray) -> dict:
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     keep = np.isfinite(a) & np.isfinite(b)
     d = a[keep] - b[keep]
-    result = {"n": int(len(d)), "statistic": None, "p": None, "effect_size": rank_biserial(d)}
+    result = {"n": int(len(d)), "statistic": None, "p": None, "effect_size": 0.0}
     if not np.any(d != 0):
         # No nonzero difference: no evidence of any difference (scipy warns and divides by zero here).
         result.update(statistic=0.0, p=1.0)
         return result
     if len(d) <= _WILCOXON_EXACT_MAX_N:
         test = scipy_stats.wilcoxon(a[keep], b[keep], zero_method="wilcox", alternative="two-sided")
-        result.update(statistic=float(test.statistic), p=float(test.pvalue))
+        result.update(statistic=float(test.statistic), p=float(test.pvalue), effect_size=rank_biserial(d))
         return result
-    result.update(_wilcoxon_normal(d[d != 0]))
+    result.update(_wilcoxon_normal(d[d != 0]))  # the test and its effect size from one ranking
     return result
 
 

@@ -395,10 +395,10 @@ def metric_agreement(metrics: Mapping[str, RankedMetric], values: Mapping[str, n
     keys = list(dict.fromkeys(key for _, i, j, _, columns in compared for key in ((names[i], columns),
                                                                                    (names[j], columns))))
     with ThreadPoolExecutor(max_workers=_THREADS) as pool:
-        kendalls_w = pool.submit(_concordance, metrics, values, method_names, in_rank, n_boot, seed, scheme)
+        concordance = pool.submit(_concordance, metrics, values, method_names, in_rank, n_boot, seed, scheme)
         orders = dict(zip(keys, pool.map(orders_of, keys)))
         pairs = list(pool.map(pair_of, compared))
-        kendalls_w = kendalls_w.result()
+    kendalls_w = concordance.result()
     for (_, i, j, _, _), pair in zip(compared, pairs):
         matrix[i][j] = matrix[j][i] = pair.tau if pair.n_images else None
     disagreeing = [p for p in pairs if p.in_rank and p.n_images and p.tau < AGREEMENT_THRESHOLD]
